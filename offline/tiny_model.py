@@ -1,0 +1,121 @@
+"""The built-in tiny reward model: a seeded LlamaForSequenceClassification with a local tokenizer.
+
+It stands in for Skywork-Reward-Llama-3.1-8B-v0.2 offline and is loaded by every script exactly like
+the real checkpoint (`from_pretrained(path)`): same class, `num_labels=1`, a bias-free `score` head,
+a byte-level BPE tokenizer with Llama-3 special tokens and chat template (it adds BOS on its own, so
+tokenising an already-rendered template gives the double-BOS pitfall of the real tokenizer).
+Building it twice gives byte-identical files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+BUILD_DIR = Path(__file__).resolve().parent / "build"
+MODEL_DIR = BUILD_DIR / "tiny-reward-model"
+SEED = 0
+HIDDEN_SIZE = 128
+
+BOS, EOT, PAD = "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>"
+SPECIAL_TOKENS = [BOS, "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", EOT, PAD]
+
+# The Llama-3-Instruct template: BOS once at the start, every message as header + content + <|eot_id|>.
+CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+# Text the BPE merges are learnt from: fixed, so the tokenizer is the same on every machine.
+_CORPUS_WORDS = (
+    "the of and to in is that for it as was with be by on not he this are or his from at which but "
+    "have an they you were her she there one all we can their has been would if will more when who "
+    "what so up out about into than them only other time new some could these two may first then "
+    "do any like my now over such our man me even most made after also did many before must through "
+    "back years where much your way well down should because each just those people how too little "
+    "state good very make world still own see men work long get here between both life being under "
+    "never day same another know while last might us great old year off come since against go came "
+    "right used take three answer question user assistant model reward summary post response prompt "
+    "please explain why because think help write story code math number total each step result "
+    "markdown bold header list first second finally therefore so the answer is apples costs dollars "
+    "hours minutes miles buys sells gives has had left more less times plus minus equals"
+).split()
+
+
+def _corpus():
+    import random
+    rng = random.Random(SEED)
+    lines = []
+    for _ in range(4000):
+        words = [rng.choice(_CORPUS_WORDS) for _ in range(rng.randint(3, 15))]
+        nums = [str(rng.randint(0, 999)) for _ in range(rng.randint(0, 3))]
+        lines.append(" ".join(words + nums) + rng.choice([".", "?", "!", ":", ",", " **", " ##", "\n- "]))
+    return lines
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOT, pad_token=PAD,
+                                   chat_template=CHAT_TEMPLATE, model_max_length=4096)
+
+
+def build_model(tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=HIDDEN_SIZE, intermediate_size=2 * HIDDEN_SIZE,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        num_labels=1, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False, initializer_range=0.2)
+    torch.manual_seed(SEED)
+    model = LlamaForSequenceClassification(config)
+    return model.eval()
+
+
+def build(out_dir: Path) -> Path:
+    """Write the tiny model and tokenizer to `out_dir` (deterministic)."""
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def tiny_model_path() -> str:
+    """Path of the built-in tiny reward model, built on first use (atomically: a folder rename)."""
+    if not (MODEL_DIR / "config.json").exists():
+        BUILD_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=BUILD_DIR, prefix=".tiny-"))
+        try:
+            build(tmp)
+            try:
+                os.rename(tmp, MODEL_DIR)
+            except OSError:  # another process finished first: keep its copy
+                if not (MODEL_DIR / "config.json").exists():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(MODEL_DIR)
+
+
+if __name__ == "__main__":
+    print(tiny_model_path())
+    print(json.dumps(json.loads((MODEL_DIR / "config.json").read_text()), indent=1)[:400])
