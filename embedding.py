@@ -1,57 +1,652 @@
 """The shared embedding engine: conversations -> final-layer hidden state at the last real token.
 
 Every dataset folder embeds through this module, with the real Skywork checkpoint or the built-in tiny
-model alike. (First version: correct, batched by length; see the module's later history for shards,
-resume and accelerate.)
+model alike.
+
+    model, tokenizer = load_reward_model(name, dtype="bfloat16")        # LlamaForSequenceClassification
+    E = embed_conversations(model, tokenizer, conversations)             # [n, d] float32, input order
+    S = score_conversations(model, tokenizer, conversations)             # [n, 1] the model's own logits
+    S = score_conversations(model, tokenizer, conversations, head=V)     # [n, B] = E @ V (+ bias)
+    path = embed_to_file(name, conversations, "data/x_embeddings.safetensors")  # sharded, resumable
+    E = load_embeddings(path); V_ref = load_reward_head(path.parent / REWARD_HEAD_FILE)
+
+A conversation is a list of {"role", "content"} messages (rendered with the tokenizer's chat template)
+or a string that is already rendered text. Rules every function here keeps:
+- Tokenised once, from the template, with exactly one BOS (a rendered template already starts with BOS;
+  tokenising that text with special tokens would add a second one).
+- Truncation to `max_length` tokens keeps the BOS; side "left" (default) drops the oldest tokens, so a
+  multi-turn dialog keeps its end and its final token (the one that is embedded); "right" keeps the
+  start and cuts the end.
+- Batched by length (longest first, so an out-of-memory shows at once), capped by `batch_size` rows
+  and optionally `max_tokens` padded tokens per batch. The padding side is the tokenizer's (or
+  `padding_side=`). Left padding passes the attention mask and explicit position ids (so every real
+  token keeps the position it has alone); right padding in a causal model needs neither (no real
+  token attends to a later pad), which lets SDPA/flash attention use the causal kernel. Either way
+  batched == one at a time (to float tolerance). The last real token is read from the padding mask,
+  never from pad ids.
+- The embedding is the final-layer hidden state AFTER the final norm at the last real token, so
+  `embedding @ reward_head(model) == model(conversation).logits` (tested).
+- Output is float32 on the CPU; files are safetensors (no pickle).
+
+Data parallel: under `accelerate launch`, `embed_to_file` gives process k the shards k, k+P, ... and
+the main process merges them in the original order. Under plain `python` it is one process.
+
+    accelerate launch --multi_gpu --num_processes 4 embed.py ...      # 4 GPUs, one process each
+    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \
+        --dynamo_backend no embed.py ...                              # 2 CPU processes (gloo), for tests
+
+(`accelerate launch --cpu --num_processes 2` starts only ONE process without mpirun; on a machine
+without a GPU the torchrun launcher behind --multi_gpu works, the engine then asks for the CPU backend.)
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
 import torch
+
+REWARD_HEAD_FILE = "reward_head.safetensors"  # written beside the embeddings by embed_to_file
+FORMAT_VERSION = "lore-embeddings-1"          # bump when the rendering rules change (stale shards refused)
+
+
+class ModelNotAvailable(OSError):
+    """The model path is neither a local folder nor a checkpoint reachable on (or cached from) the hub."""
+
+
+# -----------------------------------------------------------------------------
+# loading
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick connection test, so an offline machine fails in seconds instead of retrying for ~30 s."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        from huggingface_hub import constants
+        endpoint = constants.ENDPOINT
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        endpoint = "https://huggingface.co"
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = host.partition(":")
+    try:
+        with socket.create_connection((host, int(port or 443)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _not_available(model_name: str, cause: BaseException | None = None) -> ModelNotAvailable:
+    return ModelNotAvailable(
+        f"error: cannot load the model {model_name!r}: it is neither a local folder nor reachable on the "
+        f"Hugging Face hub (no network, not in the local cache, or a wrong name).\n"
+        f"Give a local checkpoint folder as --model_name=..., or run the script with --offline to use "
+        f"the built-in tiny model and generated data."
+        + (f"\n(underlying error: {type(cause).__name__}: {str(cause).splitlines()[0][:300]})"
+           if cause is not None and str(cause) else ""))
+
+
+def _cached_snapshot(model_name: str) -> str | None:
+    """The local hub-cache folder of `model_name` when its config is cached, else None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(model_name, "config.json")
+    except Exception:  # not a valid repo id (e.g. a missing local path)
+        return None
+    return str(Path(hit).parent) if isinstance(hit, str) else None
+
+
+def _from_pretrained(loader, model_name: str, **kwargs):
+    """`loader.from_pretrained`, failing fast with a clear message when the model cannot be reached.
+
+    Order: a local folder; the hub when it answers (downloads into the cache); the cached snapshot
+    when it does not (loaded as a folder: a hub id would still make transformers retry the network for
+    ~30 s); otherwise ModelNotAvailable at once.
+    """
+    folder = Path(model_name).expanduser()
+    if not folder.is_dir() and not _hub_reachable():
+        snapshot = _cached_snapshot(model_name)
+        if snapshot is None:
+            raise _not_available(model_name)
+        folder = Path(snapshot)
+    if folder.is_dir():
+        try:
+            return loader.from_pretrained(str(folder), **kwargs)
+        except OSError as e:
+            raise ModelNotAvailable(f"error: {folder} is a folder but not a loadable checkpoint "
+                                    f"({e}); rebuild or re-download it") from e
+    try:
+        return loader.from_pretrained(model_name, **kwargs)
+    except OSError as e:
+        raise _not_available(model_name, e) from e
+
+
+def load_tokenizer(model_name: str):
+    """The tokenizer of a checkpoint (local folder or hub id), with a pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = _from_pretrained(AutoTokenizer, model_name)
+    if tokenizer.pad_token_id is None:  # Llama-3 style tokenizers may lack one; any id works (masked)
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_reward_model(model_name: str, dtype: str = "float32", attn_implementation: str | None = None,
                       device: str | None = None):
-    """Load a sequence-classification reward model and its tokenizer (num_labels=1), in eval mode."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """Load a sequence-classification reward model and its tokenizer (num_labels=1), in eval mode.
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kwargs = dict(num_labels=1, dtype=getattr(torch, dtype))
+    dtype: "float32" | "bfloat16" | "float16"; attn_implementation: None (the library default, sdpa),
+    "eager", "sdpa" or "flash_attention_2"; device: None = cuda if available, else cpu. A path that is
+    neither a local folder nor reachable on the hub raises ModelNotAvailable (an OSError) at once,
+    naming the --offline switch.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    device = str(device or default_device())
+    kwargs = dict(num_labels=1, dtype=_torch_dtype(dtype))
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    model = AutoModelForSequenceClassification.from_pretrained(model_name, **kwargs).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_name)
-    return model, tokenizer
+    if device != "cpu":
+        kwargs["device_map"] = {"": device}  # load straight onto the GPU, not via a CPU copy
+    model = _from_pretrained(AutoModelForSequenceClassification, model_name, **kwargs)
+    model = model.to(device).eval()
+    return model, load_tokenizer(model_name)
+
+
+def _torch_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"error: dtype must be one of {sorted(names)}, got {dtype!r}")
+    return names[dtype]
+
+
+_MODEL_CACHE: dict = {}
+
+
+def _cached_reward_model(model_name: str, dtype: str, attn_implementation: str | None, device: str):
+    """load_reward_model, keeping the last model in memory (a script embeds several splits in turn)."""
+    key = (model_name, str(dtype), attn_implementation, str(device))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE.clear()
+        _MODEL_CACHE[key] = load_reward_model(model_name, dtype, attn_implementation, device)
+    return _MODEL_CACHE[key]
+
+
+def free_models() -> None:
+    """Drop the model kept in memory by embed_to_file (call it before training on the same GPU)."""
+    _MODEL_CACHE.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _parts(model):
+    """(backbone, score head or None) of a sequence-classification model, a PeftModel wrapping one, or a
+    bare backbone (e.g. LlamaModel). The backbone's output is the final-norm hidden state."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(getattr(model, "peft_config", None), "get", None):
+        cfg = model.peft_config.get(getattr(model, "active_adapter", "default"))
+        if cfg is not None and getattr(cfg, "is_prompt_learning", False):
+            raise ValueError("error: prompt-learning PEFT adapters are not supported by the engine "
+                             "(it runs the backbone directly); merge or use a LoRA adapter")
+    inner = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+    backbone = inner if isinstance(inner, torch.nn.Module) and inner is not base else base
+    head = getattr(base, "score", None)
+    return backbone, head
+
+
+def _device_of(module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
 
 
 def reward_head(model) -> torch.Tensor:
-    """The backbone's own reward direction V_ref = score.weight.T, float32 [d, 1]."""
-    return model.score.weight.detach().float().T.contiguous().cpu()
+    """The backbone's own reward direction V_ref = score.weight.T, float32 [d, num_labels] (CPU)."""
+    head = _parts(model)[1]
+    if head is None:
+        raise ValueError("error: this model has no `score` head (load it as a sequence-classification "
+                         "model, or pass the head explicitly)")
+    return head.weight.detach().float().T.contiguous().cpu()
 
 
-def render_ids(tokenizer, conversation: list[dict], max_length: int | None = None) -> list[int]:
-    """Token ids of a conversation rendered with the chat template: exactly one BOS."""
-    ids = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"]
-    return ids[-max_length:] if max_length else ids
+# -----------------------------------------------------------------------------
+# rendering
+
+
+def render_ids(tokenizer, conversation, max_length: int | None = None,
+               truncation_side: str = "left") -> list[int]:
+    """Token ids of a conversation rendered with the chat template: exactly one BOS.
+
+    `conversation` is a list of {role, content} messages, or an already-rendered string (tokenised
+    without adding special tokens). Truncation to `max_length` keeps the BOS first; "left" keeps the
+    end of the conversation (and its final token), "right" keeps the start.
+    """
+    if isinstance(conversation, str):
+        ids = tokenizer(conversation, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer.apply_chat_template(list(conversation), tokenize=True, return_dict=True)["input_ids"]
+    ids = [int(i) for i in ids]
+    bos = tokenizer.bos_token_id
+    if bos is not None:
+        start = 0
+        while start < len(ids) and ids[start] == bos:
+            start += 1
+        ids = [bos] + ids[start:]  # exactly one BOS, whatever the template or the text did
+    if max_length is not None and len(ids) > max_length:
+        if max_length < 2:
+            raise ValueError(f"error: max_length must be at least 2, got {max_length}")
+        if truncation_side == "left":
+            keep_bos = bos is not None and ids[0] == bos
+            ids = ([bos] + ids[len(ids) - max_length + 1:]) if keep_bos else ids[-max_length:]
+        elif truncation_side == "right":
+            ids = ids[:max_length]
+        else:
+            raise ValueError(f"error: truncation_side must be 'left' or 'right', got {truncation_side!r}")
+    return ids
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first (ties in input order).
+
+    A batch has at most `batch_size` rows and, when `max_tokens` is given, at most `max_tokens` padded
+    tokens (rows x longest length); a single sequence longer than `max_tokens` gets a batch of its own.
+    """
+    if batch_size < 1:
+        raise ValueError(f"error: batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches, batch = [], []
+    for i in order:
+        if batch:
+            width = lengths[batch[0]]  # the first row of a batch is its longest
+            if len(batch) >= batch_size or (max_tokens and width * (len(batch) + 1) > max_tokens):
+                batches.append(batch)
+                batch = []
+        batch.append(i)
+    if batch:
+        batches.append(batch)
+    return batches
+
+
+# -----------------------------------------------------------------------------
+# the forward pass
+
+
+def _is_causal(backbone) -> bool:
+    """True for a decoder-only (causal) architecture, e.g. Llama: its type has a causal-LM class."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = getattr(backbone, "config", None)
+    return (getattr(config, "model_type", None) in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and not getattr(config, "is_encoder_decoder", False))
+
+
+def _last_hidden_states(model, tokenizer, ids: list[list[int]], batch_size: int, max_tokens: int | None,
+                        padding_side: str | None, pbar=None):
+    """Yield (indices, hidden [b, d] in the model's dtype) for batches of `ids`, longest first."""
+    backbone, _ = _parts(model)
+    device = _device_of(backbone)
+    side = padding_side or getattr(tokenizer, "padding_side", None) or "right"
+    if side not in ("left", "right"):
+        raise ValueError(f"error: padding side must be 'left' or 'right', got {side!r}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    causal = _is_causal(backbone)
+    if any(len(x) == 0 for x in ids):
+        raise ValueError("error: an empty conversation rendered to no tokens")
+    for chunk in length_batches([len(x) for x in ids], batch_size, max_tokens):
+        width = len(ids[chunk[0]])
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            n = len(ids[i])
+            cols = slice(0, n) if side == "right" else slice(width - n, width)
+            input_ids[row, cols] = torch.tensor(ids[i], dtype=torch.long)
+            mask[row, cols] = 1
+        last = (mask * torch.arange(width)).argmax(1)  # last real token, from the mask, either side
+        if side == "right" and causal:
+            # Right pads come after every real token, so in a causal model no real token sees them and
+            # positions are 0, 1, ... already: no mask is exact, and lets SDPA / flash attention use
+            # their fast causal kernels instead of a padded-mask path.
+            attention_mask = position_ids = None
+        else:
+            # Llama derives positions from the cache position, not the mask: with left padding the
+            # real tokens would start at position (number of pads). Explicit ids keep them at 0, 1, ...
+            attention_mask = mask.to(device)
+            position_ids = (mask.cumsum(1) - 1).clamp(min=0).to(device)
+        hidden = backbone(input_ids=input_ids.to(device), attention_mask=attention_mask,
+                          position_ids=position_ids, use_cache=False).last_hidden_state
+        yield chunk, hidden[torch.arange(len(chunk), device=hidden.device), last.to(hidden.device)]
+        if pbar is not None:
+            pbar.update(len(chunk))
+
+
+def _progress(total: int, enabled: bool, desc: str):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="conv", dynamic_ncols=True)
+
+
+def embed_conversations(model, tokenizer, conversations: Sequence, batch_size: int = 32,
+                        max_length: int | None = None, *, truncation_side: str = "left",
+                        max_tokens: int | None = None, padding_side: str | None = None,
+                        progress: bool = False) -> torch.Tensor:
+    """Embeddings [n, d] float32 (CPU) of `conversations`, in input order.
+
+    The final-layer hidden state after the final norm at each conversation's last real token. Works
+    for a sequence-classification model, a PeftModel around one, or a bare backbone.
+    """
+    ids = [render_ids(tokenizer, c, max_length, truncation_side) for c in conversations]
+    return _embed_ids(model, tokenizer, ids, batch_size, max_tokens, padding_side,
+                      _progress(len(ids), progress, "embedding"))
+
+
+def _hidden_size(model) -> int:
+    backbone, _ = _parts(model)
+    return int(backbone.config.hidden_size)
 
 
 @torch.inference_mode()
-def embed_conversations(model, tokenizer, conversations: list[list[dict]], batch_size: int = 32,
-                        max_length: int | None = None) -> torch.Tensor:
-    """Embeddings [n, d] float32 of `conversations` (lists of {role, content}), in input order."""
-    ids = [render_ids(tokenizer, c, max_length) for c in conversations]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = torch.empty(len(ids), model.config.hidden_size)
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        width = max(len(ids[i]) for i in chunk)
-        batch = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):  # right padding: the last real token is at length - 1
-            batch[row, :len(ids[i])] = torch.tensor(ids[i])
-            mask[row, :len(ids[i])] = 1
-        hidden = model.model(input_ids=batch.to(device), attention_mask=mask.to(device)).last_hidden_state
-        last = mask.sum(1).to(device) - 1
-        out[chunk] = hidden[torch.arange(len(chunk), device=device), last].float().cpu()
+def _embed_ids(model, tokenizer, ids, batch_size, max_tokens, padding_side, pbar=None) -> torch.Tensor:
+    out = torch.empty(len(ids), _hidden_size(model), dtype=torch.float32)
+    for chunk, hidden in _last_hidden_states(model, tokenizer, ids, batch_size, max_tokens, padding_side,
+                                             pbar):
+        out[chunk] = hidden.float().cpu()
+    if pbar is not None:
+        pbar.close()
     return out
+
+
+@torch.inference_mode()
+def score_conversations(model, tokenizer, conversations: Sequence, head=None, bias=None,
+                        batch_size: int = 8, max_length: int | None = 2048, truncation_side: str = "left",
+                        *, max_tokens: int | None = None, padding_side: str | None = None,
+                        progress: bool = False) -> torch.Tensor:
+    """Scores [n, B] float32 (CPU) of `conversations`, in input order.
+
+    head None: the model's own sequence-classification logits (B = num_labels), i.e. its `score` head
+    (for a PeftModel, the adapter's active head) applied to the last real token's final hidden state,
+    exactly what `model(...).logits` pools, but with the last token taken from the attention mask.
+    head [d, B] or [d] (tensor/array): last-token hidden state (float32) @ head, plus `bias` (scalar or
+    [B]); all B heads in one pass.
+    """
+    ids = [render_ids(tokenizer, c, max_length, truncation_side) for c in conversations]
+    d = _hidden_size(model)
+    score_module = None
+    if head is None:
+        score_module = _parts(model)[1]
+        if score_module is None:
+            raise ValueError("error: this model has no `score` head; pass head=[d, B]")
+        n_out = int(reward_head(model).shape[1])
+    else:
+        head = torch.as_tensor(head).detach().float().cpu()
+        head = head[:, None] if head.ndim == 1 else head
+        if head.ndim != 2 or head.shape[0] != d:
+            raise ValueError(f"error: head must have shape [{d}] or [{d}, B], got {tuple(head.shape)}")
+        n_out = head.shape[1]
+        if bias is not None:
+            bias = torch.as_tensor(bias).detach().float().cpu().reshape(-1)
+            if bias.numel() not in (1, n_out):
+                raise ValueError(f"error: bias must be a scalar or have {n_out} entries, got {bias.numel()}")
+    out = torch.empty(len(ids), n_out, dtype=torch.float32)
+    pbar = _progress(len(ids), progress, "scoring")
+    for chunk, hidden in _last_hidden_states(model, tokenizer, ids, batch_size, max_tokens, padding_side,
+                                             pbar):
+        if score_module is not None:
+            scores = score_module(hidden).float()
+        else:
+            scores = hidden.float() @ head.to(hidden.device)
+            if bias is not None:
+                scores = scores + bias.to(hidden.device)
+        out[chunk] = scores.cpu()
+    if pbar is not None:
+        pbar.close()
+    return out
+
+
+# -----------------------------------------------------------------------------
+# files: embeddings and the reward head as safetensors, written atomically
+
+
+def _save_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """safetensors to a temp file in the same folder, then os.replace: never a half-written `path`."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_text_atomic(text: str, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def _stored_manifest(path: Path) -> str | None:
+    try:
+        return _metadata(path).get("manifest")
+    except Exception:  # not a readable safetensors file: treat it as stale
+        return None
+
+
+def export_reward_head(model, path, model_name: str | None = None) -> Path:
+    """Write the model's reward head score.weight.T [d, 1] float32 as safetensors (key "reward_head"),
+    so that training reads V_ref without loading the backbone. The metadata "model" is `model_name`
+    (default: the checkpoint path the model was loaded from). Returns the path."""
+    path = Path(path)
+    head = _parts(model)[1]
+    tensors = {"reward_head": reward_head(model)}
+    if head is not None and getattr(head, "bias", None) is not None:
+        tensors["reward_bias"] = head.bias.detach().float().reshape(-1).cpu()
+    name = model_name or getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    _save_atomic(tensors, path, {"format": FORMAT_VERSION, "model": str(name)})
+    return path
+
+
+def _command(made_by: str) -> str:
+    return f"`{made_by}`" if made_by.split(" ", 1)[0] in ("python", "accelerate", "cd") else made_by
+
+
+def load_reward_head(path, made_by: str = "the dataset's embedding script") -> torch.Tensor:
+    """The reward head [d, 1] float32 written by export_reward_head (or by embed_to_file)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"error: the reward head {path} is missing; run {_command(made_by)} first "
+                         f"(it writes {REWARD_HEAD_FILE} beside the embeddings)")
+    return load_file(str(path))["reward_head"]
+
+
+def load_embeddings(path, made_by: str = "the dataset's embedding script") -> torch.Tensor:
+    """Embeddings [n, d] float32 written by embed_to_file, in the order of its input."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        shards = _shards_dir(path)
+        hint = (f" (an interrupted run left {shards}: re-run the same command and it resumes)"
+                if shards.exists() else "")
+        raise SystemExit(f"error: the embeddings {path} are missing{hint}; run {_command(made_by)} first")
+    return load_file(str(path))["embeddings"]
+
+
+def _shards_dir(out_path: Path) -> Path:
+    return out_path.with_name(out_path.name + ".shards")
+
+
+def conversations_sha256(conversations: Iterable) -> str:
+    """A hash of the conversations' content and order (the fingerprint of an embedding run)."""
+    h = hashlib.sha256()
+    for c in conversations:
+        h.update(json.dumps(c, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+class _SingleProcess:
+    """Stands in for accelerate.PartialState when accelerate is absent."""
+    num_processes, process_index, is_main_process = 1, 0, True
+    device = torch.device(default_device())
+
+    def wait_for_everyone(self):
+        pass
+
+
+def _process_state():
+    try:
+        from accelerate import PartialState
+    except ImportError:  # pragma: no cover
+        return _SingleProcess()
+    # Without a GPU (or with ACCELERATE_USE_CPU) ask for the CPU backend (gloo): otherwise PartialState
+    # under torchrun / `accelerate launch --multi_gpu` on a CPU machine silently runs P single processes.
+    use_cpu = (not torch.cuda.is_available()
+               or os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes"))
+    return PartialState(cpu=use_cpu)
+
+
+# Called with the shard index after each shard is written (tests inject a failure here to simulate a kill).
+_after_shard_hook = None
+
+
+def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: str = "float32",
+                  attn_implementation: str | None = None, batch_size: int = 32, max_tokens: int | None = None,
+                  max_length: int | None = None, truncation_side: str = "left", shard_size: int = 2048,
+                  device: str | None = None, progress: bool = True, head_file: str | None = REWARD_HEAD_FILE,
+                  keep_shards: bool = False) -> Path:
+    """Embed `conversations` with the reward model `model_name` into `out_path` (safetensors, tensor
+    "embeddings" [n, d] float32 in input order, the run's fingerprint in its metadata). Returns the path.
+
+    Resumable: conversations are cut into shards of `shard_size` (in input order), each written
+    atomically to `<out_path>.shards/shard-XXXXX.safetensors`; a killed run, re-run with the same
+    arguments, skips the finished shards and gives the same result as an uninterrupted run. A manifest
+    (model, dtype, attention, max_length, truncation side, shard size, count and hash of the
+    conversations) guards the shards: a re-run with other inputs refuses to mix them and says which
+    folder to delete. When `out_path` already holds this exact run it returns at once. After the merge
+    the shards folder is removed (unless keep_shards).
+
+    Data parallel: under `accelerate launch`, process k embeds shards k, k+P, ... on its own device;
+    the main process merges them in order. Every process must call this with the same arguments.
+
+    Also writes the model's reward head (score.weight.T, [d, 1]) to `out_path.parent / head_file`
+    (None: skip), with metadata "model" = str(model_name), when that file is missing. Calling it once per split (train chosen, train rejected, test, ...) reuses the loaded
+    model (kept in memory between calls), so either that or one call on a concatenated list works.
+
+    batch_size caps the rows per forward pass; max_tokens (optional) caps rows x longest length, the
+    better knob on a GPU (e.g. 32768 for the 8B model in bf16 on 80 GB).
+    """
+    out_path = Path(out_path)
+    conversations = list(conversations)
+    n = len(conversations)
+    if n == 0:
+        raise ValueError("error: no conversations to embed")
+    if shard_size < 1:
+        raise ValueError(f"error: shard_size must be >= 1, got {shard_size}")
+    state = _process_state()
+    is_main = state.is_main_process
+    manifest = {
+        "format": FORMAT_VERSION, "model": str(model_name), "dtype": str(dtype),
+        "attn_implementation": str(attn_implementation), "max_length": max_length,
+        "truncation_side": truncation_side, "shard_size": shard_size, "count": n,
+        "conversations_sha256": conversations_sha256(conversations),
+    }
+    head_path = out_path.parent / head_file if head_file else None
+    device = str(device or (state.device if state.num_processes > 1 else default_device()))
+    if out_path.exists() and _stored_manifest(out_path) == json.dumps(manifest, sort_keys=True):
+        if is_main and head_path is not None and not head_path.exists():
+            export_reward_head(_cached_reward_model(str(model_name), dtype, attn_implementation, device)[0],
+                               head_path, str(model_name))
+        state.wait_for_everyone()
+        return out_path  # this exact run is already complete
+
+    shards = _shards_dir(out_path)
+    manifest_file = shards / "manifest.json"
+    n_shards = (n + shard_size - 1) // shard_size
+    shard_file = [shards / f"shard-{k:05d}.safetensors" for k in range(n_shards)]
+    # Every process checks the folder (before any barrier), so all stop together on a mismatch.
+    if manifest_file.exists():
+        old = json.loads(manifest_file.read_text())
+        if old != manifest:
+            changed = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in manifest.items() if old.get(k) != v)
+            raise SystemExit(
+                f"error: {shards} holds shards of a different embedding run ({changed}); they cannot be "
+                f"mixed with this one. Delete that folder (rm -r '{shards}') and run again.")
+    elif shards.exists() and any(shards.glob("shard-*.safetensors")):
+        raise SystemExit(f"error: {shards} holds shards without a manifest (of an unknown run); delete "
+                         f"that folder (rm -r '{shards}') and run again.")
+    model = tokenizer = None
+    if not all(f.exists() for f in shard_file) or (head_path is not None and not head_path.exists()):
+        # Load before the folder is created, so a bad model name leaves nothing behind.
+        model, tokenizer = _cached_reward_model(str(model_name), dtype, attn_implementation, device)
+    if is_main and not manifest_file.exists():
+        shards.mkdir(parents=True, exist_ok=True)
+        _write_text_atomic(json.dumps(manifest, indent=1, sort_keys=True), manifest_file)
+    state.wait_for_everyone()
+
+    mine = [k for k in range(state.process_index, n_shards, state.num_processes) if not shard_file[k].exists()]
+    if mine:
+        todo = sum(min(n, (k + 1) * shard_size) - k * shard_size for k in mine)
+        pbar = _progress(todo, progress and is_main, f"embedding {out_path.name}")
+        if pbar is not None and state.num_processes > 1:
+            pbar.set_postfix_str(f"process 0 of {state.num_processes}")
+        for k in mine:
+            part = conversations[k * shard_size:(k + 1) * shard_size]
+            ids = [render_ids(tokenizer, c, max_length, truncation_side) for c in part]
+            emb = _embed_ids(model, tokenizer, ids, batch_size, max_tokens, None, pbar)
+            _save_atomic({"embeddings": emb}, shard_file[k], {"format": FORMAT_VERSION, "shard": str(k)})
+            if _after_shard_hook is not None:
+                _after_shard_hook(k)
+        if pbar is not None:
+            pbar.close()
+    if is_main and head_path is not None and not head_path.exists():
+        export_reward_head(model, head_path, str(model_name))
+    state.wait_for_everyone()
+
+    if is_main:
+        from safetensors.torch import load_file
+
+        missing = [str(f) for f in shard_file if not f.exists()]
+        if missing:
+            raise RuntimeError(f"error: shards missing after the run: {missing[:3]} ...")
+        parts = [load_file(str(f))["embeddings"] for f in shard_file]
+        embeddings = torch.cat(parts)
+        if embeddings.shape[0] != n:
+            raise RuntimeError(f"error: merged {embeddings.shape[0]} embeddings for {n} conversations; "
+                               f"delete {shards} and run again")
+        if out_path.exists():
+            print(f"replacing {out_path}: it held the embeddings of a different run")
+        _save_atomic({"embeddings": embeddings}, out_path,
+                     {"format": FORMAT_VERSION, "manifest": json.dumps(manifest, sort_keys=True),
+                      "model": str(model_name)})
+        if not keep_shards:
+            shutil.rmtree(shards, ignore_errors=True)
+    state.wait_for_everyone()
+    return out_path

@@ -1,0 +1,276 @@
+"""The shared embedding engine (embedding.py) on the built-in tiny reward model."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import embedding
+from embedding import (REWARD_HEAD_FILE, ModelNotAvailable, embed_conversations, embed_to_file,
+                       export_reward_head, load_embeddings, load_reward_head, load_reward_model,
+                       render_ids, reward_head, score_conversations)
+from offline import tiny_model_path
+from offline.text import sentence
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_conversations(n, seed=0):
+    """Single- and multi-turn dialogs of varied length (so batches need padding)."""
+    rng = np.random.default_rng(seed)
+    convs = []
+    for _ in range(n):
+        conv = []
+        for _ in range(int(rng.integers(1, 3))):
+            conv.append({"role": "user", "content": " ".join(sentence(rng) for _ in range(rng.integers(1, 4)))})
+            conv.append({"role": "assistant", "content": " ".join(sentence(rng) for _ in range(rng.integers(1, 5)))})
+        convs.append(conv)
+    return convs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # A tiny model gains nothing from threads, and on a shared 2-core machine spinning OpenMP threads
+    # make it ~10x slower.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer = load_reward_model(tiny_model_path())
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def convs():
+    return make_conversations(9)
+
+
+def one_at_a_time_logits(model, tokenizer, conversations):
+    """The reference: the model's own forward, one unpadded conversation at a time."""
+    out = []
+    with torch.inference_mode():
+        for c in conversations:
+            enc = tokenizer.apply_chat_template(c, tokenize=True, return_dict=True, return_tensors="pt")
+            out.append(model(input_ids=enc["input_ids"]).logits.float())
+    return torch.cat(out)
+
+
+def test_exactly_one_bos(tiny, convs):
+    _, tok = tiny
+    bos = tok.bos_token_id
+    ids = render_ids(tok, convs[0])
+    assert ids[0] == bos and ids.count(bos) == 1
+    text = tok.apply_chat_template(convs[0], tokenize=False)
+    assert tok(text)["input_ids"][:2] == [bos, bos]  # the pitfall the engine avoids
+    assert render_ids(tok, text) == ids               # rendered text: same ids, one BOS
+    left = render_ids(tok, convs[0], max_length=10)
+    right = render_ids(tok, convs[0], max_length=10, truncation_side="right")
+    assert len(left) == len(right) == 10 and left[0] == right[0] == bos and left.count(bos) == 1
+    assert left[1:] == ids[-9:] and right == ids[:10]
+
+
+def test_embedding_at_exported_head_equals_logits(tiny, convs, tmp_path):
+    model, tok = tiny
+    head = load_reward_head(export_reward_head(model, tmp_path / "head.safetensors"))
+    assert head.shape == (model.config.hidden_size, 1) and head.dtype == torch.float32
+    assert torch.equal(head, model.score.weight.detach().T)
+    E = embed_conversations(model, tok, convs, batch_size=4)
+    assert E.shape == (len(convs), model.config.hidden_size) and E.dtype == torch.float32
+    torch.testing.assert_close(E @ head, one_at_a_time_logits(model, tok, convs), atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_eager():
+    return load_reward_model(tiny_model_path(), attn_implementation="eager")
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_batched_equals_one_at_a_time(tiny, tiny_eager, convs, side, attention):
+    model, tok = tiny if attention == "sdpa" else tiny_eager
+    assert model.config._attn_implementation == attention
+    old = tok.padding_side
+    tok.padding_side = side
+    try:
+        single = embed_conversations(model, tok, convs, batch_size=1)
+        batched = embed_conversations(model, tok, convs, batch_size=5)
+        budget = embed_conversations(model, tok, convs, batch_size=64, max_tokens=300)
+        scores = score_conversations(model, tok, convs, batch_size=6)
+    finally:
+        tok.padding_side = old
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(budget, single, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scores, one_at_a_time_logits(model, tok, convs), atol=1e-5, rtol=1e-5)
+
+
+def test_length_batches_respect_caps():
+    lengths = [5, 50, 7, 50, 9, 30, 1]
+    batches = embedding.length_batches(lengths, batch_size=3, max_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 100)
+    assert batches[0][0] in (1, 3)  # longest first
+
+
+def test_score_conversations_heads(tiny, convs):
+    model, tok = tiny
+    logits = one_at_a_time_logits(model, tok, convs)
+    own = score_conversations(model, tok, convs, batch_size=4)
+    assert own.shape == (len(convs), 1) and own.dtype == torch.float32
+    torch.testing.assert_close(own, logits, atol=1e-5, rtol=1e-5)
+    E = embed_conversations(model, tok, convs)
+    V_ref = reward_head(model)
+    torch.testing.assert_close(score_conversations(model, tok, convs, head=V_ref), own, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(score_conversations(model, tok, convs, head=V_ref[:, 0].numpy(), bias=2.0),
+                               own + 2.0, atol=1e-5, rtol=1e-5)
+    V = torch.randn(model.config.hidden_size, 3, generator=torch.Generator().manual_seed(0))
+    bias = torch.tensor([1.0, -2.0, 0.5])
+    torch.testing.assert_close(score_conversations(model, tok, convs, head=V, bias=bias),
+                               E @ V + bias, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="head must have shape"):
+        score_conversations(model, tok, convs, head=torch.zeros(7, 2))
+
+
+def test_score_conversations_peft_model(tiny, convs):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    model, tok = load_reward_model(tiny_model_path())  # a fresh copy: PEFT modifies it in place
+    peft_model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8,
+                                                  target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with torch.no_grad():  # the adapter's own copy of the head (modules_to_save) differs from the base head
+        for name, p in peft_model.named_parameters():
+            if "modules_to_save" in name and name.endswith("score.modules_to_save.default.weight"):
+                p.mul_(-0.5)
+    peft_model.eval()
+    expected = one_at_a_time_logits(peft_model, tok, convs)
+    for side in ("left", "right"):
+        tok.padding_side = side
+        got = score_conversations(peft_model, tok, convs, batch_size=5)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    tok.padding_side = "right"
+    E = embed_conversations(peft_model, tok, convs)
+    torch.testing.assert_close(E @ reward_head(peft_model), expected, atol=1e-5, rtol=1e-5)
+    base_scores = one_at_a_time_logits(tiny[0], tiny[1], convs)
+    assert not torch.allclose(expected, base_scores, atol=1e-3)  # the adapter really changed the scores
+
+
+def test_embed_to_file_resumes_after_kill(tiny, convs, tmp_path, monkeypatch):
+    model_path = tiny_model_path()
+    reference = embed_to_file(model_path, convs, tmp_path / "ref" / "emb.safetensors", shard_size=4,
+                              batch_size=3, progress=False)
+    ref = load_embeddings(reference)
+    model, tok = tiny
+    torch.testing.assert_close(ref, embed_conversations(model, tok, convs), atol=1e-5, rtol=1e-5)
+    assert torch.equal(load_reward_head(reference.parent / REWARD_HEAD_FILE), reward_head(model))
+    assert embedding._metadata(reference.parent / REWARD_HEAD_FILE)["model"] == model_path
+
+    out = tmp_path / "run" / "emb.safetensors"
+    done = []
+
+    def killed_after_second_shard(k):
+        done.append(k)
+        if len(done) == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(embedding, "_after_shard_hook", killed_after_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        embed_to_file(model_path, convs, out, shard_size=4, batch_size=3, progress=False)
+    shards = out.with_name(out.name + ".shards")
+    assert not out.exists() and len(list(shards.glob("shard-*.safetensors"))) == 2
+    assert not list(shards.glob("*.tmp"))
+    with pytest.raises(SystemExit, match="resumes"):
+        load_embeddings(out)
+
+    # other inputs must not be mixed with the old shards
+    with pytest.raises(SystemExit, match="rm -r"):
+        embed_to_file(model_path, convs[:-1], out, shard_size=4, batch_size=3, progress=False)
+
+    done.clear()
+    monkeypatch.setattr(embedding, "_after_shard_hook", done.append)
+    embed_to_file(model_path, convs, out, shard_size=4, batch_size=3, progress=False)
+    assert done == list(range(2, (len(convs) + 3) // 4))  # only the missing shards
+    assert torch.equal(load_embeddings(out), ref)  # identical to the uninterrupted run
+    assert embedding._metadata(out)["manifest"] == embedding._metadata(reference)["manifest"]
+    assert not shards.exists()
+    done.clear()
+    embed_to_file(model_path, convs, out, shard_size=4, batch_size=3, progress=False)
+    assert done == []  # complete: nothing recomputed
+
+
+def test_accelerate_two_processes_equal_one(convs, tmp_path):
+    import json
+
+    script = tmp_path / "embed_job.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        import json
+        from embedding import embed_to_file
+        from offline import tiny_model_path
+        convs = json.load(open({str(tmp_path / 'convs.json')!r}))
+        embed_to_file(tiny_model_path(), convs, sys.argv[1], shard_size=3, batch_size=2, progress=False)
+    """))
+    (tmp_path / "convs.json").write_text(json.dumps(convs))
+    # CPU processes even on a GPU machine (the engine then asks accelerate for the gloo backend).
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="",
+               ACCELERATE_USE_CPU="1")
+    one = embed_to_file(tiny_model_path(), convs, tmp_path / "one.safetensors", shard_size=3, batch_size=2,
+                        progress=False, device="cpu")
+    two = tmp_path / "two.safetensors"
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    # On a CPU machine the torchrun launcher (--multi_gpu) starts the processes; the engine picks gloo.
+    result = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+                             str(script), str(two)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.equal(load_embeddings(one), load_embeddings(two))
+
+
+def test_bad_model_path_is_clear(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ["no-such-org/no-such-reward-model", str(tmp_path / "missing-folder")]:
+        with pytest.raises(ModelNotAvailable, match="--offline") as err:
+            load_reward_model(name)
+        assert "neither a local folder nor reachable" in str(err.value)
+    with pytest.raises(OSError, match="--offline"):
+        embed_to_file("no-such-org/no-such-reward-model", [[{"role": "user", "content": "hi"}]],
+                      tmp_path / "e.safetensors", progress=False)
+    assert list(tmp_path.iterdir()) == []  # nothing left behind that a corrected re-run would refuse
+
+
+def test_dtype_and_attention_selectable(tiny, convs):
+    model, tok = tiny
+    reference = embed_conversations(model, tok, convs)
+    bf16, tok16 = load_reward_model(tiny_model_path(), dtype="bfloat16", attn_implementation="eager")
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    assert bf16.config._attn_implementation == "eager"
+    E = embed_conversations(bf16, tok16, convs, batch_size=4)
+    assert E.dtype == torch.float32
+    assert (E - reference).norm() / reference.norm() < 0.05
+    torch.testing.assert_close(score_conversations(bf16, tok16, convs, batch_size=4),
+                               one_at_a_time_logits(bf16, tok16, convs), atol=0.1, rtol=0.05)
+
+
+def test_missing_input_file_is_clear(tmp_path):
+    with pytest.raises(SystemExit, match="embed.py"):
+        load_embeddings(tmp_path / "nope.safetensors", made_by="python embed.py")
+    with pytest.raises(SystemExit, match="embed.py"):
+        load_reward_head(tmp_path / REWARD_HEAD_FILE, made_by="python embed.py")
+
+
+def test_tiny_model_builds_byte_identical(tmp_path):
+    from offline.tiny_model import build
+
+    a, b = build(tmp_path / "a"), build(tmp_path / "b")
+    files = sorted(p.name for p in a.iterdir())
+    assert files == sorted(p.name for p in b.iterdir()) and "model.safetensors" in files
+    for name in files:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
