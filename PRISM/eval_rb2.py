@@ -1,0 +1,139 @@
+"""Evaluate a reward model, or a learned LoRe basis used as B reward heads, on RewardBench 2.
+
+    cd PRISM && python eval_rb2.py --mode seqclf                                  # Skywork's own head
+    cd PRISM && python eval_rb2.py --rm_head PRISM_V_lore_K_5_alpha_10000.0.pt    # every basis column
+    cd PRISM && python eval_rb2.py --offline                                      # tiny model, generated data
+    cd PRISM && python eval_rb2.py --offline --rm_head PRISM_V_lore_K_5_alpha_10000.0.pt
+
+Reads: --dataset (default the hub's allenai/reward-bench-2, split test; or a local .jsonl / .parquet
+with the same columns; with --offline a generated file, data/rewardbench2-offline/test.jsonl, built on
+first use), the model (--model; --offline: the built-in tiny model) and, in lmhead mode, the head
+file --rm_head: .npy/.pt/.pth/.bin/.safetensors holding (H,), (H, 1) or (H, B), or a dict (pick with
+--head_key). A relative --rm_head is looked up in the current folder, then in results/ (results-offline/
+with --offline), where train_basis.py saves PRISM_V_lore_K_{K}_alpha_{alpha}.pt.
+Writes: the seed's table and the official table on stdout, and into results/ (results-offline/):
+rb2_<tag>.json (all figures, settings) and rb2_<tag>.md (both tables), tag = "seqclf" or
+"lmhead_<head file stem>"; --save_json/--save_csv choose other paths (CSV: one row per head).
+
+Modes: seqclf loads the sequence-classification model and scores with its own head; lmhead loads the
+backbone alone (AutoModel: no LM head, no score head) and scores final hidden states @ head (+ bias),
+all B heads in one pass; auto = lmhead when --rm_head is given, else seqclf. Figures: see
+rewardbench2.py (official RewardBench 2 scoring with 1/k tie credit and the official Ties formula,
+and the seed's strict / Ties-weighted figures per head).
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+import rewardbench2 as rb2  # noqa: E402
+import utils  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help=f"HF model id or local path (default {rb2.DEFAULT_MODEL}; "
+                   "--offline: the built-in tiny model)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer id or path (default: --model)")
+    p.add_argument("--mode", default="auto", choices=["auto", "seqclf", "lmhead"])
+    p.add_argument("--rm_head", default=None, help="head file (.npy/.pt/.pth/.bin/.safetensors), (H,), (H,1), (H,B)")
+    p.add_argument("--head_key", default=None, help="tensor key when --rm_head is a dict checkpoint")
+    p.add_argument("--head_bias", default=None, help="bias: a number, or a file of shape () or (B,)")
+    p.add_argument("--dataset", default=None, help=f"hub id or local .jsonl/.parquet (default {rb2.HUB_DATASET}; "
+                   "--offline: a generated file)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--subset", default=None, help=" | ".join(rb2.SUBSETS))
+    p.add_argument("--limit", type=int, default=None, help="first N prompts only (smoke test)")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--max_length", type=int, default=2048)
+    p.add_argument("--truncation_side", default="left", choices=["left", "right"],
+                   help="left keeps the end of the response (the scored token); BOS is always kept")
+    p.add_argument("--device", default=None, help="cuda | cpu | cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                   help="auto: bfloat16 on a GPU, float32 on the CPU")
+    p.add_argument("--save_csv", default=None, help="per-head summary CSV")
+    p.add_argument("--save_json", default=None, help="all figures as JSON (default results/rb2_<tag>.json)")
+    p.add_argument("--top_k", type=int, default=10, help="heads shown in the ranking tables")
+    p.add_argument("--verbose_failures", action="store_true", help="print the rows the best head gets wrong")
+    p.add_argument("--offline", action="store_true", help="built-in tiny model and generated data, no network")
+    p.add_argument("--results_dir", default="results", help="folder of the default outputs (beside this script)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    _, results_path = utils.script_dirs(__file__, "data", args.results_dir, args.offline)
+    if args.model is None:
+        if args.offline:
+            from offline.tiny_model import tiny_model_path
+            args.model = tiny_model_path()
+        else:
+            args.model = rb2.DEFAULT_MODEL
+    if args.dataset is None:
+        args.dataset = str(rb2.offline_dataset_path()) if args.offline else rb2.HUB_DATASET
+    mode = args.mode if args.mode != "auto" else ("lmhead" if args.rm_head else "seqclf")
+    if mode == "lmhead" and not args.rm_head:
+        raise SystemExit("error: --mode lmhead needs --rm_head (a head file); use --mode seqclf for the "
+                         "model's own head")
+    if mode == "seqclf" and (args.rm_head or args.head_bias is not None):
+        raise SystemExit("error: --rm_head/--head_bias are for lmhead mode; drop --mode seqclf (or use auto)")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+
+    head_path = None
+    if args.rm_head:  # check the head file before loading an 8B model
+        head_path = rb2.resolve_file(args.rm_head, [results_path])
+        rb2.load_head(head_path, args.head_key)
+    rows = rb2.load_rows(args.dataset, split=args.split, subset=args.subset, limit=args.limit)
+
+    print(f"model {args.model} ({mode}, {dtype}, {device}); dataset {args.dataset} [{args.split}]: "
+          f"{len(rows)} prompts, {sum(len(r['chosen']) + len(r['rejected']) for r in rows)} responses")
+    model, tokenizer = rb2.load_scoring_model(args.model, mode, dtype=dtype, device=device,
+                                              tokenizer_name=args.tokenizer)
+    head = bias = None
+    if mode == "lmhead":
+        head = rb2.load_head(head_path, args.head_key, hidden_size=rb2.hidden_size(model))
+        bias = rb2.load_bias(args.head_bias, head.shape[1])
+        print(f"head {head_path}: {head.shape[0]} x {head.shape[1]}"
+              + ("" if bias is None else f", bias {bias.tolist()[:8]}"))
+
+    start = time.time()
+    scores = rb2.score_rows(model, tokenizer, rows, head=head, bias=bias, batch_size=args.batch_size,
+                            max_length=args.max_length, truncation_side=args.truncation_side, progress=True)
+    seconds = time.time() - start
+    figures = rb2.compute_figures(rows, scores)
+
+    seed_table = rb2.format_seed_table(figures, args.top_k)
+    official_table = rb2.format_official_table(figures, args.top_k)
+    print(seed_table)
+    print()
+    print(official_table)
+    print(f"scored {len(rows)} prompts in {seconds:.1f} s ({len(rows) / max(seconds, 1e-9):.1f} prompts/s)")
+    if args.verbose_failures:
+        best = figures["official"]["best_head"]
+        lines = rb2.failures(rows, scores, head=best)
+        print(f"\n{len(lines)} failing prompts for head {best} (strict rule):")
+        print("\n".join(lines))
+
+    tag = "seqclf" if mode == "seqclf" else f"lmhead_{head_path.stem}"
+    settings = {**vars(args), "mode": mode, "dtype": dtype, "device": device,
+                "rm_head": None if head_path is None else str(head_path)}
+    report = {"settings": settings, "seconds": seconds, **figures}
+    json_path = Path(args.save_json) if args.save_json else results_path / f"rb2_{tag}.json"
+    rb2.write_json(report, json_path)
+    md_path = json_path.with_suffix(".md")
+    rb2._write_atomic(md_path, f"# RewardBench 2: {tag}\n\nmodel `{args.model}`, dataset `{args.dataset}` "
+                      f"[{args.split}], {len(rows)} prompts\n\n```\n{seed_table}\n```\n\n{official_table}\n")
+    print(f"wrote {json_path} and {md_path}")
+    if args.save_csv:
+        print(f"wrote {rb2.write_csv(figures, args.save_csv)}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
