@@ -1,0 +1,308 @@
+"""Reddit TLDR data machinery shared by this folder's scripts (prepare, embeddings, train_basis,
+vary_fewshot) and its tests: raw rows -> per-worker comparisons, the seen/unseen worker split, features.
+
+Raw rows are those of `openai/summarize_from_feedback` (config `comparisons`), from the hub's parquet
+conversion or from the offline generator (offline/tldr.py) in the same format; both go through
+`comparisons_from_rows`. Generic pieces that other datasets could use (`hub_reachable`, `split_users`,
+`features_by_user`) are marked GENERIC below.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+HUB_DATASET = "openai/summarize_from_feedback"
+HUB_CONFIG = "comparisons"
+HUB_REVISION = "refs/convert/parquet"   # the script-based hub dataset's parquet conversion
+HF_SPLITS = ("train", "validation")
+COLUMNS = ["worker", "post_id", "post", "winning", "losing", "split"]
+
+COMPARISONS_FILE = "comparisons_{split}.parquet"    # written by prepare.py, one per HF split
+PREPARE_SUMMARY_FILE = "prepare_summary.json"
+EMBEDDINGS_FILE = "conversation_embeddings.safetensors"  # one row per distinct (post, summary)
+INDEX_FILE = "comparison_index.safetensors"         # per split: winning/losing rows into the embeddings
+
+
+def conversation(post: str, summary: str) -> list[dict]:
+    """The conversation embedded for one side of a comparison: user = post, assistant = summary."""
+    return [{"role": "user", "content": post}, {"role": "assistant", "content": summary}]
+
+
+# -----------------------------------------------------------------------------
+# loading raw rows
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """GENERIC. A quick connection test of the hub endpoint (datasets would retry for ~25 s)."""
+    import socket
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = host.partition(":")
+    try:
+        with socket.create_connection((host, int(port or 443)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_raw_splits(data_files: dict | None = None, dataset: str = HUB_DATASET, config: str = HUB_CONFIG,
+                    revision: str = HUB_REVISION) -> dict:
+    """The HF splits {"train", "validation"} as `datasets.Dataset`s.
+
+    data_files None: the hub's parquet conversion, `load_dataset(dataset, config, revision=revision)`;
+    otherwise local files {split: [paths]} in the same row format (.parquet, or .json/.jsonl).
+    """
+    import datasets
+
+    if data_files is not None:
+        suffixes = {Path(p).suffix for paths in data_files.values() for p in paths}
+        builder = "parquet" if suffixes == {".parquet"} else "json" if suffixes <= {".json", ".jsonl"} else None
+        if builder is None:
+            raise SystemExit(f"error: raw TLDR files must be all .parquet or all .json/.jsonl, got {suffixes}")
+        loaded = datasets.load_dataset(builder, data_files={s: [str(p) for p in v] for s, v in data_files.items()})
+    else:
+        offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or \
+            os.environ.get("HF_DATASETS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        hint = (f"error: cannot load {dataset} ({config}, revision {revision}) from the Hugging Face hub"
+                " (no network or not cached).\nRun `python prepare.py --offline` for the built-in generated"
+                " data, or set HF_HUB_OFFLINE=1 to use a cached copy.")
+        if not offline_env and not hub_reachable():
+            raise SystemExit(hint)
+        try:
+            loaded = _load_hub(dataset, config, revision)
+        except ConnectionError as e:
+            raise SystemExit(f"{hint}\n(underlying error: {type(e).__name__}: {str(e).splitlines()[0][:300]})")
+    missing = [s for s in HF_SPLITS if s not in loaded]
+    if missing:
+        raise SystemExit(f"error: the TLDR data lacks the split(s) {missing}; found {list(loaded)}")
+    return {s: loaded[s] for s in HF_SPLITS}
+
+
+REQUIRED_COLUMNS = {"info", "summaries", "choice", "worker"}
+
+
+def _load_hub(dataset: str, config: str, revision: str):
+    """The hub's parquet conversion: by config name, else the config's files named explicitly.
+
+    `load_dataset(dataset, config, revision=...)` needs the branch to declare its configs; when it
+    does not (or infers a config that mixes in the `axis` files), read `<config>/<split>/*.parquet`
+    of that branch directly.
+    """
+    import datasets
+    from urllib.parse import quote
+
+    try:
+        loaded = datasets.load_dataset(dataset, config, revision=revision)
+        if all(s in loaded and REQUIRED_COLUMNS <= set(loaded[s].column_names) for s in HF_SPLITS):
+            return loaded
+        problem = f"splits/columns {({s: loaded[s].column_names for s in loaded})}"
+    except (ValueError, FileNotFoundError, datasets.exceptions.DatasetGenerationError) as e:
+        problem = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    base = f"hf://datasets/{dataset}@{quote(revision, safe='')}/{config}"
+    print(f"load_dataset({dataset!r}, {config!r}, revision={revision!r}) gave {problem}; reading {base}/<split>/*.parquet")
+    return datasets.load_dataset("parquet", data_files={s: f"{base}/{s}/*.parquet" for s in HF_SPLITS})
+
+
+def comparisons_from_rows(rows, batch_size: int = 10_000):
+    """Per-worker comparisons of one HF split: (DataFrame with COLUMNS in row order, counts).
+
+    A row gives (worker, post, winning = summaries[choice].text, losing = the other summary). Rows
+    with a missing post (CNN/DM articles: info.post null or empty) are skipped and counted; so are rows
+    that are not a valid two-summary comparison (choice not 0/1, not two summaries, missing text or
+    worker). `rows` is a `datasets.Dataset` or any iterable of row dicts.
+    """
+    import pandas as pd
+
+    out = {c: [] for c in COLUMNS}
+    counts = {"rows": 0, "skipped_missing_post": 0, "skipped_malformed": 0}
+
+    def batches():
+        if hasattr(rows, "iter") and hasattr(rows, "column_names"):
+            cols = [c for c in ("info", "summaries", "choice", "worker", "split") if c in rows.column_names]
+            for b in rows.select_columns(cols).iter(batch_size=batch_size):
+                n = len(b[cols[0]])
+                yield [{c: b[c][i] for c in cols} for i in range(n)]
+        else:
+            yield list(rows)
+
+    for batch in batches():
+        for row in batch:
+            counts["rows"] += 1
+            info = row.get("info") or {}
+            post = info.get("post")
+            if post is None or not str(post).strip():
+                counts["skipped_missing_post"] += 1
+                continue
+            summaries, choice, worker = row.get("summaries") or [], row.get("choice"), row.get("worker")
+            texts = [(s or {}).get("text") for s in summaries]
+            if len(texts) != 2 or choice not in (0, 1) or any(t is None for t in texts) or not worker:
+                counts["skipped_malformed"] += 1
+                continue
+            out["worker"].append(str(worker))
+            out["post_id"].append(str(info.get("id") or ""))
+            out["post"].append(str(post))
+            out["winning"].append(texts[choice])
+            out["losing"].append(texts[1 - choice])
+            out["split"].append(str(row.get("split") or ""))
+    frame = pd.DataFrame(out, columns=COLUMNS)
+    counts["comparisons"] = len(frame)
+    counts["workers"] = int(frame["worker"].nunique())
+    return frame, counts
+
+
+def write_parquet_atomic(frame, path: Path) -> None:
+    """Write a DataFrame so that a crash never leaves a half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_comparisons(data_path: Path, made_by: str = "python prepare.py") -> dict:
+    """The prepared per-split DataFrames {"train", "validation"} (see prepare.py)."""
+    import pandas as pd
+    import utils
+
+    return {s: pd.read_parquet(utils.require_file(data_path / COMPARISONS_FILE.format(split=s), made_by))
+            for s in HF_SPLITS}
+
+
+# -----------------------------------------------------------------------------
+# the seen/unseen worker split (SPEC 2.2)
+
+
+def indices_by_user(users) -> dict:
+    """{user: [row indices in row order]} for a sequence of user ids."""
+    groups = {}
+    for i, u in enumerate(users):
+        groups.setdefault(u, []).append(i)
+    return groups
+
+
+def split_users(train_rows: dict, test_rows: dict, seed: int = 0, drop_smallest: int = 2,
+                seen_train_size: int = 150, unseen_train_size: int = 50) -> dict:
+    """GENERIC. The seen/unseen user split of SPEC 2.2 (Reddit TLDR), reproducible across processes.
+
+    train_rows / test_rows: {user: [row indices]} of the train and the test (validation) split.
+    Per split, users are sorted by count ascending (ties by id) and the `drop_smallest` smallest are
+    dropped. Users kept in one split but not the other lack a side: skipped and counted. The rest are
+    sorted by id (the original shuffled a list made from a set, so its split changed with Python's
+    hash seed), shuffled by `random.Random(seed)` (the stream of `random.seed(seed); random.shuffle`)
+    and halved: the first len // 2 are seen, the rest unseen. From the same stream, each seen user
+    gets `min(len, seen_train_size)` random train rows (its test rows: all of its test split), each
+    unseen user `min(len, unseen_train_size)` random train rows as few-shot data (test: all).
+    Returns {"seen", "unseen": [ids], "seen_train", "seen_test", "unseen_train", "unseen_test":
+    [[row indices] per user, in that order], "counts": {...}}.
+    """
+    def kept(rows):
+        order = sorted(rows, key=lambda u: (len(rows[u]), u))
+        return order[:drop_smallest], set(order[drop_smallest:])
+
+    dropped_train, kept_train = kept(train_rows)
+    dropped_test, kept_test = kept(test_rows)
+    only_train, only_test = sorted(kept_train - kept_test), sorted(kept_test - kept_train)
+    both = sorted(kept_train & kept_test)
+    rng = random.Random(seed)
+    rng.shuffle(both)
+    half = len(both) // 2
+    seen, unseen = both[:half], both[half:]
+
+    def draw(users, size):
+        return [rng.sample(train_rows[u], min(len(train_rows[u]), size)) for u in users]
+
+    out = {"seen": seen, "unseen": unseen,
+           "seen_train": draw(seen, seen_train_size), "seen_test": [list(test_rows[u]) for u in seen]}
+    out["unseen_train"] = draw(unseen, unseen_train_size)
+    out["unseen_test"] = [list(test_rows[u]) for u in unseen]
+    out["counts"] = {
+        "users_train": len(train_rows), "users_test": len(test_rows),
+        "dropped_smallest_train": dropped_train, "dropped_smallest_test": dropped_test,
+        "skipped_lacking_a_side": len(only_train) + len(only_test),
+        "skipped_only_train": only_train, "skipped_only_test": only_test,
+        "seen": len(seen), "unseen": len(unseen),
+        "seen_train_comparisons": sum(map(len, out["seen_train"])),
+        "seen_test_comparisons": sum(map(len, out["seen_test"])),
+        "unseen_train_comparisons": sum(map(len, out["unseen_train"])),
+        "unseen_test_comparisons": sum(map(len, out["unseen_test"])),
+    }
+    return out
+
+
+def features_by_user(table, winning, losing, rows_per_user: list) -> list:
+    """GENERIC. Per-user feature tensors [m_i, d] = table[winning[rows]] - table[losing[rows]].
+
+    table [U, d] float32 (one embedding per distinct conversation), winning/losing [N] long row
+    indices into it, rows_per_user: one list of comparison rows per user.
+    """
+    import torch
+    out = []
+    for rows in rows_per_user:
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        out.append(table[winning[idx]] - table[losing[idx]])
+    return out
+
+
+# -----------------------------------------------------------------------------
+# embeddings written by generate-tldr-embeddings.py
+
+
+def load_embedded(data_path: Path, made_by: str = "python generate-tldr-embeddings.py"):
+    """(table [U, d], {split: (winning [N], losing [N])}, reward head [d, 1], metadata) after checking
+    that the embeddings were made from the current prepared comparisons."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    import utils
+
+    index_path = utils.require_file(data_path / INDEX_FILE, made_by)
+    with safe_open(str(index_path), "pt") as f:
+        meta = f.metadata() or {}
+    index = load_file(str(index_path))
+    for s in HF_SPLITS:
+        comp = utils.require_file(data_path / COMPARISONS_FILE.format(split=s), "python prepare.py")
+        if meta.get(f"{s}_sha256") != file_digest(comp):
+            raise SystemExit(f"error: {index_path.name} was made from another version of {comp.name}; "
+                             f"rerun `{made_by}`")
+    table, head = load_table_and_head(data_path, made_by)
+    pairs = {s: (index[f"{s}_winning"], index[f"{s}_losing"]) for s in HF_SPLITS}
+    return table, pairs, head, meta
+
+
+def load_table_and_head(data_path: Path, made_by: str):
+    """The conversation embeddings [U, d] and the reward head [d, 1] (float32, no pickle)."""
+    import embedding
+    import utils
+
+    path = utils.require_file(data_path / EMBEDDINGS_FILE, made_by)
+    table = embedding.load_embeddings(path, made_by)
+    head = embedding.load_reward_head(path.parent / embedding.REWARD_HEAD_FILE, made_by)
+    return table.float(), head.float().reshape(table.shape[1], -1)
+
+
+def split_summary(split: dict) -> str:
+    c = split["counts"]
+    return (f"workers: {c['users_train']} in train, {c['users_test']} in validation; dropped as the "
+            f"{len(c['dropped_smallest_train'])} smallest per split: train {c['dropped_smallest_train']}, "
+            f"validation {c['dropped_smallest_test']}; skipped for lacking a side: "
+            f"{c['skipped_lacking_a_side']} (train only {len(c['skipped_only_train'])}, validation only "
+            f"{len(c['skipped_only_test'])}); seen {c['seen']} (train {c['seen_train_comparisons']}, test "
+            f"{c['seen_test_comparisons']} comparisons), unseen {c['unseen']} (few-shot "
+            f"{c['unseen_train_comparisons']}, test {c['unseen_test_comparisons']})")
+
+
+def json_dump_atomic(obj, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)

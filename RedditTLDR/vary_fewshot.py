@@ -1,0 +1,69 @@
+"""Reddit TLDR: few-shot accuracy of unseen workers against the number of shots (LoRe basis fixed).
+
+    cd RedditTLDR && python vary_fewshot.py              # real data (after prepare.py and the embeddings)
+    cd RedditTLDR && python vary_fewshot.py --offline    # built-in tiny model and generated data
+
+Reads (data folder): the prepared comparisons and the embeddings, as train_basis.py.
+The worker split of train_basis.py (same seed: same seen and unseen workers, same seen train draws);
+each unseen worker's few-shot pool is min(len, unseen_pool_size) random train comparisons. A joint fit
+on the seen workers per K, then for every shot count `trials` seeded draws of that many comparisons
+per unseen worker, a few-shot fit and the accuracy on the worker's validation comparisons
+(utils.run_few_shot_vary_shots).
+Writes (results folder): vary_fewshot.json (settings, seed, split counts, per (K, shots) means and raw
+stds), vary_fewshot.md (table) and accuracy_vs_shots.png.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import utils  # noqa: E402
+import tldr_data  # noqa: E402
+
+# -----------------------------------------------------------------------------
+# settings: edit here, or override on the command line as --name=value
+offline = False               # True: built-in tiny model and generated data, no network
+data_dir = "data/tldr"
+results_dir = "results"
+seed = 0                      # worker split and comparison draws, shot draws, fits
+K_list = [5]
+alpha_list = [0]
+trials = 20                   # shot draws per shot count
+num_shots = [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+drop_smallest = 2             # workers dropped per split (the smallest by count)
+seen_train_size = 150         # train comparisons per seen worker (at most)
+unseen_pool_size = 100        # train comparisons per unseen worker that the shots are drawn from (at most)
+num_iterations = 500          # joint fit (LoRe)
+learning_rate = 0.5
+fewshot_iterations = 500      # few-shot fit of every (trial, unseen worker) at once
+fewshot_learning_rate = 0.1
+device = ""                   # "" = cuda if available, else cpu
+# -----------------------------------------------------------------------------
+overridden = utils.configure(globals())
+settings = utils.script_settings(globals())  # before any other global exists
+data_path, results_path = utils.script_dirs(__file__, data_dir, results_dir, offline)
+
+frames = tldr_data.load_comparisons(data_path)
+table, pairs, reward_head, meta = tldr_data.load_embedded(data_path)
+split = tldr_data.split_users(tldr_data.indices_by_user(frames["train"]["worker"]),
+                              tldr_data.indices_by_user(frames["validation"]["worker"]), seed=seed,
+                              drop_smallest=drop_smallest, seen_train_size=seen_train_size,
+                              unseen_train_size=unseen_pool_size)
+print(tldr_data.split_summary(split))
+if not split["seen"] or not split["unseen"]:
+    raise SystemExit("error: no seen or no unseen workers left after the split; check the prepared data")
+
+train = tldr_data.features_by_user(table, *pairs["train"], split["seen_train"])
+pool_unseen = tldr_data.features_by_user(table, *pairs["train"], split["unseen_train"])
+test_unseen = tldr_data.features_by_user(table, *pairs["validation"], split["unseen_test"])
+results = utils.run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, train, pool_unseen, test_unseen,
+                                        reward_head, len(split["seen"]), len(split["unseen"]),
+                                        device or utils.get_device(), seed=seed, num_iterations=num_iterations,
+                                        learning_rate=learning_rate, fewshot_iterations=fewshot_iterations,
+                                        fewshot_learning_rate=fewshot_learning_rate)
+extra = {"split": split["counts"], "seen_workers": split["seen"], "unseen_workers": split["unseen"],
+         "embedding_model": meta.get("model")}
+files = utils.save_fewshot_results(results_path, "vary_fewshot", settings, num_shots,
+                                   K_list, alpha_list, results, plot_name="accuracy_vs_shots.png",
+                                   title="Reddit TLDR: unseen-worker accuracy vs shots", extra=extra)
+print(files["markdown"].read_text())
+print(f"wrote {files['json']}, {files['markdown']}, {files['plots'][0]}")
