@@ -475,6 +475,11 @@ def _command(made_by: str) -> str:
     return f"`{made_by}`" if made_by.split(" ", 1)[0] in ("python", "accelerate", "cd") else made_by
 
 
+def _head_model(path: Path) -> str | None:
+    """The model a reward-head file was exported from (its metadata), or None when there is none."""
+    return _metadata(path).get("model") if path.exists() else None
+
+
 def load_reward_head(path, made_by: str = "the dataset's embedding script") -> torch.Tensor:
     """The reward head [d, 1] float32 written by export_reward_head (or by embed_to_file)."""
     from safetensors.torch import load_file
@@ -557,8 +562,10 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
     the main process merges them in order. Every process must call this with the same arguments.
 
     Also writes the model's reward head (score.weight.T, [d, 1]) to `out_path.parent / head_file`
-    (None: skip), with metadata "model" = str(model_name), when that file is missing. Calling it once per split (train chosen, train rejected, test, ...) reuses the loaded
-    model (kept in memory between calls), so either that or one call on a concatenated list works.
+    (None: skip), with metadata "model" = str(model_name), unless that file already holds this model's
+    head (a head of another model is replaced). Calling it once per split (train chosen, train
+    rejected, test, ...) reuses the loaded model (kept in memory between calls), so either that or one
+    call on a concatenated list works.
 
     batch_size caps the rows per forward pass; max_tokens (optional) caps rows x longest length, the
     better knob on a GPU (e.g. 32768 for the 8B model in bf16 on 80 GB).
@@ -580,8 +587,9 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
     }
     head_path = out_path.parent / head_file if head_file else None
     device = str(device or (state.device if state.num_processes > 1 else default_device()))
+    head_needed = head_path is not None and _head_model(head_path) != str(model_name)
     if out_path.exists() and _stored_manifest(out_path) == json.dumps(manifest, sort_keys=True):
-        if is_main and head_path is not None and not head_path.exists():
+        if is_main and head_needed:
             export_reward_head(_cached_reward_model(str(model_name), dtype, attn_implementation, device)[0],
                                head_path, str(model_name))
         state.wait_for_everyone()
@@ -603,7 +611,7 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
         raise SystemExit(f"error: {shards} holds shards without a manifest (of an unknown run); delete "
                          f"that folder (rm -r '{shards}') and run again.")
     model = tokenizer = None
-    if not all(f.exists() for f in shard_file) or (head_path is not None and not head_path.exists()):
+    if not all(f.exists() for f in shard_file) or head_needed:
         # Load before the folder is created, so a bad model name leaves nothing behind.
         model, tokenizer = _cached_reward_model(str(model_name), dtype, attn_implementation, device)
     if is_main and not manifest_file.exists():
@@ -626,7 +634,7 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
                 _after_shard_hook(k)
         if pbar is not None:
             pbar.close()
-    if is_main and head_path is not None and not head_path.exists():
+    if is_main and head_needed:
         export_reward_head(model, head_path, str(model_name))
     state.wait_for_everyone()
 

@@ -41,7 +41,6 @@ if offline:
 
 import embedding  # noqa: E402
 import torch  # noqa: E402
-from safetensors import safe_open  # noqa: E402
 
 frames = tldr_data.load_comparisons(data_path)
 
@@ -64,10 +63,6 @@ print(f"{len(conversations)} distinct (post, summary) conversations to embed wit
 
 out_path = data_path / tldr_data.EMBEDDINGS_FILE
 head_path = data_path / embedding.REWARD_HEAD_FILE
-if head_path.exists():  # a head exported from another model would silently mismatch the embeddings
-    with safe_open(str(head_path), "pt") as f:
-        if (f.metadata() or {}).get("model") != str(model_name):
-            head_path.unlink()
 embedding.embed_to_file(model_name, conversations, out_path, dtype=dtype,
                         attn_implementation=attn_implementation or None, batch_size=batch_size,
                         max_tokens=max_tokens or None, max_length=max_length or None, device=device or None)

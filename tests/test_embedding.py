@@ -274,3 +274,14 @@ def test_tiny_model_builds_byte_identical(tmp_path):
     assert files == sorted(p.name for p in b.iterdir()) and "model.safetensors" in files
     for name in files:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_a_head_exported_from_another_model_is_replaced(convs, tmp_path):
+    """The head beside the embeddings must come from the model that made them."""
+    from safetensors.torch import save_file
+    model_path = tiny_model_path()
+    head_file = tmp_path / REWARD_HEAD_FILE
+    save_file({"reward_head": torch.zeros(8, 1)}, str(head_file), metadata={"model": "another/model"})
+    embed_to_file(model_path, convs[:3], tmp_path / "e.safetensors", progress=False)
+    assert embedding._metadata(head_file)["model"] == model_path
+    assert load_reward_head(head_file).shape[0] != 8
