@@ -1,0 +1,340 @@
+"""The LoRe core in utils.py: losses, schedule, pruning, the fast alternating iteration against the
+straightforward formulation, batched few-shot fitting, K = 0, recovery of a planted population, and the
+pipelines' returns and files. Everything is offline, seeded and small (d <= 16)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import utils
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # these problems are tiny: intra-op threads only add fork/join cost (and spin on a shared CPU)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def random_users(counts, d, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(m, d, generator=g, dtype=dtype) for m in counts]
+
+
+# --- losses, schedule, pruning ---------------------------------------------------------------------
+
+def hand_made_case():
+    # user 0: x = [1, 0]; user 1: x = [0, 1] and [1, 1]. W = 0 -> w = [1/2, 1/2], V w = [200, -100]
+    X = [torch.tensor([[1.0, 0.0]], dtype=torch.float64), torch.tensor([[0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)]
+    V = torch.tensor([[100.0, 300.0], [0.0, -200.0]], dtype=torch.float64)
+    return X, V
+
+
+def test_lore_loss_matches_closed_form():
+    X, V = hand_made_case()
+    V_sft = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    model = utils.LoRe(V_sft, 0.5, 2, 2, 2, 1, 0.1, dtype=torch.float64, device="cpu")
+    model.W.data.zero_()
+    model.V.data.copy_(V)
+    comparisons = utils.as_comparisons(X)
+    # margins x.V.w/100: user 0 -> 2; user 1 -> -1 and 1; loss = sum over users of their mean NLL
+    nll = lambda s: math.log1p(math.exp(-s))  # noqa: E731
+    expected = nll(2.0) + (nll(-1.0) + nll(1.0)) / 2
+    expected += 0.5 * ((100 - 1) ** 2 + (0 - 2) ** 2 + (300 - 1) ** 2 + (-200 - 2) ** 2)
+    assert float(model.loss(comparisons).detach()) == pytest.approx(expected, rel=1e-12)
+
+
+def test_regularized_pooled_loss_and_cosine_term_match_closed_form():
+    X, V = hand_made_case()
+    model = utils.LoRe_regularized(None, 0.0, 2, 2, 2, 1, 0.0, dtype=torch.float64, device="cpu")
+    model.W.data.zero_()
+    model.V.data.copy_(V)
+    model.train(X)                        # lr 0: one iteration only records the loss at W = 0
+    nll = lambda s: math.log1p(math.exp(-s))  # noqa: E731
+    assert float(model.loss_history[0]) == pytest.approx((nll(2.0) + nll(-1.0) + nll(1.0)) / 3, rel=1e-12)
+    # columns [1,0] and [0,1] both at 45 degrees from [1,1]
+    reg = utils.cosine_regularizer(torch.eye(2, dtype=torch.float64), torch.ones(2, 1, dtype=torch.float64))
+    assert float(reg) == pytest.approx(1 - 1 / math.sqrt(2), rel=1e-12)
+
+
+def test_cosine_warmup_schedule():
+    alpha, T = 10.0, 100
+    values = {t: utils.cosine_warmup_alpha(t, T, alpha) for t in (0, 19, 20, 35, 50, 79, 80, 99)}
+    assert values == pytest.approx({0: 0.0, 19: 0.0, 20: 0.0, 35: 2.5, 50: 5.0, 79: 10 * 59 / 60, 80: 10.0,
+                                    99: 10.0})
+
+
+def test_pruning_keeps_columns_whose_largest_weight_reaches_1e_2():
+    weights = torch.tensor([[0.5, 0.0099, 0.4901, 0.0], [0.98, 0.0, 0.01, 0.01]])
+    V = torch.arange(12.0).reshape(3, 4)
+    kept_weights, kept_V = utils.prune_basis(weights, V)
+    assert torch.equal(kept_weights, weights[:, [0, 2, 3]])   # not renormalised; 1e-2 itself is kept
+    assert torch.equal(kept_V, V[:, [0, 2, 3]])
+
+
+def test_regularized_trainer_returns_pruned_simplex_weights():
+    X = random_users([5, 6, 7, 8], 6, seed=3)
+    model = utils.LoRe_regularized(None, 0.0, 4, 6, 8, 30, 0.5, dtype=torch.float64, device="cpu")
+    weights, V = model.train(X)
+    full = torch.softmax(model.W.detach(), 1)
+    kept = full.max(0).values >= 1e-2
+    assert torch.equal(weights, full[:, kept]) and torch.equal(V, model.V.detach()[:, kept])
+
+
+def test_training_leaves_the_torch_thread_count_as_it_was():
+    torch.set_num_threads(2)
+    try:
+        utils.LoRe_regularized(None, 0.0, 4, 6, 2, 5, 0.5, device="cpu").train(random_users([5, 6, 7, 8], 6, seed=3))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+
+
+# --- the fast alternating iteration equals the straightforward one --------------------------------
+
+def straightforward_regularized(X_all, users, V_sft, alpha, W0, V0, T, lr):
+    """The original formulation: every comparison against every user's weights (X_all @ (V @ w.T),
+    then gather), separate forward passes for the W step and the V step."""
+    W, V = W0.clone().requires_grad_(), V0.clone().requires_grad_()
+    opt_W, opt_V = torch.optim.Adam([W], lr=lr), torch.optim.Adam([V], lr=lr)
+    for t in range(T):
+        opt_W.zero_grad()
+        logits = X_all @ (V.detach() @ torch.softmax(W, 1).T) / 100
+        (-F.logsigmoid(logits.gather(1, users[:, None]))).mean().backward()
+        opt_W.step()
+        opt_V.zero_grad()
+        logits = X_all @ (V @ torch.softmax(W.detach(), 1).T) / 100
+        loss = (-F.logsigmoid(logits.gather(1, users[:, None]))).mean()
+        alpha_t = 0.0 if t < 0.2 * T else alpha * min(1.0, (t - 0.2 * T) / (0.6 * T))
+        cos = (F.normalize(V, dim=0) * F.normalize(V_sft, dim=0)).sum(0)
+        (loss + alpha_t * torch.mean(1 - cos)).backward()
+        opt_V.step()
+    return W.detach(), V.detach()
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+@pytest.mark.parametrize("numpy_blas", [False, True])
+def test_fast_regularized_iteration_equals_straightforward(indexed, numpy_blas, monkeypatch):
+    if numpy_blas:   # the CPU path of large inputs: NumPy's BLAS, X streamed by 2 workers in 4-row blocks
+        monkeypatch.setattr(utils, "_NUMPY_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(utils, "_STREAM_ROWS", 4)
+        torch.set_num_threads(2)
+    d, C, B, T = 7, 5, 3, 12
+    X = random_users([4, 6, 3, 5, 7], d, seed=1)
+    dense = utils.as_comparisons(X)
+    if indexed:   # the same features as table rows: x_n = table[2n] - table[2n+1]
+        table = torch.stack([dense.features, torch.zeros_like(dense.features)], 1).reshape(-1, d)
+        data = utils.Comparisons(dense.users, C, table=table, chosen=torch.arange(0, 2 * dense.N, 2),
+                                 rejected=torch.arange(1, 2 * dense.N, 2))
+    else:
+        data = X
+    V_sft = torch.randn(d, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    model = utils.LoRe_regularized(V_sft, 3.0, C, d, B, T, 0.3, seed=5, dtype=torch.float64, device="cpu")
+    W0, V0 = model.W.detach().clone(), model.V.detach().clone()
+    model.train(data)
+    torch.set_num_threads(1)
+    W_ref, V_ref = straightforward_regularized(dense.features, dense.users, V_sft, 3.0, W0, V0, T, 0.3)
+    assert torch.allclose(model.W.detach(), W_ref, rtol=1e-9, atol=1e-10)
+    assert torch.allclose(model.V.detach(), V_ref, rtol=1e-9, atol=1e-10)
+    assert not torch.equal(model.V.detach(), V0)
+
+
+def test_joint_lore_gradient_through_indexed_projection_matches_dense():
+    d = 5
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(9, d, generator=g, dtype=torch.float64)
+    chosen, rejected = torch.tensor([0, 3, 3, 8, 1, 2]), torch.tensor([1, 4, 5, 0, 7, 7])
+    users = torch.tensor([0, 0, 1, 1, 1, 2])
+    indexed = utils.Comparisons(users, 3, table=table, chosen=chosen, rejected=rejected)
+    dense = utils.Comparisons(users, 3, features=table[chosen] - table[rejected])
+    V = torch.randn(d, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    G = torch.randn(6, 2, generator=g, dtype=torch.float64)
+    (grad_indexed,) = torch.autograd.grad((indexed.project(V) * G).sum(), V)
+    (grad_dense,) = torch.autograd.grad(((dense.features @ V) * G).sum(), V)
+    assert torch.allclose(indexed.project(V), dense.features @ V) and torch.allclose(grad_indexed, grad_dense)
+    a = utils.solve_regularized(None, 0.0, indexed, 2, 20, 0.5, seed=1, progress=False)
+    b = utils.solve_regularized(None, 0.0, dense, 2, 20, 0.5, seed=1, progress=False)
+    assert all(torch.allclose(x, y) for x, y in zip(a, b))
+
+
+def test_batched_few_shot_equals_one_fit_per_user():
+    # Adam is elementwise and the loss is a sum of per-user terms, so one batched fit is exactly C fits
+    d, B = 6, 3
+    X = random_users([3, 5, 2, 4], d, seed=7)
+    V = torch.randn(d, B, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * 50
+    batched = utils.PersonalizeBatch(4, d, B, 40, 0.1, seed=3, dtype=torch.float64, device="cpu")
+    W0 = batched.W.detach().clone()
+    weights = batched.train(X, V)
+    for i, x in enumerate(X):
+        w = W0[i].clone().requires_grad_()
+        opt = torch.optim.Adam([w], lr=0.1)
+        for _ in range(40):
+            opt.zero_grad()
+            (-F.logsigmoid(x @ V @ torch.softmax(w, 0) / 100)).mean().backward()
+            opt.step()
+        assert torch.allclose(weights[i], torch.softmax(w.detach(), 0), rtol=1e-9, atol=1e-12)
+
+
+# --- evaluation, K = 0, sampling, inputs ------------------------------------------------------------
+
+def test_k0_reproduces_reference_head_predictions_and_ties_are_wrong():
+    d = 6
+    X = random_users([5, 8, 3], d, seed=11, dtype=torch.float32)
+    Xu = random_users([4, 6], d, seed=12, dtype=torch.float32)
+    V_ref = torch.randn(d, generator=torch.Generator().manual_seed(13))
+    X[0][0] = 0.0                                     # a tie (x . V_ref = 0) counts as wrong
+    out = utils.run([0], [0.0], V_ref, X, X, Xu, Xu, 3, 2, "cpu", progress=False)
+    assert all(len(r) == 1 for r in out) and len(out) == 8
+
+    def reference(groups):
+        per_user = np.array([float(((x @ V_ref) > 0).float().mean()) for x in groups])
+        return per_user.mean(), 0.25 * per_user.std()
+    for mean, band, groups in ((out[0], out[4], X), (out[1], out[5], X), (out[2], out[6], Xu), (out[3], out[7], Xu)):
+        assert (mean[0], band[0]) == pytest.approx(reference(groups))
+    per_user = utils.per_user_accuracy(X, V_ref[:, None], torch.ones(3, 1))
+    assert per_user[0] == pytest.approx(float(((X[0] @ V_ref) > 0).float().mean())) and per_user[0] <= 0.8
+
+
+def test_sample_shots_is_seeded_and_takes_min_m_shots_per_user():
+    X = random_users([2, 9, 5], 4, seed=0)
+    shots = utils.sample_shots(X, 4, seed=1)
+    assert [len(s) for s in shots] == [2, 4, 4]
+    for s, x in zip(shots, X):                       # rows of the user's own set, no repeats
+        assert all(any(torch.equal(r, y) for y in x) for r in s) and len(torch.unique(s, dim=0)) == len(s)
+    again, other = utils.sample_shots(X, 4, seed=1), utils.sample_shots(X, 4, seed=2)
+    assert all(torch.equal(a, b) for a, b in zip(shots, again))
+    assert not all(torch.equal(a, b) for a, b in zip(shots, other))
+
+
+def test_bad_shapes_raise_value_errors_naming_the_shape():
+    X = random_users([3, 4], 5, seed=0)
+    with pytest.raises(ValueError, match=r"\(5, 2\)"):
+        utils.run([0], [0.0], torch.zeros(5, 2), X, X, X, X, 2, 2, "cpu", progress=False)
+    with pytest.raises(ValueError, match=r"\(4,\)"):
+        utils.Comparisons.from_user_list([torch.zeros(3, 5), torch.zeros(4)])
+    with pytest.raises(ValueError, match=r"d = 6"):
+        utils.Comparisons.from_user_list([torch.zeros(3, 5), torch.zeros(2, 6)])
+    with pytest.raises(ValueError, match="users"):
+        utils.run([0], [0.0], torch.zeros(5), X, X, X, X, 3, 2, "cpu", progress=False)
+    with pytest.raises(ValueError, match="results_dir"):
+        utils.run_regularized([1], [0.0], torch.zeros(5), X, X, X, X, 2, 2, "cpu", progress=False)
+
+
+# --- planted population: recovery, few-shot, K = 1 ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def planted():
+    """B* = 3 orthogonal directions in R^16, Dirichlet(0.3) users (most lean on one direction):
+    150 seen users x 40 train / 40 test comparisons, 100 unseen users x 20 shots / 40 test."""
+    d, B_star, C, C_unseen = 16, 3, 150, 100
+    V_star, W_star = utils.generate_population(C + C_unseen, d, B_star, seed=0)
+    train, _ = utils.simulate_population(V_star, W_star[:C], 40, seed=1)
+    test, bayes_test = utils.simulate_population(V_star, W_star[:C], 40, seed=2)
+    shots, _ = utils.simulate_population(V_star, W_star[C:], 20, seed=3)
+    test_unseen, bayes_unseen = utils.simulate_population(V_star, W_star[C:], 40, seed=4)
+    return dict(d=d, B_star=B_star, C=C, C_unseen=C_unseen, V_star=V_star, W_star=W_star, train=train,
+                test=test, shots=shots, test_unseen=test_unseen, bayes_seen=utils.bayes_accuracy(test, bayes_test),
+                bayes_unseen=utils.bayes_accuracy(test_unseen, bayes_unseen))
+
+
+def test_planted_population_bayes_accuracy_is_what_the_truth_achieves(planted):
+    p = planted
+    assert 0.8 < p["bayes_seen"] < 0.9 and 0.8 < p["bayes_unseen"] < 0.9
+    assert torch.allclose(p["W_star"].sum(1), torch.ones(p["C"] + p["C_unseen"]))
+    # the truth itself scores its Bayes accuracy up to sampling error: 6,000 comparisons,
+    # std error sqrt(0.84 * 0.16 / 6000) = 0.5 points, so 2 points is > 4 standard errors
+    mean, _ = utils.eval_multiple(p["test"], p["V_star"], p["W_star"][: p["C"]])
+    assert abs(mean - p["bayes_seen"]) < 0.02
+
+
+def test_lore_recovers_planted_population_and_beats_a_single_reward_on_unseen_users(planted):
+    p = planted
+    out = utils.run([1, p["B_star"]], [0.0], None, p["train"], p["test"], p["shots"], p["test_unseen"], p["C"],
+                    p["C_unseen"], "cpu", progress=False)
+    seen_test, unseen_test = out[1], out[3]
+    # Within a few points of Bayes: with 6,000 (4,000) test comparisons the accuracy's std error is
+    # ~0.5 (0.6) points; the rest of the allowed gap is estimation error of 40 train comparisons per
+    # seen user (3 weights each) and of 20 shots per unseen user (measured: 1.1 and 2.5 points).
+    assert seen_test[1] > p["bayes_seen"] - 0.03
+    assert unseen_test[1] > p["bayes_unseen"] - 0.045
+    # One Bradley-Terry reward cannot serve users who lean on orthogonal directions: a user on
+    # direction 1 judged by the population's mean direction (~54 degrees away for 3 directions) loses
+    # ~10 points (measured 9). Require 5 points: > 5 std errors of a difference on 4,000 comparisons.
+    assert unseen_test[1] > unseen_test[0] + 0.05
+    assert seen_test[1] > seen_test[0] + 0.05
+
+
+# --- pipelines: lengths, files, seeding --------------------------------------------------------------
+
+def small_groups():
+    V_star, W_star = utils.generate_population(30, 8, 2, seed=5)
+    groups = [utils.simulate_population(V_star, W_star[:20], 10, seed=s)[0] for s in (1, 2)]
+    groups += [utils.simulate_population(V_star, W_star[20:], 6, seed=s)[0] for s in (3, 4)]
+    return V_star[:, :1] / 400, groups
+
+
+def test_run_regularized_returns_eight_lists_and_saves_loadable_files(tmp_path):
+    from safetensors.torch import load_file
+    V_final, groups = small_groups()
+    K_list, alpha_list = [0, 1, 3], [0.0, 100.0]
+    out = utils.run_regularized(K_list, alpha_list, V_final, *groups, 20, 10, "cpu", num_iterations=40,
+                                fewshot_iterations=20, results_dir=tmp_path / "res", dataset_name="toy",
+                                progress=False)
+    assert len(out) == 8 and all(len(r) == 6 for r in out)
+    assert all(0.0 <= v <= 1.0 for r in out[:4] for v in r)
+    for alpha in alpha_list:
+        assert not (tmp_path / "res" / f"toy_V_lore_K_0_alpha_{alpha}.pt").exists()
+        for K in (1, 3):
+            V = torch.load(tmp_path / "res" / f"toy_V_lore_K_{K}_alpha_{alpha}.pt", weights_only=True)
+            W = torch.load(tmp_path / "res" / f"toy_W_lore_seen_{K}_{alpha}.pt", weights_only=True)
+            assert V.shape[0] == 8 and 1 <= V.shape[1] <= K and W.shape == (20, V.shape[1])
+            assert torch.equal(load_file(tmp_path / "res" / f"toy_V_lore_K_{K}_alpha_{alpha}.safetensors")["V"], V)
+            assert torch.equal(load_file(tmp_path / "res" / f"toy_W_lore_seen_{K}_{alpha}.safetensors")["W"], W)
+    again = utils.run_regularized(K_list, alpha_list, V_final, *groups, 20, 10, "cpu", num_iterations=40,
+                                  fewshot_iterations=20, results_dir=tmp_path / "res2", progress=False)
+    assert again == out                                  # seeded: identical reruns
+    assert (tmp_path / "res2" / "V_lore_K_3_alpha_100.0.pt").exists()
+
+
+def test_run_returns_eight_lists_and_saves_when_asked(tmp_path):
+    V_final, groups = small_groups()
+    out = utils.run([0, 2], [0.0], V_final, *groups, 20, 10, "cpu", num_iterations=30, fewshot_iterations=20,
+                    results_dir=tmp_path, dataset_name="toy", progress=False)
+    assert len(out) == 8 and all(len(r) == 2 for r in out)
+    V = torch.load(tmp_path / "toy_V_lore_K_2_alpha_0.0.pt", weights_only=True)
+    assert V.shape == (8, 2) and (tmp_path / "toy_W_lore_seen_2_0.0.safetensors").exists()
+
+
+def test_vary_shots_shapes_seeding_and_k0(tmp_path):
+    V_final, (train, _, shots_pool, test_unseen) = small_groups()
+    kwargs = dict(num_iterations=30, fewshot_iterations=20, progress=False)
+    out = utils.run_few_shot_vary_shots(3, [0.0], [0, 2], [2, 4], train, shots_pool, test_unseen, V_final, 20, 10,
+                                        "cpu", **kwargs)
+    assert len(out) == 4 and all(r.shape == (2, 2) for r in out)
+    again = utils.run_few_shot_vary_shots(3, [0.0], [0, 2], [2, 4], train, shots_pool, test_unseen, V_final, 20,
+                                          10, "cpu", **kwargs)
+    assert all(np.array_equal(a, b) for a, b in zip(out, again))
+    # K = 0: the reference head, whatever the shots: its test accuracy is the plain K = 0 figure
+    reference = utils.run([0], [0.0], V_final, train, train, shots_pool, test_unseen, 20, 10, "cpu", progress=False)
+    assert out[1][0] == pytest.approx([reference[3][0]] * 2)
+    paths = utils.save_fewshot_results(tmp_path, "fewshot", {"seed": 0}, [2, 4], [0, 2], [0.0], out)
+    assert all(p.exists() for p in [paths["json"], paths["markdown"], *paths["plots"]])
+
+
+def test_save_results_writes_json_with_raw_std_markdown_and_plot(tmp_path):
+    results = ([0.9, 0.8], [0.7, 0.6], [0.65, 0.6], [0.6, 0.55], [0.025, 0.05], [0.01, 0.02], [0.0, 0.0],
+               [0.03, float("nan")])
+    paths = utils.save_results(tmp_path, "toy", {"seed": 3, "K_list": [0, 5]}, [0, 5], [1e4], results,
+                               plot_name="acc_alpha_{alpha}.png")
+    payload = json.loads(paths["json"].read_text())
+    assert payload["seed"] == 3 and payload["settings"]["K_list"] == [0, 5]
+    assert payload["results"][1]["seen_train"] == {"mean": 0.8, "std": pytest.approx(0.2)}
+    assert payload["results"][1]["unseen_test"]["std"] is None
+    table = paths["markdown"].read_text()
+    assert "| ref | 90.0 ± 10.0 |" in table and "| 5 |" in table
+    assert paths["plots"] == [tmp_path / "acc_alpha_10000.0.png"] and paths["plots"][0].stat().st_size > 0
