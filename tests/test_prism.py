@@ -1,0 +1,490 @@
+"""PRISM: downloads (retry policy, validation, atomic writes), parsing, the seed-123 split, comparisons,
+the offline generator, and the whole PRISM folder run in order on the offline default."""
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+PRISM = ROOT / "PRISM"
+sys.path.insert(0, str(PRISM))
+import prism_data  # noqa: E402
+
+GOOD = b'{"user_id": "user0", "x": 1}\n{"user_id": "user1", "x": 2}\n'
+
+
+# -----------------------------------------------------------------------------
+# a hand-made raw fixture in the published format
+
+
+def _shuffled(row: dict, rng) -> dict:
+    keys = list(row)
+    return {keys[i]: row[keys[i]] for i in rng.permutation(len(keys))}
+
+
+def _model(turn, content, chosen, wid):
+    return {"turn": turn, "role": "model", "content": content, "model_provider": "p", "model_name": f"m{wid}",
+            "score": 90 if chosen else 10, "if_chosen": chosen, "within_turn_id": wid}
+
+
+def _turn(t, n_rejected=1, chosen=True, user=True, tag=""):
+    items = [{"turn": t, "role": "user", "content": f"{tag}u{t}"}] if user else []
+    wid = 0
+    if chosen:
+        items.append(_model(t, f"{tag}c{t}", True, wid))
+        wid += 1
+    for j in range(n_rejected):
+        items.append(_model(t, f"{tag}r{t}.{j}", False, wid + j))
+    return items
+
+
+# Users in survey order: name -> list of dialog kinds (None: 0 completed conversations).
+FIXTURE_USERS = {
+    "user0": [None], "user1": ["std"] * 7, "user2": ["std"] * 6, "user3": ["std"] * 5, "user4": ["std"] * 8,
+    "user5": ["unusable"] * 2, "user6": ["std"] * 6 + ["special"], "user7": ["std"] * 6, "user8": ["std"],
+    "user9": ["std"] * 7, "user10": ["std"] * 6 + ["unusable"], "user11": ["std"] * 7, "user12": ["std"] * 6,
+}
+SPECIAL_TURNS = [  # dialog of user6 whose turns exercise every rule
+    _turn(0, n_rejected=3, tag="s"),                 # 4 responses: 3 comparisons
+    _turn(1, n_rejected=0, tag="s"),                 # chosen only: no comparison, history goes on
+    [x if x.get("if_chosen") is not False else dict(x, content="EMPTY STRING") for x in _turn(2, 1, tag="s")],
+    _turn(3, n_rejected=2, chosen=False, tag="s"),   # nothing chosen: no comparison, history ends
+    _turn(4, n_rejected=1, tag="s"),                 # after the end: no comparison
+]
+
+
+def write_fixture(folder: Path, seed: int = 0) -> dict:
+    """Write the three raw files; return {user: [dialog ids in file order]} of the usable dialogs."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    survey, dialogs = [], []
+    for u, kinds in FIXTURE_USERS.items():
+        prefs = {"values": 50, "creativity": 90, "fluency": 10, "factuality": 90, "diversity": 0, "safety": 70,
+                 "personalisation": 70, "helpfulness": 20, "other": 0, "other_text": "free text"}
+        survey.append(_shuffled({"user_id": u, "num_completed_conversations": 0 if kinds == [None] else len(kinds),
+                                 "self_description": "me", "system_string": "be nice", "age": "25-34 years old",
+                                 "stated_prefs": _shuffled(prefs, rng), "order_stated_prefs": {"values": 1},
+                                 "religion": {"simplified": "none"}, "a_new_key": [1, 2]}, rng))
+        dialogs += [(u, k) for k in kinds if k is not None]
+    order = rng.permutation(len(dialogs))           # users interleaved in the file
+    ids = rng.permutation(len(dialogs))             # ids not in file order
+    usable, rows = {}, []
+    for pos, i in enumerate(order):
+        u, kind = dialogs[i]
+        cid = f"c{ids[pos]}"
+        if kind == "std":
+            history = _turn(0, 2, tag=cid) + _turn(1, 1, tag=cid)
+        elif kind == "unusable":
+            history = _turn(0, 0, tag=cid) + _turn(1, 2, chosen=False, tag=cid)
+        else:
+            history = [x for t in SPECIAL_TURNS for x in t]
+            cid = "special"
+        history = [_shuffled(x, rng) for x in history]
+        if kind == "std" and pos % 3 == 0:          # items out of order: grouping must not rely on it
+            history = [history[j] for j in rng.permutation(len(history))]
+        rows.append(_shuffled({"conversation_id": cid, "user_id": u, "conversation_type": "unguided",
+                               "opening_prompt": "hi", "conversation_turns": 2, "conversation_history": history,
+                               "open_feedback": "ok", "extra_field": {"nested": True}}, rng))
+        if kind != "unusable":
+            usable.setdefault(u, []).append(cid)
+    for name, data in (("survey.jsonl", survey), ("conversations.jsonl", rows),
+                       ("utterances.jsonl", [{"utterance_id": "ut0", "conversation_id": "c0"}])):
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in data))
+    return usable
+
+
+def expected_split(user_ids, dialog_ids):
+    """The original split, written out independently: np.random.seed(123), shuffle, 80/20, > 5 dialogs,
+    shuffle each user's dialogs, first half to train."""
+    np.random.seed(123)
+    ids = list(user_ids)
+    np.random.shuffle(ids)
+    train, test, seen, unseen = [], [], [], []
+    for group, out in ((ids[:int(len(ids) * 0.8)], seen), (ids[int(len(ids) * 0.8):], unseen)):
+        for u in group:
+            d = np.array(dialog_ids[u])
+            if len(d) > 5:
+                out.append(u)
+                np.random.shuffle(d)
+                train += list(d[:int(len(d) * 0.5)])
+                test += list(d[int(len(d) * 0.5):])
+    return train, test, seen, unseen
+
+
+def count_comparisons(conversations_path: Path, dialog_ids) -> int:
+    """Rejected responses of the qualifying turns, counted straight from the raw conversations: walk the
+    turns in order, stop at a turn without a user message or a chosen response."""
+    by_id = {}
+    for line in open(conversations_path):
+        row = json.loads(line)
+        by_id[row["conversation_id"]] = row["conversation_history"]
+    total = 0
+    for cid in dialog_ids:
+        turns = {}
+        for item in by_id[cid]:
+            turns.setdefault(item["turn"], []).append(item)
+        for t in sorted(turns):
+            users = [x for x in turns[t] if x["role"] == "user"]
+            chosen = [x for x in turns[t] if x["role"] != "user" and x["if_chosen"]]
+            if not users or not chosen:
+                break
+            total += len(chosen) * sum(1 for x in turns[t] if x["role"] != "user" and not x["if_chosen"])
+    return total
+
+
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prism_raw")
+    usable = write_fixture(folder)
+    data_user, data_dialog, counts = prism_data.parse_raw(folder)
+    return folder, usable, data_user, data_dialog, counts
+
+
+def test_parse_filters_users_and_dialogs(parsed):
+    folder, usable, data_user, data_dialog, counts = parsed
+    assert "user0" not in data_user and counts["users_zero_conversations"] == 1       # 0 conversations
+    assert "user5" not in data_user and counts["users_dropped_no_dialog"] == 1        # all dialogs unusable
+    assert counts["dialogs_dropped_no_usable_turn"] == 3
+    assert list(data_user) == [u for u in FIXTURE_USERS if u in usable]              # survey order
+    for u, ids in usable.items():
+        assert data_user[u]["dialog_ids"] == ids                                       # file order, not sorted
+    assert data_user["user1"]["preferences"] == ["creativity", "factuality", "safety"]  # top 3, ties by order
+    assert data_user["user1"]["demographics"]["age"] == "25-34 years old"
+
+
+def test_turns_and_comparisons_of_the_special_dialog(parsed):
+    _, _, _, data_dialog, _ = parsed
+    dialog = data_dialog["special"]
+    assert [t["turn_nb"] for t in dialog["turns"]] == [0, 1, 2, 3, 4]
+    assert dialog["turns"][0]["rejected_utterance"] == ["sr0.0", "sr0.1", "sr0.2"]   # within_turn_id order
+    rows = prism_data.dialog_comparisons(dialog)
+    assert [(r["turn_nb"], r["chosen"], r["rejected"]) for r in rows] == [
+        (0, "sc0", "sr0.0"), (0, "sc0", "sr0.1"), (0, "sc0", "sr0.2"), (2, "sc2", "EMPTY STRING")]
+    assert rows[0]["prompt"] == [{"role": "user", "content": "su0"}]
+    assert rows[3]["prompt"] == [{"role": "user", "content": "su0"}, {"role": "assistant", "content": "sc0"},
+                                 {"role": "user", "content": "su1"}, {"role": "assistant", "content": "sc1"},
+                                 {"role": "user", "content": "su2"}]
+    assert prism_data.conversation(rows[3]["prompt"], "x")[-1] == {"role": "assistant", "content": "x"}
+
+
+def test_split_matches_the_hand_computed_expectation(parsed):
+    _, usable, data_user, _, _ = parsed
+    split = prism_data.split_users(data_user)
+    train, test, seen, unseen = expected_split(list(data_user), {u: data_user[u]["dialog_ids"] for u in data_user})
+    assert split["train_dialog_ids"] == train and split["test_dialog_ids"] == test
+    assert split["seen_user_ids"] == {u: i + 1 for i, u in enumerate(seen)}
+    assert split["unseen_user_ids"] == {u: 0 for u in unseen}
+    # By hand: the 11 kept users in survey order shuffled by seed 123 give user1 user6 user7 user9 user10
+    # user11 user4 user2 | user8 user12 user3 (int(11 * 0.8) = 8 seen candidates). All 8 have > 5 kept
+    # dialogs (user10: 7 conversations, one unusable, 6 kept); of the rest only user12 (6) qualifies.
+    assert list(split["seen_user_ids"]) == ["user1", "user6", "user7", "user9", "user10", "user11", "user4", "user2"]
+    assert list(split["unseen_user_ids"]) == ["user12"]
+    assert "user3" not in split["seen_user_ids"] and "user8" not in split["seen_user_ids"]   # <= 5 dialogs
+    assert len(split["train_dialog_ids"]) == sum(len(data_user[u]["dialog_ids"]) // 2 for u in seen + unseen)
+
+
+def test_comparison_counts_equal_rejected_responses_of_qualifying_turns(parsed):
+    folder, _, data_user, data_dialog, _ = parsed
+    split = prism_data.split_users(data_user)
+    comparisons = prism_data.build_comparisons(data_dialog, split)
+    for s in prism_data.SPLITS:
+        assert len(comparisons[s]) == count_comparisons(folder / "conversations.jsonl", split[f"{s}_dialog_ids"])
+        seen = [r["user_id"] in split["seen_user_ids"] for r in comparisons[s]]
+        assert [r["seen"] for r in comparisons[s]] == seen
+    prism_data.write_comparisons(comparisons["train"], folder / "train.parquet")
+    assert prism_data.read_comparisons(folder / "train.parquet") == comparisons["train"]
+
+
+def test_top_preferences_ignore_text_and_key_order():
+    prefs = {"other_text": "x", "safety": 80, "values": 80, "fluency": 95, "helpfulness": None, "diversity": 79}
+    assert prism_data.top_preferences(prefs) == ["fluency", "values", "safety"]
+    assert prism_data.top_preferences(dict(reversed(list(prefs.items())))) == ["fluency", "values", "safety"]
+
+
+# -----------------------------------------------------------------------------
+# downloads: validation, retries only when rate limited, atomic writes
+
+
+@pytest.mark.parametrize("content, reason", [
+    (GOOD, None),
+    (GOOD + b"\n\n", None),
+    (b"", "empty"),
+    (b"<!DOCTYPE html><html>Too Many Requests</html>", "HTML"),
+    (GOOD + b'{"user_id": "user2", "x"', "last line"),
+    (b"garbage\n" + GOOD, "first line"),
+    (b"[1, 2]\n", "JSON object"),
+    ((b'{"a": "' + b"x" * 300_000 + b'"}\n') * 2, None),               # lines longer than a read block
+])
+def test_jsonl_validation(tmp_path, content, reason):
+    path = tmp_path / "f.jsonl"
+    path.write_bytes(content)
+    got = prism_data.invalid_jsonl_reason(path)
+    assert (got is None) if reason is None else (reason in got)
+
+
+class FakeResponse:
+    def __init__(self, body: bytes, content_type="application/json", length=None):
+        self._body, self.headers = body, {"Content-Type": content_type}
+        if length is not None:
+            self.headers["Content-Length"] = str(length)
+
+    def read(self, n=-1):
+        out, self._body = (self._body, b"") if n < 0 else (self._body[:n], self._body[n:])
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def scripted_opener(*answers):
+    calls = []
+
+    def opener(request, timeout=None):
+        calls.append(request.full_url)
+        answer = answers[min(len(calls), len(answers)) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+    return opener, calls
+
+
+def http_error(code):
+    return urllib.error.HTTPError("http://x/f.jsonl", code, "status", {}, None)
+
+
+def test_rate_limits_are_retried_then_the_file_is_written(tmp_path):
+    opener, calls = scripted_opener(http_error(429), FakeResponse(b"<html>slow down</html>", "text/html"),
+                                    FakeResponse(GOOD, length=len(GOOD)))
+    waits = []
+    dest = tmp_path / "survey.jsonl"
+    assert prism_data.download("http://x/f.jsonl", dest, retries=10, wait_s=30, opener=opener,
+                               sleep=waits.append) == "downloaded"
+    assert dest.read_bytes() == GOOD and len(calls) == 3 and waits == [30, 30]
+    assert list(tmp_path.iterdir()) == [dest]                      # no temp file left behind
+
+
+def test_retries_stop_after_the_limit(tmp_path):
+    opener, calls = scripted_opener(http_error(429))
+    with pytest.raises(prism_data.DownloadError, match="still rate limited after 3 retries"):
+        prism_data.download("http://x/f.jsonl", tmp_path / "f.jsonl", retries=3, wait_s=0, opener=opener,
+                            sleep=lambda s: None)
+    assert len(calls) == 4 and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("error", [urllib.error.URLError(socket.gaierror(-2, "Name or service not known")),
+                                   ConnectionRefusedError(111, "refused"), http_error(404)])
+def test_other_failures_stop_at_once(tmp_path, error):
+    opener, calls = scripted_opener(error)
+    with pytest.raises(prism_data.DownloadError) as err:
+        prism_data.download("http://x/f.jsonl", tmp_path / "f.jsonl", retries=10, wait_s=0, opener=opener,
+                            sleep=lambda s: pytest.fail("must not wait"))
+    assert len(calls) == 1 and "--offline" in str(err.value)
+
+
+@pytest.mark.parametrize("response", [FakeResponse(GOOD[:-10], length=len(GOOD)),      # cut short
+                                      FakeResponse(GOOD + b'{"half": '),                 # ends mid-line
+                                      FakeResponse(b"not json at all\n")])
+def test_a_bad_download_never_replaces_a_file(tmp_path, response):
+    dest = tmp_path / "f.jsonl"
+    dest.write_bytes(b'{"old": 1}\n{"old": ')                      # an earlier truncated download
+    before = dest.read_bytes()
+    opener, _ = scripted_opener(response)
+    with pytest.raises(prism_data.DownloadError, match="untouched"):
+        prism_data.download("http://x/f.jsonl", dest, retries=10, wait_s=0, opener=opener, sleep=lambda s: None)
+    assert dest.read_bytes() == before and list(tmp_path.iterdir()) == [dest]
+    opener, _ = scripted_opener(FakeResponse(GOOD))                 # a good download replaces the bad file
+    assert prism_data.download("http://x/f.jsonl", dest, opener=opener) == "downloaded"
+    assert dest.read_bytes() == GOOD
+
+
+def test_a_valid_file_is_reused_without_a_request(tmp_path):
+    dest = tmp_path / "f.jsonl"
+    dest.write_bytes(GOOD)
+    opener, calls = scripted_opener(FakeResponse(b"<html></html>", "text/html"))
+    assert prism_data.download("http://x/f.jsonl", dest, opener=opener) == "reused"
+    assert calls == [] and dest.read_bytes() == GOOD
+
+
+def test_download_from_a_local_http_server(tmp_path):
+    """The real urllib path against a server on 127.0.0.1: 429, then an HTML page, then the file."""
+    answers = [(429, "text/plain", b"slow"), (200, "text/html", b"<html>rate limited</html>"),
+               (200, "application/json", GOOD)]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            code, ctype, body = answers.pop(0) if answers else (500, "text/plain", b"")
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/survey.jsonl"
+        dest = tmp_path / "survey.jsonl"
+        assert prism_data.download(url, dest, retries=5, wait_s=0) == "downloaded"
+        assert dest.read_bytes() == GOOD and answers == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_prepare_without_network_fails_at_once_naming_offline(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "prepare.py", f"--data_dir={tmp_path / 'data'}",
+         f"--base_url=http://127.0.0.1:{_closed_port()}/"],
+        cwd=PRISM, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "--offline" in result.stderr
+    assert not any((tmp_path / "data").glob("*.jsonl"))
+
+
+# -----------------------------------------------------------------------------
+# the offline generator and the whole folder on the offline default
+
+
+def test_generator_is_byte_identical_for_a_seed(tmp_path):
+    from offline import prism as offline_prism
+    settings = dict(n_users=6, few_fraction=0.2, zero_fraction=0.2, dropped_users=1, turns_range=(2, 2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)            # tiny forward passes: one thread is fastest, above all on a busy CPU
+    try:
+        offline_prism.generate(tmp_path / "a", seed=3, **settings)
+        offline_prism.generate(tmp_path / "b", seed=3, **settings)
+    finally:
+        torch.set_num_threads(threads)
+    for name in offline_prism.RAW_FILES + ("ground_truth.json", "ground_truth.safetensors"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    survey = [json.loads(x) for x in (tmp_path / "a" / "survey.jsonl").read_text().splitlines()]
+    assert len({tuple(r) for r in survey}) > 1                      # keys in varied order
+    assert any(r["num_completed_conversations"] == 0 for r in survey)
+
+
+OFFLINE_USERS = 100
+
+# The four scripts run in order in ONE fresh Python process, each as `python <script> <args>` would run
+# it (runpy, __main__, its own argv), so torch and transformers are imported once, not four times.
+DRIVER = """
+import json, runpy, sys
+sys.path.insert(0, ".")
+for argv in json.loads(sys.argv[1]):
+    sys.argv = argv
+    print("=== " + " ".join(argv), flush=True)
+    runpy.run_path(argv[0], run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory):
+    """prepare -> embeddings -> train_basis -> vary_fewshot, in order, as the README commands (small
+    overrides for speed; one thread, so a busy machine does not slow the tiny products to a crawl)."""
+    base = tmp_path_factory.mktemp("prism_offline")
+    common = ["--offline", f"--data_dir={base / 'data' / 'prism'}"]
+    results = ["--results_dir=" + str(base / "results"), "--num_iterations=500"]
+    steps = [["prepare.py", *common, f"--offline_users={OFFLINE_USERS}"],
+             ["generate-prism-embeddings.py", *common],
+             ["train_basis.py", *common, *results, "--K_list=[0,1,5,10]"],
+             ["vary_fewshot.py", *common, *results, "--K_list=[1,5]", "--num_shots=[2,10]", "--trials=2"]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(steps)], cwd=PRISM, capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0, f"the offline PRISM pipeline failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    logs = result.stdout.split("=== ")[1:]
+    assert [log.split()[0] for log in logs] == [step[0] for step in steps]
+    return base / "data" / "prism-offline", base / "results-offline", logs
+
+
+def test_offline_prepare_outputs(offline_run):
+    data, _, logs = offline_run
+    for name in ("survey.jsonl", "conversations.jsonl", "utterances.jsonl", prism_data.USER_FILE,
+                 prism_data.DIALOG_FILE, prism_data.SPLIT_FILE, "train.parquet", "test.parquet",
+                 "ground_truth.json"):
+        assert (data / name).exists(), name
+    assert "seen users" in logs[0] and "comparisons" in logs[0]
+    data_user = json.loads((data / prism_data.USER_FILE).read_text())
+    split = json.loads((data / prism_data.SPLIT_FILE).read_text())
+    train, test, seen, unseen = expected_split(list(data_user), {u: v["dialog_ids"] for u, v in data_user.items()})
+    assert split["train_dialog_ids"] == train and split["test_dialog_ids"] == test
+    assert list(split["seen_user_ids"]) == seen and list(split["unseen_user_ids"]) == unseen
+    assert len(seen) >= 30 and len(unseen) >= 8
+    rows = prism_data.load_prepared(data)
+    for s in prism_data.SPLITS:
+        assert len(rows[s]) == count_comparisons(data / "conversations.jsonl", split[f"{s}_dialog_ids"])
+    assert any(r["rejected"] == "EMPTY STRING" or r["chosen"] == "EMPTY STRING" for s in rows for r in rows[s])
+    raw = (data / "conversations.jsonl").read_text()
+    assert '"if_chosen": true' in raw and '"within_turn_id"' in raw and '"model_provider"' in raw
+
+
+def test_offline_embeddings_index_every_side(offline_run):
+    data, _, _ = offline_run
+    from safetensors.torch import load_file
+    rows = prism_data.load_prepared(data)
+    _, table, pairs, head = prism_data.load_embedded(data)
+    assert head.shape == (table.shape[1], 1) and table.dtype == torch.float32
+    for s in prism_data.SPLITS:
+        assert pairs[s][0].shape == pairs[s][1].shape == (len(rows[s]),)
+        same_text = torch.tensor([r["chosen"] == r["rejected"] for r in rows[s]])   # e.g. two "EMPTY STRING"
+        assert torch.equal(pairs[s][0] == pairs[s][1], same_text)
+    index = load_file(str(data / prism_data.INDEX_FILE))
+    assert int(torch.cat(list(index.values())).max()) == table.shape[0] - 1   # every row used, none missing
+
+
+def test_offline_lore_beats_ref_and_single_reward_on_unseen_users(offline_run):
+    _, results, logs = offline_run
+    payload = json.loads((results / "prism_lore_results.json").read_text())
+    assert payload["seed"] == 0 and payload["settings"]["num_iterations"] == 500
+    assert payload["alpha_list"] == [0.0, 1e4]                     # the offline default
+    unseen = {r["K"]: r["unseen_test"]["mean"] for r in payload["results"] if r["alpha"] == 0.0}
+    print(logs[2])
+    for K in (5, 10):
+        assert unseen[K] > unseen[0] + 0.05 and unseen[K] > unseen[1] + 0.05, unseen
+    assert unseen[10] < payload["planted_accuracy"]["unseen_test"] + 0.05           # not above the truth
+    # alpha = 1e4 pins the basis to the tiny model's head (unrelated to the planted tastes): "ref" again
+    pinned = [r for r in payload["results"] if r["alpha"] == 1e4]
+    for r in pinned:
+        for group in ("seen_test", "unseen_test"):
+            assert abs(r[group]["mean"] - pinned[0][group]["mean"]) < 0.03, (r, pinned[0])
+    for K in (1, 5, 10):
+        V = torch.load(results / f"PRISM_V_lore_K_{K}_alpha_0.0.pt", weights_only=True)
+        W = torch.load(results / f"PRISM_W_lore_seen_{K}_0.0.pt", weights_only=True)
+        assert V.shape[0] == 128 and W.shape == (payload["counts"]["seen_users"], V.shape[1])
+    for alpha in ("0.0", "10000.0"):
+        assert (results / f"generalization_accuracy_vs_rank_lore_alpha_{alpha}.png").stat().st_size > 0
+        assert (results / f"PRISM_V_lore_K_5_alpha_{alpha}.safetensors").exists()
+    assert "| ref |" in (results / "prism_lore_results.md").read_text()
+    fewshot = json.loads((results / "prism_fewshot_results.json").read_text())
+    assert {(r["K"], r["shots"]) for r in fewshot["results"]} == {(1, 2), (1, 10), (5, 2), (5, 10)}
+    assert (results / "prism_fewshot_accuracy_vs_shots.png").exists()
+
+
+def test_real_model_without_network_fails_at_once_and_keeps_the_head(offline_run):
+    data, _, _ = offline_run
+    head = (data / "reward_head.safetensors").read_bytes()
+    result = subprocess.run([sys.executable, "generate-prism-embeddings.py", f"--data_dir={data}"], cwd=PRISM,
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+    assert result.returncode != 0 and "--offline" in result.stderr and "Traceback" not in result.stderr
+    assert (data / "reward_head.safetensors").read_bytes() == head
