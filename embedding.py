@@ -44,12 +44,12 @@ import hashlib
 import json
 import os
 import shutil
-import socket
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
+
+import utils
 
 REWARD_HEAD_FILE = "reward_head.safetensors"  # written beside the embeddings by embed_to_file
 FORMAT_VERSION = "lore-embeddings-1"          # bump when the rendering rules change (stale shards refused)
@@ -65,24 +65,6 @@ class ModelNotAvailable(OSError):
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick connection test, so an offline machine fails in seconds instead of retrying for ~30 s."""
-    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    try:
-        from huggingface_hub import constants
-        endpoint = constants.ENDPOINT
-    except Exception:  # pragma: no cover - very old huggingface_hub
-        endpoint = "https://huggingface.co"
-    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
-    host, _, port = host.partition(":")
-    try:
-        with socket.create_connection((host, int(port or 443)), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _not_available(model_name: str, cause: BaseException | None = None) -> ModelNotAvailable:
@@ -114,7 +96,7 @@ def _from_pretrained(loader, model_name: str, **kwargs):
     ~30 s); otherwise ModelNotAvailable at once.
     """
     folder = Path(model_name).expanduser()
-    if not folder.is_dir() and not _hub_reachable():
+    if not folder.is_dir() and not utils.hub_reachable():
         snapshot = _cached_snapshot(model_name)
         if snapshot is None:
             raise _not_available(model_name)
@@ -421,26 +403,11 @@ def score_conversations(model, tokenizer, conversations: Sequence, head=None, bi
 
 
 def _save_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    """safetensors to a temp file in the same folder, then os.replace: never a half-written `path`."""
+    """safetensors written atomically: never a half-written `path`."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with utils.atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def _metadata(path: Path) -> dict:
@@ -616,7 +583,7 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
         model, tokenizer = _cached_reward_model(str(model_name), dtype, attn_implementation, device)
     if is_main and not manifest_file.exists():
         shards.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(json.dumps(manifest, indent=1, sort_keys=True), manifest_file)
+        utils.write_text_atomic(manifest_file, json.dumps(manifest, indent=1, sort_keys=True))
     state.wait_for_everyone()
 
     mine = [k for k in range(state.process_index, n_shards, state.num_processes) if not shard_file[k].exists()]

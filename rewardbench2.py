@@ -59,6 +59,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+import utils
+
 HUB_DATASET = "allenai/reward-bench-2"
 DEFAULT_MODEL = "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"
 SUBSETS = ["Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties"]
@@ -138,13 +140,12 @@ def _read_local(path: Path) -> list[dict]:
 
 def _read_hub(name: str, split: str) -> list[dict]:
     import datasets
-    from embedding import _hub_reachable
 
     hint = (f"error: cannot load the dataset {name!r} (split {split!r}) from the Hugging Face hub (no "
             f"network and no cached copy, or a wrong name). Give a local .jsonl/.parquet file with the "
             f"same columns as --dataset, or run with --offline (the built-in tiny model and a generated "
             f"RewardBench 2 file).")
-    reachable = _hub_reachable()
+    reachable = utils.hub_reachable()
     saved = getattr(datasets.config, "HF_HUB_OFFLINE", None)
     try:
         if not reachable:  # a cached copy still loads; nothing waits on network retries
@@ -640,7 +641,6 @@ def format_official_table(figures: dict, top_k: int = 10) -> str:
 def write_csv(figures: dict, path) -> Path:
     """Per-head summary: seed figures and official figures, one row per head (in head order)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     seed, off, names = figures["seed"], figures["official"], figures["subsets"]
     header = (["head"] + [f"seed_{n}" for n in names] + ["seed_ties_weighted", "seed_5cat",
               "seed_overall_weighted"] + [f"official_{n}" for n in names] + ["official_overall"])
@@ -653,23 +653,14 @@ def write_csv(figures: dict, path) -> Path:
         writer.writerow([b] + [get(seed["per_subset"][n]) for n in names]
                         + [get(seed["ties_weighted"]), get(seed["five_cat"]), get(seed["overall_weighted"])]
                         + [get(off["per_subset"][n]) for n in names] + [get(off["overall"])])
-    _write_atomic(path, buf.getvalue())
+    utils.write_text_atomic(path, buf.getvalue())
     return path
 
 
 def write_json(obj: dict, path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps(obj, indent=1) + "\n")
+    utils.write_json_atomic(path, obj)
     return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    import tempfile
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def failures(rows: Sequence[dict], scores: Sequence[np.ndarray], head: int = 0) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import ctypes
+import hashlib
 import json
 import math
 import os
@@ -123,6 +124,70 @@ def require_file(path: Path, made_by: str) -> Path:
     if not path.exists():
         raise SystemExit(f"error: {path} is missing; run `{made_by}` first")
     return path
+
+
+# -----------------------------------------------------------------------------
+# files and the network: shared by every prepare, embedding and result-writing step
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; when the block succeeds it replaces `path` in one rename.
+
+    A crash or an exception leaves the old file (or none) and no half-written one:
+    `with atomic_path(out) as tmp: frame.to_parquet(tmp)`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomic(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+
+
+def write_jsonl_atomic(path, rows) -> None:
+    """One JSON object per line (UTF-8, non-ASCII kept), written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def file_sha256(path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick connection test of the Hugging Face hub, so an offline machine fails in seconds
+    (transformers and datasets would retry for ~30 s). False when HF_HUB_OFFLINE is set."""
+    import socket
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    host, _, port = host.partition(":")
+    try:
+        with socket.create_connection((host, int(port or 443)), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 # =============================================================================
@@ -912,18 +977,11 @@ def _save_tensor(path: Path, tensor: torch.Tensor, key: str) -> None:
     .safetensors sibling (one entry named `key`)."""
     from safetensors.torch import save_file
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensor = tensor.detach().cpu().contiguous().clone()
-    for target, write in ((path, lambda f: torch.save(tensor, f)),
-                          (path.with_suffix(".safetensors"), lambda f: save_file({key: tensor}, f))):
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            write(tmp)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        torch.save(tensor, tmp)
+    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+        save_file({key: tensor}, str(tmp))
 
 
 def lore_file_names(dataset_name: str | None, K: int, alpha) -> tuple[str, str]:
@@ -1118,13 +1176,6 @@ def _json_value(value):
     return value
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _percent(mean, std) -> str:
     if mean is None or not math.isfinite(mean):
         return "n/a"
@@ -1173,8 +1224,8 @@ def save_results(results_dir, name, settings, K_list, alpha_list, results, *, pl
     payload = {"name": name, "settings": settings, "seed": settings.get("seed"), "K_list": K_list,
                "alpha_list": alpha_list, "std_band_factor": STD_BAND_FACTOR, "results": rows, **(extra or {})}
     json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
-    _write_text(json_path, json.dumps(_json_value(payload), indent=1) + "\n")
-    _write_text(md_path, "\n".join(markdown) + "\n")
+    write_text_atomic(json_path, json.dumps(_json_value(payload), indent=1) + "\n")
+    write_text_atomic(md_path, "\n".join(markdown) + "\n")
     plots = []
     for a, alpha in enumerate(alpha_list):
         section = slice(a * len(K_list), (a + 1) * len(K_list))
@@ -1226,8 +1277,8 @@ def save_fewshot_results(results_dir, name, settings, num_shots, K_list, alpha_l
                "K_list": K_list, "alpha_list": alpha_list, "std_band_factor": STD_BAND_FACTOR, "results": rows,
                **(extra or {})}
     json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
-    _write_text(json_path, json.dumps(_json_value(payload), indent=1) + "\n")
-    _write_text(md_path, "\n".join(markdown) + "\n")
+    write_text_atomic(json_path, json.dumps(_json_value(payload), indent=1) + "\n")
+    write_text_atomic(md_path, "\n".join(markdown) + "\n")
     plot_path = results_dir / (plot_name or f"{name}.png")
     _plot_lines(plot_path, num_shots, lines, xlabel="shots per unseen user", title=title or name)
     return {"json": json_path, "markdown": md_path, "plots": [plot_path]}
@@ -1252,8 +1303,6 @@ def _plot_lines(path: Path, x_labels, lines, xlabel: str, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)

@@ -127,8 +127,8 @@ def main(argv=None) -> dict:
     json_path = Path(args.save_json) if args.save_json else results_path / f"rb2_{tag}.json"
     rb2.write_json(report, json_path)
     md_path = json_path.with_suffix(".md")
-    rb2._write_atomic(md_path, f"# RewardBench 2: {tag}\n\nmodel `{args.model}`, dataset `{args.dataset}` "
-                      f"[{args.split}], {len(rows)} prompts\n\n```\n{seed_table}\n```\n\n{official_table}\n")
+    utils.write_text_atomic(md_path, f"# RewardBench 2: {tag}\n\nmodel `{args.model}`, dataset `{args.dataset}` "
+                            f"[{args.split}], {len(rows)} prompts\n\n```\n{seed_table}\n```\n\n{official_table}\n")
     print(f"wrote {json_path} and {md_path}")
     if args.save_csv:
         print(f"wrote {rb2.write_csv(figures, args.save_csv)}")

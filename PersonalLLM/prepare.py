@@ -44,11 +44,10 @@ data_path, _ = utils.script_dirs(__file__, data_dir, results_dir, offline)
 def load_hub(name: str):
     """The hub dataset (train/test), failing at once with the offline hint when the hub is unreachable."""
     import datasets
-    from embedding import _hub_reachable
 
     hint = ("run `python prepare.py --offline` for the built-in generated data, or, with a copy in the "
             "local Hugging Face cache, set HF_HUB_OFFLINE=1")
-    if not os.environ.get("HF_HUB_OFFLINE") and not _hub_reachable():
+    if not os.environ.get("HF_HUB_OFFLINE") and not utils.hub_reachable():
         raise SystemExit(f"error: cannot reach the Hugging Face hub to download {name}; {hint}")
     try:
         return datasets.load_dataset(name)
@@ -118,16 +117,14 @@ def main() -> None:
         frame, scores, dropped = split_frame(dataset, split)
         if len(frame) == 0:
             raise SystemExit(f"error: no usable rows left in the {split} split (dropped: {dropped})")
-        tmp = data_path / f".{split}.parquet.tmp"
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, data_path / f"{split}.parquet")
+        with utils.atomic_path(data_path / f"{split}.parquet") as tmp:
+            frame.to_parquet(tmp, index=False)
         rewards[split] = np.ascontiguousarray(scores)
         report["splits"][split] = {"rows": len(dataset[split]), "kept": len(frame), "dropped": dropped}
         print(f"{split}: {len(frame)} prompts x {generated.N_RESPONSES} responses kept "
               f"({len(dataset[split]) - len(frame)} dropped: {dropped})")
-    tmp = data_path / ".rewards.safetensors.tmp"
-    save_file(rewards, str(tmp), metadata={"reward_models": json.dumps(reward_models)})
-    os.replace(tmp, data_path / "rewards.safetensors")
+    with utils.atomic_path(data_path / "rewards.safetensors") as tmp:
+        save_file(rewards, str(tmp), metadata={"reward_models": json.dumps(reward_models)})
     (data_path / "prepare.json").write_text(json.dumps({"settings": utils.script_settings(globals()), **report},
                                                        indent=1) + "\n")
     print(f"wrote {data_path}/train.parquet, test.parquet, rewards.safetensors")

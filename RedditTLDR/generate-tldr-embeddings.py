@@ -72,7 +72,7 @@ if PartialState().is_main_process:
     from safetensors.torch import save_file
     metadata = {"model": str(model_name), "embeddings": out_path.name, "conversations": str(len(conversations))}
     for split in tldr_data.HF_SPLITS:
-        metadata[f"{split}_sha256"] = tldr_data.file_digest(data_path / tldr_data.COMPARISONS_FILE.format(split=split))
+        metadata[f"{split}_sha256"] = utils.file_sha256(data_path / tldr_data.COMPARISONS_FILE.format(split=split))
     tmp = data_path / f".{tldr_data.INDEX_FILE}.tmp"
     save_file(index, str(tmp), metadata=metadata)
     tmp.replace(data_path / tldr_data.INDEX_FILE)

@@ -70,4 +70,4 @@ for split in tldr_data.HF_SPLITS:
           f"{counts['workers']} workers -> {out}")
 summary["workers_in_both_splits"] = len(workers["train"] & workers["validation"])
 print(f"workers in both splits: {summary['workers_in_both_splits']}")
-tldr_data.json_dump_atomic(summary, data_path / tldr_data.PREPARE_SUMMARY_FILE)
+utils.write_json_atomic(data_path / tldr_data.PREPARE_SUMMARY_FILE, summary)

@@ -3,16 +3,15 @@ vary_fewshot) and its tests: raw rows -> per-worker comparisons, the seen/unseen
 
 Raw rows are those of `openai/summarize_from_feedback` (config `comparisons`), from the hub's parquet
 conversion or from the offline generator (offline/tldr.py) in the same format; both go through
-`comparisons_from_rows`. Generic pieces that other datasets could use (`hub_reachable`, `split_users`,
-`features_by_user`) are marked GENERIC below.
+`comparisons_from_rows`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 from pathlib import Path
+
+import utils
 
 HUB_DATASET = "openai/summarize_from_feedback"
 HUB_CONFIG = "comparisons"
@@ -33,19 +32,6 @@ def conversation(post: str, summary: str) -> list[dict]:
 
 # -----------------------------------------------------------------------------
 # loading raw rows
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """GENERIC. A quick connection test of the hub endpoint (datasets would retry for ~25 s)."""
-    import socket
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
-    host, _, port = host.partition(":")
-    try:
-        with socket.create_connection((host, int(port or 443)), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def load_raw_splits(data_files: dict | None = None, dataset: str = HUB_DATASET, config: str = HUB_CONFIG,
@@ -69,7 +55,7 @@ def load_raw_splits(data_files: dict | None = None, dataset: str = HUB_DATASET, 
         hint = (f"error: cannot load {dataset} ({config}, revision {revision}) from the Hugging Face hub"
                 " (no network or not cached).\nRun `python prepare.py --offline` for the built-in generated"
                 " data, or set HF_HUB_OFFLINE=1 to use a cached copy.")
-        if not offline_env and not hub_reachable():
+        if not offline_env and not utils.hub_reachable():
             raise SystemExit(hint)
         try:
             loaded = _load_hub(dataset, config, revision)
@@ -155,25 +141,13 @@ def comparisons_from_rows(rows, batch_size: int = 10_000):
 
 def write_parquet_atomic(frame, path: Path) -> None:
     """Write a DataFrame so that a crash never leaves a half-written file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    with utils.atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 def load_comparisons(data_path: Path, made_by: str = "python prepare.py") -> dict:
     """The prepared per-split DataFrames {"train", "validation"} (see prepare.py)."""
     import pandas as pd
-    import utils
 
     return {s: pd.read_parquet(utils.require_file(data_path / COMPARISONS_FILE.format(split=s), made_by))
             for s in HF_SPLITS}
@@ -263,7 +237,6 @@ def load_embedded(data_path: Path, made_by: str = "python generate-tldr-embeddin
     that the embeddings were made from the current prepared comparisons."""
     from safetensors import safe_open
     from safetensors.torch import load_file
-    import utils
 
     index_path = utils.require_file(data_path / INDEX_FILE, made_by)
     with safe_open(str(index_path), "pt") as f:
@@ -271,7 +244,7 @@ def load_embedded(data_path: Path, made_by: str = "python generate-tldr-embeddin
     index = load_file(str(index_path))
     for s in HF_SPLITS:
         comp = utils.require_file(data_path / COMPARISONS_FILE.format(split=s), "python prepare.py")
-        if meta.get(f"{s}_sha256") != file_digest(comp):
+        if meta.get(f"{s}_sha256") != utils.file_sha256(comp):
             raise SystemExit(f"error: {index_path.name} was made from another version of {comp.name}; "
                              f"rerun `{made_by}`")
     table, head = load_table_and_head(data_path, made_by)
@@ -282,7 +255,6 @@ def load_embedded(data_path: Path, made_by: str = "python generate-tldr-embeddin
 def load_table_and_head(data_path: Path, made_by: str):
     """The conversation embeddings [U, d] and the reward head [d, 1] (float32, no pickle)."""
     import embedding
-    import utils
 
     path = utils.require_file(data_path / EMBEDDINGS_FILE, made_by)
     table = embedding.load_embeddings(path, made_by)
@@ -299,10 +271,3 @@ def split_summary(split: dict) -> str:
             f"{len(c['skipped_only_test'])}); seen {c['seen']} (train {c['seen_train_comparisons']}, test "
             f"{c['seen_test_comparisons']} comparisons), unseen {c['unseen']} (few-shot "
             f"{c['unseen_train_comparisons']}, test {c['unseen_test_comparisons']})")
-
-
-def json_dump_atomic(obj, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -66,20 +65,12 @@ def load_rows(source: str, split: str, n_splits: int) -> list[dict]:
     if path.suffix == ".jsonl" or source.startswith((".", "/")):
         raise SystemExit(f"error: {source} does not exist")
     import embedding
-    if not embedding._hub_reachable():
+    if not utils.hub_reachable():
         raise SystemExit(f"error: cannot download {source} (no network). Give a local copy as "
                          f"--source /path/to/gsm8k (a folder with train.jsonl/test.jsonl), or run with "
                          f"--offline for generated problems.")
     from datasets import load_dataset
     return [dict(row) for row in load_dataset(source, "main", split=split)]
-
-
-def write_jsonl(rows: list[dict], path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> dict:
@@ -98,8 +89,8 @@ def main(argv=None) -> dict:
     for split in args.splits:
         rows = load_rows(source, split, len(args.splits))[: args.limit]
         variants, pairs, skipped = P.build(rows, split, seed=args.seed)
-        write_jsonl(variants, data_path / f"variants_{split}.jsonl")
-        write_jsonl(pairs, data_path / f"pairs_{split}.jsonl")
+        utils.write_jsonl_atomic(data_path / f"variants_{split}.jsonl", variants)
+        utils.write_jsonl_atomic(data_path / f"pairs_{split}.jsonl", pairs)
         per_mode = dict(collections.Counter(p["mode"] for p in pairs))
         summary["splits"][split] = {"questions": len(rows), "used": len(rows) - len(skipped),
                                     "variants": len(variants), "pairs": per_mode, "skipped": skipped[:50],

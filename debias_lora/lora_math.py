@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import embedding  # noqa: E402
+import utils  # noqa: E402
 
 LORA_R, LORA_ALPHA, LORA_DROPOUT = 8, 16, 0.05
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -82,7 +83,7 @@ def adapter_config(name: str) -> dict | None:
         pass
     except EntryNotFoundError:
         return None
-    if not embedding._hub_reachable():
+    if not utils.hub_reachable():
         raise unavailable(name)
     try:
         return json.loads(Path(hf_hub_download(repo, "adapter_config.json", subfolder=subfolder)).read_text())
@@ -153,7 +154,7 @@ def _load_plain(name: str, dtype: str, device: str | None):
         except embedding.ModelNotAvailable as error:
             raise unavailable(name, error.__cause__) from error
     from transformers import AutoModelForSequenceClassification
-    if not embedding._hub_reachable():
+    if not utils.hub_reachable():
         raise unavailable(name)
     model = AutoModelForSequenceClassification.from_pretrained(
         repo, subfolder=subfolder, num_labels=1, dtype=embedding._torch_dtype(dtype))

@@ -15,10 +15,11 @@ markdown style feature.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+import utils
 
 NAMES = ["Sam", "Ann", "Tom", "Mia", "Leo", "Eva", "Max", "Zoe", "Ben", "Ivy"]
 ITEMS = ["apples", "books", "coins", "cards", "stamps", "pens", "shells", "cups"]
@@ -99,12 +100,9 @@ def generate_rows(n: int, seed: int = 0) -> list[dict]:
 def write_jsonl(path: Path, n: int, seed: int = 0) -> Path:
     """Write `n` generated rows to `path` as GSM8K's JSONL (atomically); returns the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w") as f:
+    with utils.atomic_path(path) as tmp, open(tmp, "w") as f:
         for row in generate_rows(n, seed):
             f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
     return path
 
 

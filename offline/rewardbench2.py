@@ -23,12 +23,12 @@ Seeded; the same seed, sizes and population give byte-identical files.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+import utils
 
 # Rows per subset (the real split has 475 / 160 / 183 / 450 / 495 / 102 rows); Ties: pairs of rows.
 SUBSET_ROWS = {"Factuality": 16, "Precise IF": 8, "Math": 8, "Safety": 16, "Focus": 16}
@@ -126,13 +126,6 @@ def generate(seed: int = SEED, subset_rows: dict | None = None, ties_pairs: int 
     return rows, population, head[:, None]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def population_source(population_path=None) -> str:
     """"planted here", or "sha256:<hash of the population's safetensors file>"."""
     if population_path is None:
@@ -158,13 +151,12 @@ def write(out_dir, seed: int = SEED, subset_rows: dict | None = None, ties_pairs
     population.save(out_dir / "ground_truth", dataset="reward-bench-2 (offline)", seed=seed,
                     rows=len(rows), head="planted_head.safetensors: population-mean direction [d, 1]",
                     planted_head_accuracy=1.0, population_source=population_source(population_path))
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".planted_head.")
-    os.close(fd)
-    save_file({"head": np.ascontiguousarray(head, dtype=np.float32)}, tmp)
-    os.replace(tmp, out_dir / "planted_head.safetensors")
+    with utils.atomic_path(out_dir / "planted_head.safetensors") as tmp:
+        save_file({"head": np.ascontiguousarray(head, dtype=np.float32)}, str(tmp))
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     path = out_dir / "test.jsonl"
-    _atomic_write(path, text.encode("utf-8"))
+    with utils.atomic_path(path) as tmp:
+        tmp.write_bytes(text.encode("utf-8"))
     return path
 
 

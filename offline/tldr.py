@@ -18,13 +18,13 @@ present in only one split (skipped for lacking a side). Same seed, byte-identica
 from __future__ import annotations
 
 import json
-import os
 import string
 import sys
 from pathlib import Path
 
 import numpy as np
 
+import utils
 from offline.text import paragraph, sentence
 
 SUBREDDITS = ["relationships", "AskReddit", "relationship_advice", "tifu", "dating_advice",
@@ -66,10 +66,8 @@ def _conversation(post: str, summary: str) -> list[dict]:
 def _write_parquet_atomic(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(pa.Table.from_pylist(rows, schema=_schema()), tmp, compression="snappy")
-    os.replace(tmp, path)
+    with utils.atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=_schema()), tmp, compression="snappy")
 
 
 def generate(out_dir: Path, seed: int = 0, n_workers: int = 60, train_posts: int = 200,
