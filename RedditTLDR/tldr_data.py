@@ -262,6 +262,17 @@ def load_table_and_head(data_path: Path, made_by: str):
     return table.float(), head.float().reshape(table.shape[1], -1)
 
 
+def load_split(data_path: Path, **split_settings) -> dict:
+    """The worker split (split_users) of the prepared comparisons, printed; refuses an empty side."""
+    frames = load_comparisons(data_path)
+    split = split_users(indices_by_user(frames["train"]["worker"]),
+                        indices_by_user(frames["validation"]["worker"]), **split_settings)
+    print(split_summary(split))
+    if not split["seen"] or not split["unseen"]:
+        raise SystemExit("error: no seen or no unseen workers left after the split; check the prepared data")
+    return split
+
+
 def split_summary(split: dict) -> str:
     c = split["counts"]
     return (f"workers: {c['users_train']} in train, {c['users_test']} in validation; dropped as the "

@@ -42,15 +42,9 @@ overridden = utils.configure(globals())
 settings = utils.script_settings(globals())  # before any other global exists
 data_path, results_path = utils.script_dirs(__file__, data_dir, results_dir, offline)
 
-frames = tldr_data.load_comparisons(data_path)
 table, pairs, reward_head, meta = tldr_data.load_embedded(data_path)
-split = tldr_data.split_users(tldr_data.indices_by_user(frames["train"]["worker"]),
-                              tldr_data.indices_by_user(frames["validation"]["worker"]), seed=seed,
-                              drop_smallest=drop_smallest, seen_train_size=seen_train_size,
-                              unseen_train_size=unseen_pool_size)
-print(tldr_data.split_summary(split))
-if not split["seen"] or not split["unseen"]:
-    raise SystemExit("error: no seen or no unseen workers left after the split; check the prepared data")
+split = tldr_data.load_split(data_path, seed=seed, drop_smallest=drop_smallest,
+                             seen_train_size=seen_train_size, unseen_train_size=unseen_pool_size)
 
 train = tldr_data.features_by_user(table, *pairs["train"], split["seen_train"])
 pool_unseen = tldr_data.features_by_user(table, *pairs["train"], split["unseen_train"])
