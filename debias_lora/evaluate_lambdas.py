@@ -213,17 +213,21 @@ def write_results(results: list[dict], settings: dict, output_path: Path, title:
     plot(results, output_path.with_suffix(".png"), title)
 
 
+def base_and_lora(base_model, lora_path, offline: bool, results_path: Path) -> tuple[str, str]:
+    """--base_model / --lora_path, defaulting to the published ones, or offline to the demo's biased
+    tiny RM and its style forget LoRA (made by demo_offline.py)."""
+    if offline:
+        from debias_lora.train_forget_lora import offline_base_path
+        made_by = "python demo_offline.py --offline"
+        base_model = base_model or str(utils.require_file(offline_base_path(), made_by))
+        lora_path = lora_path or str(utils.require_file(results_path / "forget_lora_style_undesired", made_by))
+    return base_model or DEFAULT_BASE, lora_path or DEFAULT_LORA
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     data_path, results_path = utils.script_dirs(__file__, "data", "results", args.offline)
-    if args.offline:
-        from debias_lora.train_forget_lora import offline_base_path
-        args.base_model = args.base_model or str(utils.require_file(offline_base_path(),
-                                                                    "python demo_offline.py --offline"))
-        args.lora_path = args.lora_path or str(utils.require_file(
-            results_path / "forget_lora_style_undesired", "python demo_offline.py --offline"))
-    args.base_model = args.base_model or DEFAULT_BASE
-    args.lora_path = args.lora_path or DEFAULT_LORA
+    args.base_model, args.lora_path = base_and_lora(args.base_model, args.lora_path, args.offline, results_path)
     args.lambdas = args.lambdas if args.lambdas is not None else SEED_LAMBDAS
     output_path = Path(args.output_path) if args.output_path else results_path / "lambda_sweep.json"
     variants_path = Path(args.variants) if args.variants else utils.require_file(

@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE.parent))
 import embedding  # noqa: E402
 import utils  # noqa: E402
 from debias_lora import lora_math  # noqa: E402
-from debias_lora.evaluate_lambdas import DEFAULT_BASE, DEFAULT_LORA  # noqa: E402
+from debias_lora.evaluate_lambdas import DEFAULT_BASE, DEFAULT_LORA, base_and_lora  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -42,14 +42,7 @@ def parse_args(argv=None):
 def main(argv=None) -> Path:
     args = parse_args(argv)
     _, results_path = utils.script_dirs(__file__, "data", "results", args.offline)
-    if args.offline:
-        from debias_lora.train_forget_lora import offline_base_path
-        args.base_model = args.base_model or str(utils.require_file(offline_base_path(),
-                                                                    "python demo_offline.py --offline"))
-        args.lora_path = args.lora_path or str(utils.require_file(
-            results_path / "forget_lora_style_undesired", "python demo_offline.py --offline"))
-    args.base_model = args.base_model or DEFAULT_BASE
-    args.lora_path = args.lora_path or DEFAULT_LORA
+    args.base_model, args.lora_path = base_and_lora(args.base_model, args.lora_path, args.offline, results_path)
     output = Path(args.output_dir) if args.output_dir else \
         results_path / f"debiased_{Path(args.lora_path).name}_lambda{args.lam:g}"
     device = args.device or embedding.default_device()

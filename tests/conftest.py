@@ -1,6 +1,22 @@
-"""Tests import the project's flat modules from the repository root."""
+"""Tests import the project's flat modules from the repository root, and run on one CPU thread."""
+import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# Scripts the tests start as subprocesses inherit this: their problems are tiny, and spinning OpenMP
+# threads made them 10-50x slower whenever the machine's two cores were shared.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One intra-op thread in this process too (tests that need more set it themselves)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -30,14 +30,6 @@ CONVERSATIONS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one thread is as fast, and far faster on a machine whose cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _marks_consistent_after(solution, start_mark: int) -> bool:
     """Every calculator mark from `start_mark` on evaluates to its written result."""

@@ -32,15 +32,6 @@ def make_conversations(n, seed=0):
     return convs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # A tiny model gains nothing from threads, and on a shared 2-core machine spinning OpenMP threads
-    # make it ~10x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tiny():

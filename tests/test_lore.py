@@ -12,14 +12,6 @@ import torch.nn.functional as F
 import utils
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # these problems are tiny: intra-op threads only add fork/join cost (and spin on a shared CPU)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def random_users(counts, d, seed, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)

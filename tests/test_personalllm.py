@@ -141,16 +141,13 @@ def test_generated_rows_published_format_low_rank_and_byte_identical(tmp_path):
 @pytest.fixture
 def run_script(monkeypatch):
     """Run a PersonalLLM script in this process (as `python script args` from its folder): no new
-    interpreter importing torch each time, one thread (tiny problems on a shared CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    interpreter importing torch each time)."""
     monkeypatch.setenv("TQDM_DISABLE", "1")
 
     def run(script: str, *args: str) -> None:
         monkeypatch.setattr(sys, "argv", [script, *args])
         runpy.run_path(str(FOLDER / script), run_name="__main__")
-    yield run
-    torch.set_num_threads(threads)
+    return run
 
 
 def test_folder_runs_end_to_end_offline(tmp_path, run_script):

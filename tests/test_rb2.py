@@ -247,14 +247,6 @@ def test_pickled_objects_and_unknown_files_are_refused(tmp_path):
 # scoring with the tiny model on a generated file
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's matrices are small: one thread is as fast and does not fight the other tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 SMALL = dict(subset_rows={"Factuality": 6, "Precise IF": 4, "Math": 4, "Safety": 6, "Focus": 6}, ties_pairs=3)
 
