@@ -41,29 +41,12 @@ if offline:
     if "dtype" not in overridden:
         dtype = "float32"
 
-import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import embedding  # noqa: E402
 
 rows = prism_data.load_prepared(data_path)
-conversations, row_of = [], {}   # distinct conversations in first-seen order: train then test
-
-
-def index_of(conv) -> int:
-    key = prism_data.json_key(conv)
-    if key not in row_of:
-        row_of[key] = len(conversations)
-        conversations.append(conv)
-    return row_of[key]
-
-
-index = {}
-for split in prism_data.SPLITS:
-    chosen = [index_of(prism_data.conversation(r["prompt"], r["chosen"])) for r in rows[split]]
-    rejected = [index_of(prism_data.conversation(r["prompt"], r["rejected"])) for r in rows[split]]
-    index[f"{split}_chosen"] = torch.tensor(chosen, dtype=torch.long)
-    index[f"{split}_rejected"] = torch.tensor(rejected, dtype=torch.long)
+conversations, index = prism_data.embedding_inputs(rows)  # distinct conversations: train then test
 n_comparisons = sum(len(rows[s]) for s in prism_data.SPLITS)
 print(f"{n_comparisons} comparisons ({', '.join(f'{s} {len(rows[s])}' for s in prism_data.SPLITS)}): "
       f"{len(conversations)} distinct conversations to embed (of {2 * n_comparisons} sides) with {model_name} "

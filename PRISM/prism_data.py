@@ -435,6 +435,27 @@ def json_key(conversation) -> str:
     return json.dumps(conversation, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
+def embedding_inputs(rows: dict) -> tuple[list, dict]:
+    """(distinct conversations in first-seen order, train then test; {"{split}_chosen" / "{split}_rejected":
+    [N] int64 rows into them}) of the prepared comparisons `rows` (load_prepared)."""
+    import torch
+
+    conversations, row_of, index = [], {}, {}
+
+    def index_of(conv) -> int:
+        key = json_key(conv)
+        if key not in row_of:
+            row_of[key] = len(conversations)
+            conversations.append(conv)
+        return row_of[key]
+
+    for split in SPLITS:
+        for side in ("chosen", "rejected"):
+            index[f"{split}_{side}"] = torch.tensor([index_of(conversation(r["prompt"], r[side]))
+                                                     for r in rows[split]], dtype=torch.long)
+    return conversations, index
+
+
 # -----------------------------------------------------------------------------
 # files
 

@@ -40,24 +40,12 @@ if offline and "dtype" not in overridden:
     dtype = "float32"
 
 
-def conversations(split: str) -> list[list[dict]]:
-    """The 8 conversations of every prompt, row-major: index p * 8 + j is response j + 1 of prompt p."""
-    import pandas as pd
-
-    from offline.personalllm import N_RESPONSES, conversation, response_columns
-
-    frame = pd.read_parquet(utils.require_file(data_path / f"{split}.parquet", "python prepare.py"),
-                            columns=["prompt"] + response_columns())
-    responses = frame[response_columns()].to_numpy()
-    assert responses.shape[1] == N_RESPONSES
-    return [conversation(prompt, response) for prompt, row in zip(frame["prompt"], responses) for response in row]
-
-
 def main() -> None:
     from embedding import embed_to_file
+    from personalllm_simulation import embedding_inputs
 
     for split in ("train", "test"):
-        convs = conversations(split)
+        convs = embedding_inputs(data_path, split)
         out = data_path / f"{split}_embeddings.safetensors"
         print(f"{split}: embedding {len(convs)} (prompt, response) conversations with {model_name}")
         embed_to_file(model_name, convs, out, dtype=dtype, attn_implementation=attn_implementation,

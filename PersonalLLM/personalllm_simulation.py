@@ -8,7 +8,8 @@ in the split's embedding table [P * 8, d] (response j + 1 of prompt p), never as
 Tie rule: `argmax` / `argmin` take the FIRST response among equal scores. When all 8 scores are equal
 (best == worst) the prompt gives that user no comparison; such cases are skipped and counted.
 
-Also the loader of the inputs both scripts share. Used by train_basis.py, vary_fewshot.py,
+Also the loader of the inputs both trainers share, and the embedding script's conversations. Used by
+generate-personalllm-embeddings.py, train_basis.py, vary_fewshot.py,
 bench/personalllm_scale.py and tests/test_personalllm.py.
 """
 from __future__ import annotations
@@ -200,3 +201,17 @@ def ground_truth_summary(data_path: Path) -> dict:
     summary = json.loads(truth.read_text())
     return {k: summary[k] for k in ("n_directions", "oracle_accuracy_train", "oracle_accuracy_test",
                                     "oracle_accuracy_note") if k in summary}
+
+
+def embedding_inputs(data_path: Path, split: str) -> list[list[dict]]:
+    """The 8 conversations of every prompt of a prepared split, row-major: index p * 8 + j is
+    [user: prompt p, assistant: response j + 1] (the rows of the split's embedding table)."""
+    import pandas as pd
+
+    from offline.personalllm import N_RESPONSES, conversation, response_columns
+
+    frame = pd.read_parquet(utils.require_file(data_path / f"{split}.parquet", "python prepare.py"),
+                            columns=["prompt"] + response_columns())
+    responses = frame[response_columns()].to_numpy()
+    assert responses.shape[1] == N_RESPONSES
+    return [conversation(prompt, response) for prompt, row in zip(frame["prompt"], responses) for response in row]

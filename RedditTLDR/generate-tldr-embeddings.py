@@ -40,24 +40,11 @@ if offline:
     dtype = dtype if "dtype" in overridden else "float32"
 
 import embedding  # noqa: E402
-import torch  # noqa: E402
 
 frames = tldr_data.load_comparisons(data_path)
 
-# Distinct conversations, in order of first appearance (train, then validation).
-row_of, conversations, index = {}, [], {}
+conversations, index = tldr_data.embedding_inputs(frames)  # distinct, first seen: train, then validation
 for split in tldr_data.HF_SPLITS:
-    sides = {}
-    for side in ("winning", "losing"):
-        rows = []
-        for post, summary in zip(frames[split]["post"], frames[split][side]):
-            key = (post, summary)
-            if key not in row_of:
-                row_of[key] = len(conversations)
-                conversations.append(tldr_data.conversation(post, summary))
-            rows.append(row_of[key])
-        sides[side] = torch.tensor(rows, dtype=torch.long)
-    index[f"{split}_winning"], index[f"{split}_losing"] = sides["winning"], sides["losing"]
     print(f"{split}: {len(frames[split])} comparisons")
 print(f"{len(conversations)} distinct (post, summary) conversations to embed with {model_name}")
 

@@ -30,6 +30,24 @@ def conversation(post: str, summary: str) -> list[dict]:
     return [{"role": "user", "content": post}, {"role": "assistant", "content": summary}]
 
 
+def embedding_inputs(frames: dict) -> tuple[list, dict]:
+    """(distinct (post, summary) conversations in first-seen order, train then validation;
+    {"{split}_winning" / "{split}_losing": [N] int64 rows into them, in row order}) of load_comparisons."""
+    import torch
+
+    row_of, conversations, index = {}, [], {}
+    for split in HF_SPLITS:
+        for side in ("winning", "losing"):
+            rows = []
+            for post, summary in zip(frames[split]["post"], frames[split][side]):
+                if (post, summary) not in row_of:
+                    row_of[post, summary] = len(conversations)
+                    conversations.append(conversation(post, summary))
+                rows.append(row_of[post, summary])
+            index[f"{split}_{side}"] = torch.tensor(rows, dtype=torch.long)
+    return conversations, index
+
+
 # -----------------------------------------------------------------------------
 # loading raw rows
 
