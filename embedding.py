@@ -24,6 +24,11 @@ or a string that is already rendered text. Rules every function here keeps:
   token attends to a later pad), which lets SDPA/flash attention use the causal kernel. Either way
   batched == one at a time (to float tolerance). The last real token is read from the padding mask,
   never from pad ids.
+- A prompt shared by several conversations (chosen and rejected responses, a dialog's history, a
+  PersonalLLM prompt's 8 responses, an RB2 prompt's answers) runs once: conversations are grouped by
+  common token prefix (shared_prefix_groups), the prefix's key/value cache is computed once and each
+  member runs only its own tokens on it. Causal models only (no sliding window); the result equals
+  the whole conversation's to float rounding (tested); share_prefixes=False turns it off.
 - The embedding is the final-layer hidden state AFTER the final norm at the last real token, so
   `embedding @ reward_head(model) == model(conversation).logits` (tested).
 - Output is float32 on the CPU; files are safetensors (no pickle).
@@ -216,28 +221,37 @@ def render_ids(tokenizer, conversation, max_length: int | None = None,
     without adding special tokens). Truncation to `max_length` keeps the BOS first; "left" keeps the
     end of the conversation (and its final token), "right" keeps the start.
     """
-    if isinstance(conversation, str):
-        ids = tokenizer(conversation, add_special_tokens=False)["input_ids"]
-    else:
-        ids = tokenizer.apply_chat_template(list(conversation), tokenize=True, return_dict=True)["input_ids"]
-    ids = [int(i) for i in ids]
+    return render_all_ids(tokenizer, [conversation], max_length, truncation_side)[0]
+
+
+def render_all_ids(tokenizer, conversations: Sequence, max_length: int | None = None,
+                   truncation_side: str = "left") -> list[list[int]]:
+    """render_ids of every conversation. The templates are rendered to text one by one, then all texts
+    are tokenised in one call of the (Rust) tokenizer, which is what apply_chat_template(tokenize=True)
+    does one conversation at a time (the same ids, tested)."""
+    if max_length is not None and max_length < 2:
+        raise ValueError(f"error: max_length must be at least 2, got {max_length}")
+    if truncation_side not in ("left", "right"):
+        raise ValueError(f"error: truncation_side must be 'left' or 'right', got {truncation_side!r}")
+    texts = [c if isinstance(c, str) else tokenizer.apply_chat_template(list(c), tokenize=False)
+             for c in conversations]
     bos = tokenizer.bos_token_id
-    if bos is not None:
-        start = 0
-        while start < len(ids) and ids[start] == bos:
-            start += 1
-        ids = [bos] + ids[start:]  # exactly one BOS, whatever the template or the text did
-    if max_length is not None and len(ids) > max_length:
-        if max_length < 2:
-            raise ValueError(f"error: max_length must be at least 2, got {max_length}")
-        if truncation_side == "left":
-            keep_bos = bos is not None and ids[0] == bos
-            ids = ([bos] + ids[len(ids) - max_length + 1:]) if keep_bos else ids[-max_length:]
-        elif truncation_side == "right":
-            ids = ids[:max_length]
-        else:
-            raise ValueError(f"error: truncation_side must be 'left' or 'right', got {truncation_side!r}")
-    return ids
+    out = []
+    for ids in (tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []):
+        ids = [int(i) for i in ids]
+        if bos is not None:
+            start = 0
+            while start < len(ids) and ids[start] == bos:
+                start += 1
+            ids = [bos] + ids[start:]  # exactly one BOS, whatever the template or the text did
+        if max_length is not None and len(ids) > max_length:
+            if truncation_side == "left":
+                keep_bos = bos is not None and ids[0] == bos
+                ids = ([bos] + ids[len(ids) - max_length + 1:]) if keep_bos else ids[-max_length:]
+            else:
+                ids = ids[:max_length]
+        out.append(ids)
+    return out
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
@@ -275,28 +289,108 @@ def _is_causal(backbone) -> bool:
             and not getattr(config, "is_encoder_decoder", False))
 
 
+def shared_prefix_groups(ids: Sequence[Sequence[int]], min_prefix: int = 8,
+                         max_group: int = 64) -> list[tuple[int, list[int]]]:
+    """Groups of conversations that start with the same tokens: [(prefix length P, member indices)].
+
+    Chosen and rejected responses share their prompt (and a dialog's history), so the prompt's keys
+    and values can be computed once per group. Sequences are sorted (lexicographically, so sequences
+    with a common start are neighbours) and cut into contiguous groups of at most `max_group` that
+    save the most tokens, (members - 1) * P in all, by dynamic programming. P is the group's common
+    prefix, shortened so that every member keeps at least one token of its own (the embedded last
+    token); groups with P < `min_prefix` are not formed. Members are in sorted order; indices not in
+    any group are conversations embedded on their own.
+    """
+    order = sorted(range(len(ids)), key=lambda i: list(ids[i]))
+    seqs = [ids[i] for i in order]
+    n = len(seqs)
+    common = []  # common[k]: length of the common prefix of seqs[k] and seqs[k + 1]
+    for a, b in zip(seqs, seqs[1:]):
+        m, k = min(len(a), len(b)), 0
+        while k < m and a[k] == b[k]:
+            k += 1
+        common.append(k)
+    best = [0] * (n + 1)   # best[j]: the most tokens saved on seqs[:j]
+    start = [-1] * (n + 1)  # start[j]: first member of the group ending at seqs[j - 1] (-1: alone)
+    for j in range(1, n + 1):
+        best[j] = best[j - 1]
+        prefix, shortest = len(seqs[j - 1]), len(seqs[j - 1])
+        for i in range(j - 2, max(-1, j - 1 - max_group), -1):
+            prefix, shortest = min(prefix, common[i]), min(shortest, len(seqs[i]))
+            p = min(prefix, shortest - 1)
+            if p < min_prefix:
+                break  # extending the group further back can only shorten its prefix
+            if best[i] + (j - i - 1) * p > best[j]:
+                best[j], start[j] = best[i] + (j - i - 1) * p, i
+    groups, j = [], n
+    while j > 0:
+        i = start[j]
+        if i < 0:
+            j -= 1
+            continue
+        p = min(min(common[i:j - 1]), min(len(s) for s in seqs[i:j]) - 1)
+        groups.append((p, [order[k] for k in range(i, j)]))
+        j = i
+    return groups[::-1]
+
+
+def _can_share_prefixes(backbone) -> bool:
+    """Prefix sharing needs a causal model whose every layer attends to the whole past (a plain
+    key/value cache): no sliding windows, no encoder-decoder."""
+    config = getattr(backbone, "config", None)
+    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    return (_is_causal(backbone) and not getattr(config, "sliding_window", None)
+            and layer_types == {"full_attention"})
+
+
+def _padded(rows: Sequence[Sequence[int]], pad: int, side: str = "right"):
+    """(input_ids [b, width], mask [b, width]) of token rows padded on `side`."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, r in enumerate(rows):
+        cols = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
+        input_ids[row, cols] = torch.tensor(list(r), dtype=torch.long)
+        mask[row, cols] = 1
+    return input_ids, mask
+
+
 def _last_hidden_states(model, tokenizer, ids: list[list[int]], batch_size: int, max_tokens: int | None,
-                        padding_side: str | None, pbar=None):
-    """Yield (indices, hidden [b, d] in the model's dtype) for batches of `ids`, longest first."""
+                        padding_side: str | None, pbar=None, share_prefixes: bool = True):
+    """Yield (indices, hidden [b, d] in the model's dtype) for batches of `ids`.
+
+    With share_prefixes (causal models only), conversations that start alike (shared_prefix_groups)
+    run their common prefix once and only their own tokens on top of its key/value cache; the rest
+    run whole, batched by length, longest first.
+    """
     backbone, _ = _parts(model)
-    device = _device_of(backbone)
-    side = padding_side or getattr(tokenizer, "padding_side", None) or "right"
-    if side not in ("left", "right"):
-        raise ValueError(f"error: padding side must be 'left' or 'right', got {side!r}")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    causal = _is_causal(backbone)
     if any(len(x) == 0 for x in ids):
         raise ValueError("error: an empty conversation rendered to no tokens")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    groups = shared_prefix_groups(ids) if share_prefixes and _can_share_prefixes(backbone) else []
+    grouped = {i for _, members in groups for i in members}
+    alone = [i for i in range(len(ids)) if i not in grouped]
+    for chunk, hidden in _whole_batches(backbone, [ids[i] for i in alone], batch_size, max_tokens,
+                                        padding_side or getattr(tokenizer, "padding_side", None) or "right",
+                                        pad):
+        yield [alone[k] for k in chunk], hidden
+        if pbar is not None:
+            pbar.update(len(chunk))
+    for chunk, hidden in _prefix_batches(backbone, ids, groups, batch_size, max_tokens, pad):
+        yield chunk, hidden
+        if pbar is not None:
+            pbar.update(len(chunk))
+
+
+def _whole_batches(backbone, ids, batch_size, max_tokens, side, pad):
+    """Yield (positions in `ids`, last-token hidden [b, d]): whole sequences, batched by length."""
+    device = _device_of(backbone)
+    if side not in ("left", "right"):
+        raise ValueError(f"error: padding side must be 'left' or 'right', got {side!r}")
+    causal = _is_causal(backbone)
     for chunk in length_batches([len(x) for x in ids], batch_size, max_tokens):
-        width = len(ids[chunk[0]])
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, i in enumerate(chunk):
-            n = len(ids[i])
-            cols = slice(0, n) if side == "right" else slice(width - n, width)
-            input_ids[row, cols] = torch.tensor(ids[i], dtype=torch.long)
-            mask[row, cols] = 1
-        last = (mask * torch.arange(width)).argmax(1)  # last real token, from the mask, either side
+        input_ids, mask = _padded([ids[i] for i in chunk], pad, side)
+        last = (mask * torch.arange(mask.shape[1])).argmax(1)  # last real token, from the mask, either side
         if side == "right" and causal:
             # Right pads come after every real token, so in a causal model no real token sees them and
             # positions are 0, 1, ... already: no mask is exact, and lets SDPA / flash attention use
@@ -310,8 +404,63 @@ def _last_hidden_states(model, tokenizer, ids: list[list[int]], batch_size: int,
         hidden = backbone(input_ids=input_ids.to(device), attention_mask=attention_mask,
                           position_ids=position_ids, use_cache=False).last_hidden_state
         yield chunk, hidden[torch.arange(len(chunk), device=hidden.device), last.to(hidden.device)]
-        if pbar is not None:
-            pbar.update(len(chunk))
+
+
+PREFIX_WINDOW = 4  # prefix batches whose members are batched together (bounds the key/value cache kept)
+
+
+def _prefix_batches(backbone, ids, groups, batch_size, max_tokens, pad):
+    """Yield (indices, last-token hidden [b, d]) of grouped conversations: each group's prefix runs
+    once (batched by prefix length, right-padded, its key/value cache kept), then the members' own
+    tokens run on copies of their prefix's cache rows. Members are batched by the length of their own
+    tokens across a window of PREFIX_WINDOW prefix batches (within one prefix batch alone, the few
+    members of similar prefixes vary so much in length that half the tokens would be padding).
+
+    Exact (to float rounding): in a causal model a token's keys and values depend only on the tokens
+    before it, so the prefix's cache is the one the whole sequence would build. The members' positions
+    continue from their prefix's real length, and the mask hides the prefix's pad columns.
+    """
+    from transformers import DynamicCache
+
+    device = _device_of(backbone)
+    prefix_batches = length_batches([p for p, _ in groups], batch_size, max_tokens)
+    for start in range(0, len(prefix_batches), PREFIX_WINDOW):
+        caches, rows = [], []  # caches[j]: (per layer (keys, values), prefix mask); rows: (j, member, p)
+        for j, prefix_batch in enumerate(prefix_batches[start:start + PREFIX_WINDOW]):
+            prefixes = [groups[g] for g in prefix_batch]
+            input_ids, prefix_mask = _padded([ids[members[0]][:p] for p, members in prefixes], pad)
+            # Right pads after the real tokens: no mask needed in a causal model (see _whole_batches).
+            cache = backbone(input_ids=input_ids.to(device), use_cache=True).past_key_values
+            caches.append(([(layer.keys, layer.values) for layer in cache.layers], prefix_mask.to(device)))
+            rows += [(j, g, i, p) for g, (p, members) in enumerate(prefixes) for i in members]
+        width = max(mask.shape[1] for _, mask in caches)
+        # Each row attends to its whole padded prefix: count it in the token budget.
+        for sub in length_batches([width + len(ids[i]) - p for _, _, i, p in rows], batch_size, max_tokens):
+            sub_rows = sorted((rows[k] for k in sub), key=lambda r: r[0])  # grouped by prefix batch
+            used = sorted({j for j, _, _, _ in sub_rows})
+            which = {j: torch.tensor([g for jj, g, _, _ in sub_rows if jj == j], device=device) for j in used}
+            sub_width = max(caches[j][1].shape[1] for j in used)
+
+            def gather(tensor_of_j, dim):  # rows of every used prefix batch, padded to sub_width, stacked
+                parts = []
+                for j in used:
+                    part = tensor_of_j(j)[which[j]]
+                    extra = sub_width - part.shape[dim]
+                    parts.append(torch.nn.functional.pad(part, (0, 0) * (part.ndim - 1 - dim) + (0, extra)))
+                return torch.cat(parts)
+
+            n_layers = len(caches[0][0])
+            rows_cache = DynamicCache(ddp_cache_data=[
+                (gather(lambda j: caches[j][0][layer][0], 2), gather(lambda j: caches[j][0][layer][1], 2))
+                for layer in range(n_layers)])
+            own, own_mask = _padded([ids[i][p:] for _, _, i, p in sub_rows], pad)
+            starts = torch.tensor([p for _, _, _, p in sub_rows])
+            hidden = backbone(
+                input_ids=own.to(device), past_key_values=rows_cache, use_cache=False,
+                attention_mask=torch.cat([gather(lambda j: caches[j][1], 1), own_mask.to(device)], dim=1),
+                position_ids=(starts[:, None] + torch.arange(own.shape[1])).to(device)).last_hidden_state
+            last = (own_mask.sum(1) - 1).to(hidden.device)
+            yield [i for _, _, i, _ in sub_rows], hidden[torch.arange(len(sub_rows), device=hidden.device), last]
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -324,15 +473,16 @@ def _progress(total: int, enabled: bool, desc: str):
 def embed_conversations(model, tokenizer, conversations: Sequence, batch_size: int = 32,
                         max_length: int | None = None, *, truncation_side: str = "left",
                         max_tokens: int | None = None, padding_side: str | None = None,
-                        progress: bool = False) -> torch.Tensor:
+                        progress: bool = False, share_prefixes: bool = True) -> torch.Tensor:
     """Embeddings [n, d] float32 (CPU) of `conversations`, in input order.
 
     The final-layer hidden state after the final norm at each conversation's last real token. Works
-    for a sequence-classification model, a PeftModel around one, or a bare backbone.
+    for a sequence-classification model, a PeftModel around one, or a bare backbone. share_prefixes:
+    run a prompt shared by several conversations once (causal models; same result to float rounding).
     """
-    ids = [render_ids(tokenizer, c, max_length, truncation_side) for c in conversations]
+    ids = render_all_ids(tokenizer, conversations, max_length, truncation_side)
     return _embed_ids(model, tokenizer, ids, batch_size, max_tokens, padding_side,
-                      _progress(len(ids), progress, "embedding"))
+                      _progress(len(ids), progress, "embedding"), share_prefixes)
 
 
 def _hidden_size(model) -> int:
@@ -341,10 +491,11 @@ def _hidden_size(model) -> int:
 
 
 @torch.inference_mode()
-def _embed_ids(model, tokenizer, ids, batch_size, max_tokens, padding_side, pbar=None) -> torch.Tensor:
+def _embed_ids(model, tokenizer, ids, batch_size, max_tokens, padding_side, pbar=None,
+               share_prefixes: bool = True) -> torch.Tensor:
     out = torch.empty(len(ids), _hidden_size(model), dtype=torch.float32)
     for chunk, hidden in _last_hidden_states(model, tokenizer, ids, batch_size, max_tokens, padding_side,
-                                             pbar):
+                                             pbar, share_prefixes):
         out[chunk] = hidden.float().cpu()
     if pbar is not None:
         pbar.close()
@@ -355,8 +506,9 @@ def _embed_ids(model, tokenizer, ids, batch_size, max_tokens, padding_side, pbar
 def score_conversations(model, tokenizer, conversations: Sequence, head=None, bias=None,
                         batch_size: int = 8, max_length: int | None = 2048, truncation_side: str = "left",
                         *, max_tokens: int | None = None, padding_side: str | None = None,
-                        progress: bool = False) -> torch.Tensor:
-    """Scores [n, B] float32 (CPU) of `conversations`, in input order.
+                        progress: bool = False, share_prefixes: bool = True) -> torch.Tensor:
+    """Scores [n, B] float32 (CPU) of `conversations`, in input order (share_prefixes: as in
+    embed_conversations).
 
     head None: the model's own sequence-classification logits (B = num_labels), i.e. its `score` head
     (for a PeftModel, the adapter's active head) applied to the last real token's final hidden state,
@@ -364,7 +516,7 @@ def score_conversations(model, tokenizer, conversations: Sequence, head=None, bi
     head [d, B] or [d] (tensor/array): last-token hidden state (float32) @ head, plus `bias` (scalar or
     [B]); all B heads in one pass.
     """
-    ids = [render_ids(tokenizer, c, max_length, truncation_side) for c in conversations]
+    ids = render_all_ids(tokenizer, conversations, max_length, truncation_side)
     d = _hidden_size(model)
     score_module = None
     if head is None:
@@ -385,7 +537,7 @@ def score_conversations(model, tokenizer, conversations: Sequence, head=None, bi
     out = torch.empty(len(ids), n_out, dtype=torch.float32)
     pbar = _progress(len(ids), progress, "scoring")
     for chunk, hidden in _last_hidden_states(model, tokenizer, ids, batch_size, max_tokens, padding_side,
-                                             pbar):
+                                             pbar, share_prefixes):
         if score_module is not None:
             scores = score_module(hidden).float()
         else:
@@ -513,7 +665,7 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
                   attn_implementation: str | None = None, batch_size: int = 32, max_tokens: int | None = None,
                   max_length: int | None = None, truncation_side: str = "left", shard_size: int = 2048,
                   device: str | None = None, progress: bool = True, head_file: str | None = REWARD_HEAD_FILE,
-                  keep_shards: bool = False) -> Path:
+                  keep_shards: bool = False, share_prefixes: bool = True) -> Path:
     """Embed `conversations` with the reward model `model_name` into `out_path` (safetensors, tensor
     "embeddings" [n, d] float32 in input order, the run's fingerprint in its metadata). Returns the path.
 
@@ -535,7 +687,8 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
     call on a concatenated list works.
 
     batch_size caps the rows per forward pass; max_tokens (optional) caps rows x longest length, the
-    better knob on a GPU (e.g. 32768 for the 8B model in bf16 on 80 GB).
+    better knob on a GPU (e.g. 32768 for the 8B model in bf16 on 80 GB). share_prefixes: a prompt
+    shared by conversations of the same shard runs once (see embed_conversations).
     """
     out_path = Path(out_path)
     conversations = list(conversations)
@@ -594,8 +747,8 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
             pbar.set_postfix_str(f"process 0 of {state.num_processes}")
         for k in mine:
             part = conversations[k * shard_size:(k + 1) * shard_size]
-            ids = [render_ids(tokenizer, c, max_length, truncation_side) for c in part]
-            emb = _embed_ids(model, tokenizer, ids, batch_size, max_tokens, None, pbar)
+            ids = render_all_ids(tokenizer, part, max_length, truncation_side)
+            emb = _embed_ids(model, tokenizer, ids, batch_size, max_tokens, None, pbar, share_prefixes)
             _save_atomic({"embeddings": emb}, shard_file[k], {"format": FORMAT_VERSION, "shard": str(k)})
             if _after_shard_hook is not None:
                 _after_shard_hook(k)

@@ -209,10 +209,12 @@ def conversation(prompt: str, response: str) -> list[dict]:
 
 def score_rows(model, tokenizer, rows: Sequence[dict], head=None, bias=None, batch_size: int = 8,
                max_length: int | None = 2048, truncation_side: str = "left", *,
-               max_tokens: int | None = None, progress: bool = False) -> list[np.ndarray]:
+               max_tokens: int | None = None, progress: bool = False,
+               share_prefixes: bool = True) -> list[np.ndarray]:
     """Per row, scores [num_correct + num_incorrect, B] float32 (correct answers first).
 
-    Each distinct (prompt, response) is scored exactly once, in batches by length across all rows.
+    Each distinct (prompt, response) is scored exactly once, in batches by length across all rows; the
+    prompt shared by a row's responses runs once (share_prefixes, see embedding.shared_prefix_groups).
     head None: the model's own sequence-classification head (also a PeftModel); head [d, B]: the
     last-token hidden state @ head (+ bias), all B heads in one pass (the model may be a bare backbone).
     """
@@ -229,7 +231,7 @@ def score_rows(model, tokenizer, rows: Sequence[dict], head=None, bias=None, bat
     scores = score_conversations(model, tokenizer, [conversation(p, r) for p, r in pairs], head=head,
                                  bias=bias, batch_size=batch_size, max_length=max_length,
                                  truncation_side=truncation_side, max_tokens=max_tokens,
-                                 progress=progress).numpy()
+                                 progress=progress, share_prefixes=share_prefixes).numpy()
     return [scores[ids] for ids in where]
 
 

@@ -91,7 +91,7 @@ def test_batched_equals_one_at_a_time(tiny, tiny_eager, convs, side, attention):
     old = tok.padding_side
     tok.padding_side = side
     try:
-        single = embed_conversations(model, tok, convs, batch_size=1)
+        single = embed_conversations(model, tok, convs, batch_size=1, share_prefixes=False)
         batched = embed_conversations(model, tok, convs, batch_size=5)
         budget = embed_conversations(model, tok, convs, batch_size=64, max_tokens=300)
         scores = score_conversations(model, tok, convs, batch_size=6)
@@ -100,6 +100,97 @@ def test_batched_equals_one_at_a_time(tiny, tiny_eager, convs, side, attention):
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(budget, single, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(scores, one_at_a_time_logits(model, tok, convs), atol=1e-5, rtol=1e-5)
+
+
+def dialog_tree(seed=0):
+    """Conversations that share prompts as the datasets' do: a prompt with four responses, a second
+    turn continuing one of them (so a whole conversation is the prefix of two others), an exact
+    duplicate, a longer second prompt with two responses, and unrelated single conversations."""
+    rng = np.random.default_rng(seed)
+
+    def text(k):
+        return " ".join(sentence(rng) for _ in range(k))
+
+    first = [{"role": "user", "content": text(3)}]
+    answers = [[{"role": "assistant", "content": text(int(k))}] for k in (1, 4, 2, 6)]
+    convs = [first + a for a in answers]
+    follow = first + answers[1] + [{"role": "user", "content": text(2)}]
+    convs += [follow + [{"role": "assistant", "content": text(k)}] for k in (1, 3)]
+    convs.append(list(convs[2]))  # the same conversation twice
+    second = [{"role": "user", "content": text(8)}]
+    convs += [second + [{"role": "assistant", "content": text(k)}] for k in (2, 5)]
+    return convs + make_conversations(3, seed=seed + 1)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_shared_prompts_equal_whole_conversations(tiny, tiny_eager, attention, monkeypatch):
+    model, tok = tiny if attention == "sdpa" else tiny_eager
+    convs = dialog_tree()
+    ids = embedding.render_all_ids(tok, convs)
+    groups = embedding.shared_prefix_groups(ids)
+    assert len(groups) >= 2 and any(len(members) >= 4 for _, members in groups)
+    processed = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, i, o: processed.append(i[0].numel()))
+    try:
+        shared = embed_conversations(model, tok, convs, batch_size=4)
+        monkeypatch.setattr(embedding, "PREFIX_WINDOW", 2)  # members of prefixes of different widths batched together
+        windows = embed_conversations(model, tok, convs, batch_size=3, max_tokens=120)
+    finally:
+        hook.remove()
+    single = embed_conversations(model, tok, convs, batch_size=1, share_prefixes=False)
+    torch.testing.assert_close(shared, single, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(windows, single, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared[2], shared[6])  # the duplicate
+    # the prefixes really ran once: fewer tokens (pads included) went through the model, in both runs,
+    # than the conversations hold
+    assert sum(processed) < 2 * sum(len(x) for x in ids)
+    scores = score_conversations(model, tok, convs, batch_size=4)
+    torch.testing.assert_close(scores, one_at_a_time_logits(model, tok, convs), atol=1e-5, rtol=1e-5)
+
+
+def test_shared_prefix_groups_save_the_most_tokens():
+    """Against brute force over every cut of the sorted order into contiguous groups."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    for trial in range(40):
+        n = int(rng.integers(1, 8))
+        stems = [list(rng.integers(0, 3, size=int(rng.integers(0, 12)))) for _ in range(2)]
+        ids = [stems[int(rng.integers(0, 2))] + list(rng.integers(0, 3, size=int(rng.integers(1, 10))))
+               for _ in range(n)]
+        min_prefix = int(rng.integers(1, 4))
+        groups = embedding.shared_prefix_groups(ids, min_prefix=min_prefix, max_group=4)
+        members = [i for _, m in groups for i in m]
+        assert len(members) == len(set(members)) and all(0 <= i < n for i in members)
+        for p, m in groups:
+            assert 2 <= len(m) <= 4 and p >= min_prefix
+            assert all(ids[i][:p] == ids[m[0]][:p] and len(ids[i]) > p for i in m)
+        saved = sum((len(m) - 1) * p for p, m in groups)
+
+        seqs = sorted(ids)
+        best = 0
+        for cuts in itertools.product([False, True], repeat=max(n - 1, 0)):
+            total, start = 0, 0
+            for end in [k + 1 for k, cut in enumerate(cuts) if cut] + [n]:
+                part = seqs[start:end]
+                if 2 <= len(part) <= 4:
+                    common = len(os.path.commonprefix(part))
+                    p = min(common, min(len(x) for x in part) - 1)
+                    total += (len(part) - 1) * p if p >= min_prefix else 0
+                elif len(part) > 4:
+                    total = -1
+                    break
+                start = end
+            best = max(best, total)
+        assert saved == best, (trial, ids, groups)
+
+
+def test_render_all_ids_equals_apply_chat_template(tiny):
+    _, tok = tiny
+    convs = dialog_tree(3)
+    expected = [tok.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"] for c in convs]
+    assert embedding.render_all_ids(tok, convs) == expected
+    assert [render_ids(tok, c) for c in convs] == expected
 
 
 def test_length_batches_respect_caps():
