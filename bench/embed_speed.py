@@ -1,20 +1,31 @@
-"""Throughput of the embedding engine (batched by length) against a one-conversation-at-a-time loop.
+"""Throughput of the embedding engine against a one-conversation-at-a-time loop.
 
-    python bench/embed_speed.py                          # built-in tiny model on CPU (engine >= 3x)
+    python bench/embed_speed.py                          # the offline datasets' inputs, tiny model, CPU
+    python bench/embed_speed.py --data=synthetic         # long single-turn conversations, no shared prompt
     python bench/embed_speed.py --llama8b --n=512        # Llama-3.1-8B-shaped random bf16 backbone (GPU)
     python bench/embed_speed.py --llama8b --tiny_shape   # the same code path with a tiny config (CPU check)
 
-Both methods embed the same conversations with the same model in one run; it prints conversations/s
-and real (unpadded) tokens/s of each, the ratio, and with --llama8b the engine's fraction of the
-device's bf16 peak, estimating FLOPs as 2 * (non-embedding parameters) * real tokens (attention
-FLOPs ignored, so this slightly understates the true utilisation). Checks that both give the same
-embeddings. Writes nothing.
+Data "offline" (default): per dataset, exactly the conversations its embedding script embeds (the
+folders' own `embedding_inputs`, read from the prepared offline data: run `bash main.sh`, or each
+folder's `prepare.py --offline`, first): PRISM (every distinct prompt + response side), Reddit TLDR
+(every distinct post + summary) and PersonalLLM (train + test, 8 responses per prompt). Data
+"synthetic": `n` single-turn conversations of `min_sentences`..`max_sentences` sentences per message.
+`n` caps the conversations taken per dataset (0: all).
+
+Three ways, same model and conversations, in one run: the engine (batched by length, each shared
+prompt run once: embedding.shared_prefix_groups), the engine with share_prefixes=False (batching
+alone), and the naive loop (render, one unpadded forward per conversation, last hidden state). Prints
+conversations/s and real (unpadded) tokens/s of each, the speed-ups over the loop, and checks that all
+three give the same embeddings; with --llama8b also the fraction of the device's bf16 peak, estimating
+FLOPs as 2 * (non-embedding parameters) * real tokens (attention ignored, so it slightly understates
+the utilisation; with shared prompts the engine does fewer FLOPs than this counts). Writes nothing.
 """
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -23,11 +34,12 @@ import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
-n = 256                      # conversations embedded by the engine
+data = "offline"             # "offline": the offline datasets' embedding inputs; "synthetic": generated
+n = 0                        # conversations per dataset (0: all; synthetic: 256)
 loop_n = 0                   # conversations for the one-at-a-time loop (0: same as n)
 batch_size = 32              # engine rows per batch
 max_tokens = 0               # engine token budget per batch (0: none)
-min_sentences = 2            # conversation length: sentences per message, drawn in [min, max]
+min_sentences = 2            # synthetic conversation length: sentences per message, drawn in [min, max]
 max_sentences = 12
 llama8b = False              # a Llama-3.1-8B-shaped backbone with random weights (for a GPU)
 tiny_shape = False           # with --llama8b: shrink the config (to check the path on a CPU)
@@ -43,7 +55,7 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, 
                     "A10G": 70.0, "L4": 121.0, "4090": 165.0}
 
 
-def conversations(count, rng):
+def synthetic_conversations(count, rng):
     from offline.text import sentence
 
     def message(role):
@@ -51,6 +63,28 @@ def conversations(count, rng):
         return {"role": role, "content": " ".join(sentence(rng) for _ in range(k))}
 
     return [[message("user"), message("assistant")] for _ in range(count)]
+
+
+def offline_workloads() -> dict:
+    """{dataset: the conversations its embedding script embeds}, from the prepared offline data."""
+    for folder in ("PRISM", "RedditTLDR", "PersonalLLM"):
+        sys.path.insert(0, str(ROOT / folder))
+    import personalllm_simulation
+    import prism_data
+    import tldr_data
+
+    def data(folder, name):
+        return utils.script_dirs(str(ROOT / folder / "x.py"), f"data/{name}", "results", offline=True)[0]
+
+    made_by = "bash main.sh (or the folder's `python prepare.py --offline`)"
+    personalllm = data("PersonalLLM", "personalllm")
+    return {
+        "PRISM": prism_data.embedding_inputs(prism_data.load_prepared(data("PRISM", "prism"), made_by))[0],
+        "Reddit TLDR": tldr_data.embedding_inputs(tldr_data.load_comparisons(data("RedditTLDR", "tldr"),
+                                                                             made_by))[0],
+        "PersonalLLM": [c for split in ("train", "test")
+                        for c in personalllm_simulation.embedding_inputs(personalllm, split)],
+    }
 
 
 def llama8b_model(device, torch_dtype):
@@ -94,6 +128,38 @@ def one_at_a_time(model, tokenizer, convs, device):
     return torch.stack(out)
 
 
+def timed(fn, device):
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def measure(name, model, tokenizer, convs, device, n_params):
+    """Time the three ways on `convs`; print a table row; return (seconds, tokens) per way."""
+    loop_convs = convs[:loop_n or len(convs)]
+    real_tokens = [len(embedding.render_ids(tokenizer, c)) for c in convs]
+    tokens = {"engine": sum(real_tokens), "no sharing": sum(real_tokens),
+              "loop": sum(real_tokens[:len(loop_convs)])}
+    count = {"engine": len(convs), "no sharing": len(convs), "loop": len(loop_convs)}
+    seconds, out = {}, {}
+    seconds["engine"], out["engine"] = timed(lambda: embedding.embed_conversations(
+        model, tokenizer, convs, batch_size=batch_size, max_tokens=max_tokens or None), device)
+    seconds["no sharing"], out["no sharing"] = timed(lambda: embedding.embed_conversations(
+        model, tokenizer, convs, batch_size=batch_size, max_tokens=max_tokens or None,
+        share_prefixes=False), device)
+    seconds["loop"], out["loop"] = timed(lambda: one_at_a_time(model, tokenizer, loop_convs, device), device)
+    rate = {k: count[k] / seconds[k] for k in seconds}
+    ref = out["loop"]
+    err = max((out[k][:len(ref)] - ref).abs().max().item() for k in ("engine", "no sharing"))
+    err /= max(ref.abs().max().item(), 1e-12)
+    print(f"| {name} | {len(convs)} | {np.mean(real_tokens):.0f} | {rate['loop']:.1f} | {rate['no sharing']:.1f} | "
+          f"{rate['engine']:.1f} | {rate['no sharing'] / rate['loop']:.2f}x | **{rate['engine'] / rate['loop']:.2f}x** "
+          f"| {err:.1e} |", flush=True)
+    return seconds, tokens, count, err
+
+
 def main():
     if threads:
         torch.set_num_threads(threads)
@@ -110,53 +176,56 @@ def main():
         model, tokenizer = embedding.load_reward_model(tiny_model_path(), dtype=dtype or "float32",
                                                        attn_implementation=attn_implementation, device=device)
         name = "tiny offline model"
+    if data == "offline":
+        workloads = {k: v[:n or len(v)] for k, v in offline_workloads().items()}
+    elif data == "synthetic":
+        workloads = {"synthetic": synthetic_conversations(n or 256, rng)}
+    else:
+        raise SystemExit(f"error: --data must be 'offline' or 'synthetic', got {data!r}")
     n_params = sum(p.numel() for p in model.model.parameters()) - model.model.embed_tokens.weight.numel()
-    convs = conversations(n, rng)
-    loop_convs = convs[:loop_n or n]
-    real_tokens = [len(embedding.render_ids(tokenizer, c)) for c in convs]
-    loop_tokens = sum(real_tokens[:len(loop_convs)])
     print(f"{name} on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), "
           f"{next(model.parameters()).dtype}, attention {attn_implementation}, torch threads "
-          f"{torch.get_num_threads()}; {n_params / 1e6:.1f}M non-embedding parameters")
-    print(f"{len(convs)} conversations, {sum(real_tokens)} tokens (mean {np.mean(real_tokens):.0f}, "
-          f"max {max(real_tokens)})")
+          f"{torch.get_num_threads()}; {n_params / 1e6:.1f}M non-embedding parameters; batch_size {batch_size}, "
+          f"max_tokens {max_tokens or None}")
 
-    # warm-up (kernels, allocator) for both, on a few conversations
-    embedding.embed_conversations(model, tokenizer, convs[:4], batch_size=4)
-    one_at_a_time(model, tokenizer, convs[:2], device)
+    # warm-up (kernels, allocator) for every way, on a few conversations
+    first = next(iter(workloads.values()))
+    embedding.embed_conversations(model, tokenizer, first[:8], batch_size=4)
+    embedding.embed_conversations(model, tokenizer, first[:8], batch_size=4, share_prefixes=False)
+    one_at_a_time(model, tokenizer, first[:2], device)
 
-    sync(device)
-    start = time.perf_counter()
-    engine = embedding.embed_conversations(model, tokenizer, convs, batch_size=batch_size,
-                                           max_tokens=max_tokens or None)
-    sync(device)
-    engine_s = time.perf_counter() - start
-    start = time.perf_counter()
-    loop = one_at_a_time(model, tokenizer, loop_convs, device)
-    sync(device)
-    loop_s = time.perf_counter() - start
-
-    tol = 1e-4 if engine.dtype == torch.float32 and next(model.parameters()).dtype == torch.float32 else 5e-2
-    err = (engine[:len(loop)] - loop).abs().max().item() / max(loop.abs().max().item(), 1e-12)
-    engine_rate, loop_rate = len(convs) / engine_s, len(loop_convs) / loop_s
-    engine_tok, loop_tok = sum(real_tokens) / engine_s, loop_tokens / loop_s
-    print(f"engine (batch_size={batch_size}, max_tokens={max_tokens or None}): {engine_rate:9.1f} conv/s "
-          f"{engine_tok:11.0f} tokens/s  ({engine_s:.2f} s)")
-    print(f"one at a time:                             {loop_rate:9.1f} conv/s {loop_tok:11.0f} tokens/s  "
-          f"({loop_s:.2f} s)")
-    print(f"speed-up: {engine_rate / loop_rate:.1f}x   (max relative difference of the embeddings "
-          f"{err:.1e}, {'ok' if err < tol else 'MISMATCH'})")
+    print("| data | conversations | mean tokens | one at a time (conv/s) | engine, no prompt sharing (conv/s) "
+          "| engine (conv/s) | batching alone | engine | max rel. difference |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    totals = {k: [0.0, 0, 0] for k in ("engine", "no sharing", "loop")}  # seconds, tokens, conversations
+    worst = 0.0
+    for label, convs in workloads.items():
+        seconds, tokens, count, err = measure(label, model, tokenizer, convs, device, n_params)
+        worst = max(worst, err)
+        for k in totals:
+            totals[k][0] += seconds[k]
+            totals[k][1] += tokens[k]
+            totals[k][2] += count[k]
+    rate = {k: v[2] / v[0] for k, v in totals.items()}
+    tok_rate = {k: v[1] / v[0] for k, v in totals.items()}
+    if len(workloads) > 1:
+        print(f"| all | {totals['engine'][2]} | | {rate['loop']:.1f} | {rate['no sharing']:.1f} | {rate['engine']:.1f} "
+              f"| {rate['no sharing'] / rate['loop']:.2f}x | **{rate['engine'] / rate['loop']:.2f}x** | {worst:.1e} |")
+    for k, label in (("engine", "engine"), ("no sharing", "engine, no prompt sharing"), ("loop", "one at a time")):
+        print(f"{label}: {rate[k]:.1f} conv/s, {tok_rate[k]:.0f} real tokens/s")
+    tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 5e-2
+    print(f"max relative difference of the embeddings {worst:.1e} ({'ok' if worst < tol else 'MISMATCH'})")
     if llama8b:
         peak = peak_tflops
         if not peak and device == "cuda":
             gpu = torch.cuda.get_device_name()
             peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), 0.0)
-        for label, tok_rate in (("engine", engine_tok), ("one at a time", loop_tok)):
-            achieved = 2 * n_params * tok_rate / 1e12
+        for k, label in (("engine", "engine"), ("no sharing", "engine, no prompt sharing"), ("loop", "one at a time")):
+            achieved = 2 * n_params * tok_rate[k] / 1e12
             frac = f"{100 * achieved / peak:.1f}% of the {peak:.0f} TFLOP/s bf16 peak" if peak else \
                 "peak unknown (pass --peak_tflops=...)"
-            print(f"{label}: {achieved:.2f} TFLOP/s (2 x params x tokens), {frac}")
-    if err >= tol:
+            print(f"{label}: {achieved:.2f} TFLOP/s (2 x params x real tokens), {frac}")
+    if worst >= tol:
         raise SystemExit("error: the engine and the loop disagree")
 
 
