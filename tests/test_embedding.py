@@ -128,7 +128,7 @@ def test_shared_prompts_equal_whole_conversations(tiny, tiny_eager, attention, m
     convs = dialog_tree()
     ids = embedding.render_all_ids(tok, convs)
     groups = embedding.shared_prefix_groups(ids)
-    assert len(groups) >= 2 and any(len(members) >= 4 for _, members in groups)
+    assert len(groups) >= 3 and any(len(members) >= 3 for _, members in groups)
     processed = []
     hook = model.model.embed_tokens.register_forward_hook(lambda m, i, o: processed.append(i[0].numel()))
     try:
@@ -153,36 +153,50 @@ def test_shared_prefix_groups_save_the_most_tokens():
     import itertools
 
     rng = np.random.default_rng(0)
-    for trial in range(40):
+    for trial in range(60):
         n = int(rng.integers(1, 8))
         stems = [list(rng.integers(0, 3, size=int(rng.integers(0, 12)))) for _ in range(2)]
         ids = [stems[int(rng.integers(0, 2))] + list(rng.integers(0, 3, size=int(rng.integers(1, 10))))
                for _ in range(n)]
-        min_prefix = int(rng.integers(1, 4))
-        groups = embedding.shared_prefix_groups(ids, min_prefix=min_prefix, max_group=4)
+        min_prefix, overhead = int(rng.integers(1, 4)), float(rng.choice([0.0, 0.25, 0.5]))
+
+        def gain(part):  # tokens saved by running `part` as one group (None: not a valid group)
+            p = min(len(os.path.commonprefix(part)), min(len(x) for x in part) - 1)
+            if not 2 <= len(part) <= 4 or p < min_prefix:
+                return None
+            return (len(part) - 1) * p - overhead * sum(len(x) - p for x in part)
+
+        groups = embedding.shared_prefix_groups(ids, min_prefix=min_prefix, max_group=4,
+                                                suffix_overhead=overhead)
         members = [i for _, m in groups for i in m]
         assert len(members) == len(set(members)) and all(0 <= i < n for i in members)
         for p, m in groups:
-            assert 2 <= len(m) <= 4 and p >= min_prefix
-            assert all(ids[i][:p] == ids[m[0]][:p] and len(ids[i]) > p for i in m)
-        saved = sum((len(m) - 1) * p for p, m in groups)
+            part = [ids[i] for i in m]
+            assert gain(part) is not None and gain(part) > 0
+            assert p == min(len(os.path.commonprefix(part)), min(len(x) for x in part) - 1)
+        found = sum(gain([ids[i] for i in m]) for _, m in groups)
 
-        seqs = sorted(ids)
-        best = 0
+        seqs, best = sorted(ids), 0.0
         for cuts in itertools.product([False, True], repeat=max(n - 1, 0)):
-            total, start = 0, 0
-            for end in [k + 1 for k, cut in enumerate(cuts) if cut] + [n]:
-                part = seqs[start:end]
-                if 2 <= len(part) <= 4:
-                    common = len(os.path.commonprefix(part))
-                    p = min(common, min(len(x) for x in part) - 1)
-                    total += (len(part) - 1) * p if p >= min_prefix else 0
-                elif len(part) > 4:
-                    total = -1
-                    break
-                start = end
-            best = max(best, total)
-        assert saved == best, (trial, ids, groups)
+            bounds = [0] + [k + 1 for k, cut in enumerate(cuts) if cut] + [n]
+            total = 0.0
+            for a, b in zip(bounds, bounds[1:]):
+                if b - a >= 2:
+                    g = gain(seqs[a:b])
+                    if g is None:
+                        break
+                    total += g
+            else:
+                best = max(best, total)
+        assert found == best, (trial, ids, groups)
+
+
+def test_a_shared_header_alone_forms_no_group():
+    """Long, different messages behind a common template header are embedded whole."""
+    header = list(range(10))
+    ids = [header + [100 + k] * 200 for k in range(5)]
+    assert embedding.shared_prefix_groups(ids) == []
+    assert embedding.shared_prefix_groups(ids, suffix_overhead=0.0) == [(10, [0, 1, 2, 3, 4])]
 
 
 def test_render_all_ids_equals_apply_chat_template(tiny):
