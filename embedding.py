@@ -438,7 +438,7 @@ def _prefix_batches(backbone, ids, groups, batch_size, max_tokens, pad):
     device = _device_of(backbone)
     prefix_batches = length_batches([p for p, _ in groups], batch_size, max_tokens)
     for start in range(0, len(prefix_batches), PREFIX_WINDOW):
-        caches, rows = [], []  # caches[j]: (per layer (keys, values), prefix mask); rows: (j, member, p)
+        caches, rows = [], []  # caches[j]: (per layer (keys, values), prefix mask); rows: (j, g, member, p)
         for j, prefix_batch in enumerate(prefix_batches[start:start + PREFIX_WINDOW]):
             prefixes = [groups[g] for g in prefix_batch]
             input_ids, prefix_mask = _padded([ids[members[0]][:p] for p, members in prefixes], pad)
