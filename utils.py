@@ -676,6 +676,13 @@ class _Trainer:
                              f"built for num_classes = {self.num_classes}, num_features = {self.num_features}")
         return comparisons
 
+    def train(self, X):
+        """Fit on X (a list of per-user tensors [m_i, d] or a Comparisons); see the subclass for what
+        it returns."""
+        comparisons = self._check(X)
+        with _lean_threads(comparisons):
+            return self._fit(comparisons)
+
 
 class LoRe(_Trainer):
     """Joint LoRe fit: W ~ N(0,1) [C, B], V ~ N(0,1) [d, B], Adam over both (one optimiser's update).
@@ -700,11 +707,6 @@ class LoRe(_Trainer):
         row_weight = (1.0 / comparisons.counts().clamp(min=1).to(self.dtype))[comparisons.users]
         loss = _bradley_terry_step(comparisons.project(self.V), self.W, comparisons.users, row_weight, False)[0]
         return loss + self.alpha * ((self.V - self.V_sft) ** 2).sum() if self.alpha > 0 else loss
-
-    def train(self, X):
-        comparisons = self._check(X)
-        with _lean_threads(comparisons):
-            return self._fit(comparisons)
 
     def _fit(self, comparisons: Comparisons):
         users = comparisons.users
@@ -745,11 +747,6 @@ class LoRe_regularized(_Trainer):
         g = _generator(seed)
         self.W = torch.rand(num_classes, num_basis_vectors, generator=g, dtype=dtype).to(self.device)
         self.V = torch.randn(num_features, num_basis_vectors, generator=g, dtype=dtype).to(self.device)
-
-    def train(self, X):
-        comparisons = self._check(X)
-        with _lean_threads(comparisons):
-            return self._fit(comparisons)
 
     def _fit(self, comparisons: Comparisons):
         users = comparisons.users
