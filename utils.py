@@ -38,7 +38,7 @@ _SETTING_TYPES = (bool, int, float, str, list, tuple, type(None))
 
 
 def _is_setting(name: str, value) -> bool:
-    return not name.startswith("_") and isinstance(value, _SETTING_TYPES) and not isinstance(
+    return not name.startswith("_") and not name.isupper() and isinstance(value, _SETTING_TYPES) and not isinstance(
         value, (types.ModuleType, type))
 
 
@@ -67,13 +67,20 @@ def _parse_value(name: str, raw: str, default):
     return value
 
 
-def configure(settings: dict, argv: list[str] | None = None) -> set[str]:
+class Settings(dict):
+    """A script's settings after the command line: {name: value}; `.overridden` holds the names given."""
+    overridden: frozenset = frozenset()
+
+
+def configure(settings: dict, argv: list[str] | None = None) -> Settings:
     """Override a script's settings in place from `--name=value` arguments (nanoGPT style).
 
-    `settings` is the script's `globals()`, called right after its settings block. Values are Python
-    literals (`--K_list=[0,1,5]`, `--alpha=1e4`, `--offline=True`; a bare `--offline` sets a bool to
-    True). An unknown name, a positional argument or a value of the wrong type is an error. `--help`
-    prints the script's docstring and settings. Returns the names that were overridden.
+    `settings` is the script's `globals()`, called right after its settings block: the settings are
+    the lower-case public globals of a plain type defined by then (constants are upper-case). Values
+    are Python literals (`--K_list=[0,1,5]`, `--alpha=1e4`, `--offline=True`; a bare `--offline` sets a
+    bool to True). An unknown name, a positional argument or a value of the wrong type is an error.
+    `--help` prints the script's docstring and settings. Returns a snapshot of the settings (for result
+    files), with `.overridden` the names given on the command line.
     """
     argv = sys.argv[1:] if argv is None else argv
     known = {k: v for k, v in settings.items() if _is_setting(k, v)}
@@ -97,7 +104,9 @@ def configure(settings: dict, argv: list[str] | None = None) -> set[str]:
             raw = "True"
         settings[name] = _parse_value(name, raw, known[name])
         overridden.add(name)
-    return overridden
+    snapshot = Settings({k: (list(settings[k]) if isinstance(settings[k], tuple) else settings[k]) for k in known})
+    snapshot.overridden = frozenset(overridden)
+    return snapshot
 
 
 def script_settings(settings: dict) -> dict:

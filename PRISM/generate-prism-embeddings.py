@@ -32,13 +32,13 @@ max_tokens = 32768          # padded tokens per forward pass (at most); None: ro
 max_length = None           # tokens per conversation, oldest dropped (keeps the BOS and the end); None: all
 shard_size = 2048           # conversations per resumable shard
 # -----------------------------------------------------------------------------
-overridden = utils.configure(globals())
+settings = utils.configure(globals())
 data_path, _ = utils.script_dirs(__file__, data_dir, "results", offline)
 if offline:
     from offline import tiny_model_path
-    if "model_name" not in overridden:
+    if "model_name" not in settings.overridden:
         model_name = tiny_model_path()
-    if "dtype" not in overridden:
+    if "dtype" not in settings.overridden:
         dtype = "float32"
 
 from safetensors.torch import save_file  # noqa: E402

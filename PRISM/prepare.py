@@ -30,7 +30,7 @@ split_seed = 123           # the original split's numpy seed (SPEC 2.1: reproduc
 seed = 0                   # offline generator: seed of texts, users and planted labels
 offline_users = 240        # offline generator: survey rows (some with 0 or few conversations)
 # -----------------------------------------------------------------------------
-overridden = utils.configure(globals())
+settings = utils.configure(globals())
 data_path, _ = utils.script_dirs(__file__, data_dir, "results", offline)
 data_path.mkdir(parents=True, exist_ok=True)
 

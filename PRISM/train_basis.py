@@ -44,9 +44,9 @@ dataset_name = "PRISM"        # prefix of the saved V / W files
 results_name = "prism_lore_results"
 plot_name = "generalization_accuracy_vs_rank_lore_alpha_{alpha}.png"
 # -----------------------------------------------------------------------------
-overridden = utils.configure(globals())
+settings = utils.configure(globals())
 data_path, results_path = utils.script_dirs(__file__, data_dir, results_dir, offline)
-if offline and "alpha_list" not in overridden:
+if offline and "alpha_list" not in settings.overridden:
     alpha_list = list(offline_alpha_list)
     print(f"offline: alpha_list = {alpha_list} (offline_alpha_list; pass --alpha_list=... to change)")
 settings = utils.script_settings(globals())   # a snapshot, before other module globals exist

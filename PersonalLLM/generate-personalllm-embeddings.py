@@ -31,12 +31,12 @@ max_tokens = None                # optional cap on rows x longest length per bat
 max_length = 4096                # tokens per conversation; longer ones lose their oldest tokens (BOS kept)
 device = None                    # None: cuda if available, else cpu
 # -----------------------------------------------------------------------------
-overridden = utils.configure(globals())
+settings = utils.configure(globals())
 data_path, _ = utils.script_dirs(__file__, data_dir, results_dir, offline)
-if offline and "model_name" not in overridden:
+if offline and "model_name" not in settings.overridden:
     from offline.tiny_model import tiny_model_path
     model_name = str(tiny_model_path())
-if offline and "dtype" not in overridden:
+if offline and "dtype" not in settings.overridden:
     dtype = "float32"
 
 

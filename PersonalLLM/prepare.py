@@ -37,7 +37,7 @@ offline_train_prompts = 160      # offline: generated train prompts (real: 9,402
 offline_test_prompts = 40        # offline: generated test prompts (real: 1,000)
 offline_directions = 3           # offline: latent reward directions behind the 10 generated reward models
 # -----------------------------------------------------------------------------
-overridden = utils.configure(globals())
+settings = utils.configure(globals())
 data_path, _ = utils.script_dirs(__file__, data_dir, results_dir, offline)
 
 

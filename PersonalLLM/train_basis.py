@@ -50,7 +50,7 @@ fewshot_iterations = 500         # unseen users' weights with V frozen
 fewshot_learning_rate = 0.1
 device = None                    # None: cuda if available, else cpu
 # -----------------------------------------------------------------------------
-overridden = utils.configure(globals())
+settings = utils.configure(globals())
 data_path, results_path = utils.script_dirs(__file__, data_dir, results_dir, offline)
 RESULTS_NAME = "personalllm_train_basis"
 PLOT_NAME = "generalization_accuracy_vs_rank_lore_alpha_{alpha}.png"

@@ -46,7 +46,7 @@ fewshot_iterations = 500
 fewshot_learning_rate = 0.1
 device = None                    # None: cuda if available, else cpu
 # -----------------------------------------------------------------------------
-overridden = utils.configure(globals())
+settings = utils.configure(globals())
 data_path, results_path = utils.script_dirs(__file__, data_dir, results_dir, offline)
 RESULTS_NAME = "personalllm_vary_fewshot"
 PLOT_NAME = "fewshot_accuracy_vs_shots.png"

@@ -32,12 +32,12 @@ max_tokens = 0               # 0 = no cap; else rows x longest length per batch 
 max_length = 0               # 0 = no truncation; else keep the last max_length tokens
 device = ""                  # "" = cuda if available, else cpu
 # -----------------------------------------------------------------------------
-overridden = utils.configure(globals())
+settings = utils.configure(globals())
 data_path, _ = utils.script_dirs(__file__, data_dir, "results", offline)
 if offline:
     from offline import tiny_model_path
-    model_name = model_name if "model_name" in overridden else tiny_model_path()
-    dtype = dtype if "dtype" in overridden else "float32"
+    model_name = model_name if "model_name" in settings.overridden else tiny_model_path()
+    dtype = dtype if "dtype" in settings.overridden else "float32"
 
 import embedding  # noqa: E402
 

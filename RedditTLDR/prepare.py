@@ -31,8 +31,7 @@ offline_train_posts = 200   # offline generator: posts per HF split ...
 offline_validation_posts = 80
 offline_summaries_per_post = 6  # ... and candidate summaries per post (any two make a comparison)
 # -----------------------------------------------------------------------------
-overridden = utils.configure(globals())
-settings = utils.script_settings(globals())  # before any other global exists
+settings = utils.configure(globals())
 data_path, _ = utils.script_dirs(__file__, data_dir, "results", offline)
 data_path.mkdir(parents=True, exist_ok=True)
 

@@ -40,8 +40,7 @@ fewshot_iterations = 500      # unseen users' weights (PersonalizeBatch)
 fewshot_learning_rate = 0.1
 device = ""                   # "" = cuda if available, else cpu
 # -----------------------------------------------------------------------------
-overridden = utils.configure(globals())
-settings = utils.script_settings(globals())  # before any other global exists
+settings = utils.configure(globals())
 data_path, results_path = utils.script_dirs(__file__, data_dir, results_dir, offline)
 
 table, pairs, reward_head, meta = tldr_data.load_embedded(data_path)

@@ -15,7 +15,9 @@ def test_override_parses_literals_and_keeps_types():
                                   "--model_name=/tmp/m"])
     assert s["K_list"] == [0, 2] and s["alpha"] == 10.0 and isinstance(s["alpha"], float)
     assert s["iters"] == 5 and s["offline"] is True and s["limit"] == 3 and s["model_name"] == "/tmp/m"
-    assert changed == {"K_list", "alpha", "iters", "offline", "limit", "model_name"}
+    assert changed.overridden == {"K_list", "alpha", "iters", "offline", "limit", "model_name"}
+    assert changed == {"K_list": [0, 2], "alpha": 10.0, "iters": 5, "offline": True, "model_name": "/tmp/m",
+                       "limit": 3}     # the snapshot: settings only (no __doc__, _private or modules)
 
 
 @pytest.mark.parametrize("arg, message", [
