@@ -1,4 +1,4 @@
-"""RewardBench 2 (`allenai/reward-bench-2`): rows, scoring, the seed's figures and the official figures.
+"""RewardBench 2 (`allenai/reward-bench-2`): rows, scoring, the original's figures and the official figures.
 
 Shared by `PRISM/eval_rb2.py` (the CLI) and `debias_lora/` (RewardBench 2 per lambda):
 
@@ -37,15 +37,15 @@ Official (the `rewardbench` package, v2: `reroll_and_score_dataset` and `process
          + 0.20 correctness_preferred_hard + 0.01 correctness_margin_score.
 - overall = unweighted mean of the subset scores present (all six in a full run: `complete`).
 
-Seed document 001 (the original eval_rb2.py):
+The original (LoRe's eval_rb2.py), per head:
 - strict: a row is right when every correct answer scores strictly above every incorrect one
   (min correct > max incorrect; ties are wrong). A subset's accuracy = mean over its rows.
 - Ties weighted approximation per row: 0.5 strict + 0.5 [margin > spread_c], margin = min correct -
-  max incorrect, spread_c = max correct - min correct (0 for one correct answer). A row without a
-  correct or an incorrect answer scores 0 on both.
-- 5-cat = mean of the five non-Ties subsets; overall(weighted) = mean of the six subsets with Ties
-  counted by its weighted approximation (unweighted by row counts); per subset the mean over heads and
-  the best head; heads ranked by overall(weighted) for the top-k table.
+  max incorrect, spread_c = max correct - min correct (0 for one correct answer), in float32. A row
+  without a correct or an incorrect answer scores 0 on both.
+- 5-cat = mean of the five non-Ties subsets; Overall STRICT = mean(5-cat, Ties strict) and Overall
+  WEIGHTED = mean(5-cat, Ties weighted): Ties counts for half (whichever is present when one is
+  missing); per subset the mean over heads and the best head; heads ranked by Overall WEIGHTED.
 """
 from __future__ import annotations
 
@@ -255,17 +255,19 @@ def official_item_score(scores: np.ndarray) -> np.ndarray:
     return np.where(s[0] == top, 1.0 / at_top, 0.0)
 
 
-def seed_strict_and_weighted(scores: np.ndarray, num_correct: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seed figures of one row, per head: (strict [B], ties weighted approximation [B]).
-    strict = min correct > max incorrect; weighted = 0.5 strict + 0.5 [margin > spread_c]."""
+def original_strict_and_weighted(scores: np.ndarray, num_correct: int) -> tuple[np.ndarray, np.ndarray]:
+    """The original eval_rb2.py's figures of one row, per head: (strict [B], ties weighted approximation
+    [B]). strict = min correct > max incorrect (a tie is wrong); weighted = 0.5 strict + 0.5 [margin >
+    spread_c], margin = min correct - max incorrect, spread_c = max correct - min correct, both in
+    float32 as the original computes them. A row without a correct or an incorrect answer: 0 and 0."""
     correct, incorrect = _split_scores(scores, num_correct)
     if len(correct) == 0 or len(incorrect) == 0:
         zero = np.zeros(max(correct.shape[1], incorrect.shape[1]))
         return zero, zero
     min_c, max_c, max_i = correct.min(0), correct.max(0), incorrect.max(0)
     strict = (min_c > max_i).astype(np.float64)
-    bonus = ((min_c - max_i) > (max_c - min_c)).astype(np.float64)
-    return strict, 0.5 * strict + 0.5 * bonus
+    margin, spread = (min_c - max_i).astype(np.float32), (max_c - min_c).astype(np.float32)
+    return strict, 0.5 * strict + 0.5 * (margin > spread).astype(np.float64)
 
 
 def _ties_stats(scores: np.ndarray, num_correct: int) -> dict:
@@ -333,14 +335,14 @@ def _subset_order(names) -> list[str]:
 
 
 def compute_figures(rows: Sequence[dict], scores: Sequence[np.ndarray]) -> dict:
-    """Official and seed figures of scored rows (scores[i]: [n_i, B] with correct answers first).
+    """Official and original figures of scored rows (scores[i]: [n_i, B] with correct answers first).
 
     Returns a JSON-ready dict; per-head figures are lists of length B, fractions in [0, 1]:
       n_rows, n_heads, n_per_subset, subsets, complete (all six present),
       official: per_subset {name: [B]}, overall [B], ties (components [B]), best_head, best_overall,
                 mean_overall, ranking (heads by overall, best first)
-      seed:     per_subset {name: [B]} (strict), ties_strict, ties_weighted, five_cat, overall_weighted
-                (each [B] or None), mean_per_subset {name: float}, best_per_subset {name: [head, value]},
+      original: per_subset {name: [B]} (strict), ties_strict, ties_weighted, five_cat, overall_strict,
+                overall_weighted (each [B] or None), mean_per_subset {name: float}, best_per_subset {name: [head, value]},
                 best_head, ranking (heads by overall_weighted, best first)
     """
     if len(rows) != len(scores) or not rows:
@@ -355,7 +357,7 @@ def compute_figures(rows: Sequence[dict], scores: Sequence[np.ndarray]) -> dict:
     official, strict, weighted, ties_parts = {}, {}, {}, None
     for name in names:
         idx = by_subset[name]
-        per_row = [seed_strict_and_weighted(scores[i], rows[i]["num_correct"]) for i in idx]
+        per_row = [original_strict_and_weighted(scores[i], rows[i]["num_correct"]) for i in idx]
         strict[name] = np.mean([p[0] for p in per_row], axis=0)
         if name == TIES:
             weighted[name] = np.mean([p[1] for p in per_row], axis=0)
@@ -368,8 +370,11 @@ def compute_figures(rows: Sequence[dict], scores: Sequence[np.ndarray]) -> dict:
     overall = np.mean([official[n] for n in names], axis=0)
     plain = [n for n in names if n != TIES]
     five_cat = np.mean([strict[n] for n in plain], axis=0) if plain else None
-    seed_six = [weighted[n] if n == TIES else strict[n] for n in names]
-    overall_weighted = np.mean(seed_six, axis=0)
+    # The original's overall figures: the 5-category mean and the Ties figure averaged, so Ties counts
+    # for half (np.nanmean: whichever of the two is present when a subset is missing)
+    halves = [five_cat] if five_cat is not None else []
+    overall_strict = np.mean(halves + ([strict[TIES]] if TIES in strict else []), axis=0)
+    overall_weighted = np.mean(halves + ([weighted[TIES]] if TIES in weighted else []), axis=0)
 
     def ranking(values):
         return [int(b) for b in sorted(range(n_heads), key=lambda b: (-values[b], b))]
@@ -378,7 +383,7 @@ def compute_figures(rows: Sequence[dict], scores: Sequence[np.ndarray]) -> dict:
         return None if a is None else [float(v) for v in np.asarray(a, dtype=np.float64)]
 
     official_rank = ranking(overall)
-    seed_rank = ranking(overall_weighted)
+    original_rank = ranking(overall_weighted)
     figures = {
         "n_rows": len(rows),
         "n_heads": int(n_heads),
@@ -396,17 +401,18 @@ def compute_figures(rows: Sequence[dict], scores: Sequence[np.ndarray]) -> dict:
             "mean_overall": float(np.mean(overall)),
             "ranking": official_rank,
         },
-        "seed": {
+        "original": {
             "per_subset": {n: listed(strict[n]) for n in names},
             "ties_strict": listed(strict.get(TIES)),
             "ties_weighted": listed(weighted.get(TIES)),
             "five_cat": listed(five_cat),
+            "overall_strict": listed(overall_strict),
             "overall_weighted": listed(overall_weighted),
             "mean_per_subset": {n: float(np.mean(strict[n])) for n in names},
             "mean_ties_weighted": None if TIES not in weighted else float(np.mean(weighted[TIES])),
             "best_per_subset": {n: [int(np.argmax(strict[n])), float(np.max(strict[n]))] for n in names},
-            "best_head": seed_rank[0],
-            "ranking": seed_rank,
+            "best_head": original_rank[0],
+            "ranking": original_rank,
         },
     }
     return figures
@@ -417,7 +423,7 @@ def evaluate_reward_model(model, tokenizer, dataset: str | Path | Sequence[dict]
                           limit: int | None = None, batch_size: int = 8, max_length: int | None = 2048,
                           truncation_side: str = "left", max_tokens: int | None = None,
                           progress: bool = False, return_scores: bool = False) -> dict:
-    """RewardBench 2 figures (official and seed, see compute_figures) of an already-loaded model.
+    """RewardBench 2 figures (official and original, see compute_figures) of an already-loaded model.
 
     model: a sequence-classification reward model (also a PeftModel around one) scored by its own head
     when `head` is None, or any backbone with `head` [d, B] (+ `bias`). dataset: hub id, local file,
@@ -599,27 +605,46 @@ def _pct(x) -> str:
     return f"{100.0 * x:.2f}%"
 
 
-def format_seed_table(figures: dict, top_k: int = 10) -> str:
-    """The seed document's table: per subset mean over heads and best head, then the top-k heads."""
-    seed, n = figures["seed"], figures["n_per_subset"]
+def format_original_table(figures: dict, top_k: int = 10) -> str:
+    """The original eval_rb2.py's report. One head: its accuracy per subset, then the 5-category mean,
+    Ties strict, Overall STRICT and Overall WEIGHTED. Several heads: per subset the mean over heads and
+    the best head, then the top-k heads by overall(weighted) (with overall(strict) added)."""
+    original, n = figures["original"], figures["n_per_subset"]
     width = max(len(s) for s in figures["subsets"])
     lines = ["================= RewardBench 2 Results ================="]
+    if figures["n_heads"] == 1:
+        for name in figures["subsets"]:
+            value = original["per_subset"][name][0]
+            if name == TIES:
+                lines.append(f"{name:<{width}} | strict acc: {_pct(value)} | weighted approx: "
+                             f"{_pct(original['ties_weighted'][0])} (n={n[name]})")
+            else:
+                lines.append(f"{name:<{width}} | accuracy: {_pct(value)} (n={n[name]})")
+        lines.append("---------------------------------------------------------")
+        if original["five_cat"] is not None:
+            lines.append(f"Overall (5 categories, no ties):      {_pct(original['five_cat'][0])}")
+        if original["ties_strict"] is not None:
+            lines.append(f"Ties strict accuracy:                 {_pct(original['ties_strict'][0])}")
+        lines.append(f"Overall STRICT (incl. ties):          {_pct(original['overall_strict'][0])}")
+        lines.append(f"Overall WEIGHTED approx (incl. ties): {_pct(original['overall_weighted'][0])}")
+        return "\n".join(lines)
     for name in figures["subsets"]:
-        best, value = seed["best_per_subset"][name]
+        best, value = original["best_per_subset"][name]
         if name == TIES:
-            lines.append(f"{name:<{width}} | mean strict: {_pct(seed['mean_per_subset'][name])} | best head "
-                         f"#{best} = {_pct(value)} | mean weighted: {_pct(seed['mean_ties_weighted'])} "
+            lines.append(f"{name:<{width}} | mean strict: {_pct(original['mean_per_subset'][name])} | best head "
+                         f"#{best} = {_pct(value)} | mean weighted: {_pct(original['mean_ties_weighted'])} "
                          f"(n={n[name]})")
         else:
-            lines.append(f"{name:<{width}} | mean acc: {_pct(seed['mean_per_subset'][name])} | best head "
+            lines.append(f"{name:<{width}} | mean acc: {_pct(original['mean_per_subset'][name])} | best head "
                          f"#{best} = {_pct(value)} (n={n[name]})")
     lines.append("---------------------------------------------------------")
-    for rank, b in enumerate(seed["ranking"][:max(top_k, 1)], 1):
-        parts = [f"#{rank:02d} head {b}", f"overall(weighted) {_pct(seed['overall_weighted'][b])}"]
-        if seed["five_cat"] is not None:
-            parts.append(f"5-cat {_pct(seed['five_cat'][b])}")
-        if seed["ties_strict"] is not None:
-            parts.append(f"ties strict {_pct(seed['ties_strict'][b])} approx {_pct(seed['ties_weighted'][b])}")
+    for rank, b in enumerate(original["ranking"][:max(top_k, 1)], 1):
+        parts = [f"#{rank:02d} head {b}", f"overall(weighted) {_pct(original['overall_weighted'][b])}",
+                 f"overall(strict) {_pct(original['overall_strict'][b])}"]
+        if original["five_cat"] is not None:
+            parts.append(f"5-cat {_pct(original['five_cat'][b])}")
+        if original["ties_strict"] is not None:
+            parts.append(f"ties strict {_pct(original['ties_strict'][b])} approx {_pct(original['ties_weighted'][b])}")
         lines.append(" | ".join(parts))
     return "\n".join(lines)
 
@@ -641,19 +666,21 @@ def format_official_table(figures: dict, top_k: int = 10) -> str:
 
 
 def write_csv(figures: dict, path) -> Path:
-    """Per-head summary: seed figures and official figures, one row per head (in head order)."""
+    """Per-head summary: the original's figures and the official figures, one row per head (in head order)."""
     path = Path(path)
-    seed, off, names = figures["seed"], figures["official"], figures["subsets"]
-    header = (["head"] + [f"seed_{n}" for n in names] + ["seed_ties_weighted", "seed_5cat",
-              "seed_overall_weighted"] + [f"official_{n}" for n in names] + ["official_overall"])
+    original, off, names = figures["original"], figures["official"], figures["subsets"]
+    header = (["head"] + [f"original_{n}" for n in names] + ["original_ties_weighted", "original_5cat",
+              "original_overall_strict", "original_overall_weighted"] + [f"official_{n}" for n in names]
+              + ["official_overall"])
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     for b in range(figures["n_heads"]):
         def get(values):
             return "" if values is None else f"{values[b]:.6f}"
-        writer.writerow([b] + [get(seed["per_subset"][n]) for n in names]
-                        + [get(seed["ties_weighted"]), get(seed["five_cat"]), get(seed["overall_weighted"])]
+        writer.writerow([b] + [get(original["per_subset"][n]) for n in names]
+                        + [get(original["ties_weighted"]), get(original["five_cat"]),
+                           get(original["overall_strict"]), get(original["overall_weighted"])]
                         + [get(off["per_subset"][n]) for n in names] + [get(off["overall"])])
     utils.write_text_atomic(path, buf.getvalue())
     return path
@@ -666,7 +693,7 @@ def write_json(obj: dict, path) -> Path:
 
 
 def failures(rows: Sequence[dict], scores: Sequence[np.ndarray], head: int = 0) -> list[str]:
-    """Lines describing the rows that head `head` gets wrong (seed strict rule), for --verbose_failures."""
+    """Lines describing the rows that head `head` gets wrong (the original's strict rule), for --verbose_failures."""
     lines = []
     for row, s in zip(rows, scores):
         correct, incorrect = _split_scores(s, row["num_correct"])

@@ -211,7 +211,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 TEMPERATURE = 100.0        # the method's 1/100 temperature on every margin
 STD_BAND_FACTOR = 0.25     # plotted/returned band = STD_BAND_FACTOR * (std of per-user accuracy)
 PRUNE_THRESHOLD = 1e-2     # LoRe_regularized keeps basis column b iff max_i softmax(W)_ib >= this
-WARMUP_START, WARMUP_END = 0.2, 0.8  # cosine regulariser: 0 before 20% of the iterations, alpha after 80%
+WARMUP_START, WARMUP_END = 0.2, 0.8  # cosine regulariser: 0 before int(0.2 T), alpha from int(0.8 T)
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
@@ -592,9 +592,10 @@ def margins(P: torch.Tensor, weights: torch.Tensor, users: torch.Tensor) -> torc
 
 
 def cosine_warmup_alpha(iteration: int, num_iterations: int, alpha: float) -> float:
-    """Weight of the cosine regulariser at `iteration` (0-based) of `num_iterations`: 0 before 20% of
-    the iterations, rising linearly from 0 at 20% to alpha at 80%, alpha from then on."""
-    start, end = WARMUP_START * num_iterations, WARMUP_END * num_iterations
+    """Weight of the cosine regulariser at `iteration` (0-based) of T = `num_iterations`: 0 before
+    int(0.2 T), rising linearly to alpha at int(0.8 T), alpha from then on (the original's integer
+    bounds: they differ from 0.2 T and 0.8 T when T is not a multiple of 5)."""
+    start, end = int(WARMUP_START * num_iterations), int(WARMUP_END * num_iterations)
     if iteration < start:
         return 0.0
     if iteration >= end:
@@ -1097,30 +1098,66 @@ def run_regularized(K_list, alpha_list, V_final, train_features, test_features_s
                      fewshot_iterations, fewshot_learning_rate, seed, results_dir, dataset_name, progress)
 
 
+class FewShotCurves(tuple):
+    """What `run_few_shot_vary_shots` returns: the original's four lists for the last (alpha, K) of the
+    sweep (the original kept only that one), so `a, b, c, d = run_few_shot_vary_shots(...)` unpacks as
+    it did: (few-shot train means, few-shot train stds, unseen test means, unseen test stds), each an
+    array [len(num_shots)]; a mean is the mean over trials of the per-trial mean over users, a std is
+    the standard deviation over trials of that per-trial mean (no 0.25 factor).
+
+    `.runs` holds every (alpha, K) of the sweep, alpha-major: {"alpha", "K", "fewshot_train",
+    "unseen_test"}, each of the two a dict of arrays [len(num_shots)]: "mean", "std_trials" (the
+    original's std) and "std_users" (the std over users within a trial, averaged over trials).
+    `.num_shots` is the list of shot counts and `.capped` the shot counts that exceed every user's pool
+    (those draws are the whole pool, the same for every trial).
+    """
+    runs: list
+    num_shots: list
+    capped: list
+
+    @classmethod
+    def build(cls, runs, num_shots, capped):
+        last = runs[-1]
+        out = cls((last["fewshot_train"]["mean"], last["fewshot_train"]["std_trials"],
+                   last["unseen_test"]["mean"], last["unseen_test"]["std_trials"]))
+        out.runs, out.num_shots, out.capped = runs, list(num_shots), list(capped)
+        return out
+
+
+def _trial_statistics(per_trial_accuracy: list) -> dict:
+    """{"mean", "std_trials", "std_users"} of per-trial per-user accuracies (users without comparisons,
+    NaN, left out): the mean over trials of each trial's mean over users, the std over trials of those
+    means (population form, as np.std), and the mean over trials of each trial's std over users."""
+    means, stds = [], []
+    for accuracy in per_trial_accuracy:
+        accuracy = accuracy[~np.isnan(accuracy)]
+        means.append(accuracy.mean() if len(accuracy) else np.nan)
+        stds.append(accuracy.std() if len(accuracy) else np.nan)
+    return {"mean": float(np.mean(means)), "std_trials": float(np.std(means)), "std_users": float(np.mean(stds))}
+
+
 def run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, train_features, train_features_unseen,
                             test_features_sparse_unseen, V_final, N, N_unseen, device, *, seed=0,
                             num_iterations=500, learning_rate=0.5, fewshot_iterations=500,
-                            fewshot_learning_rate=0.1, regularized=False, progress=True):
+                            fewshot_learning_rate=0.1, regularized=False, progress=True) -> FewShotCurves:
     """Few-shot accuracy of unseen users against the number of shots.
 
     For every alpha and K: one joint fit on the seen users' train_features (`solve_regularized`, or
     `solve_regularized_simplex` with regularized=True; num_iterations, learning_rate; K = 0 is the
     reference head V_final with w = [1.0]). Then for every shot count s in num_shots, `trials` seeded
     draws of min(m_i, s) comparisons per unseen user (`sample_shots`; draw (s, trial) is the same for
-    every alpha and K), a few-shot fit of all trials x users at once (K <= 1: w = [1.0]), and the
-    accuracy on those shots and on test_features_sparse_unseen.
+    every alpha and K), a few-shot fit of all trials x users at once (K <= 1: w = [1.0]), and per trial
+    the per-user accuracy on those shots and on test_features_sparse_unseen.
 
-    Returns 4 float arrays of shape [len(alpha_list) * len(K_list), len(num_shots)], rows alpha-major:
-    (few-shot train mean, unseen test mean, few-shot train band, unseen test band). Means are over
-    users and trials; bands are STD_BAND_FACTOR * std of per-user accuracy pooled over all trials.
+    Returns a FewShotCurves: unpacked, the original's (few-shot train means, few-shot train stds, unseen
+    test means, unseen test stds) per shot count for the last (alpha, K), std = over trials of the
+    per-trial mean over users; `.runs` has every (alpha, K) with the std over users too.
     """
     V_final, (train, _, train_unseen, test_unseen), device = _prepare(
         V_final, (train_features, train_features, train_features_unseen, test_features_sparse_unseen),
         N, N_unseen, device)
     trials = int(trials)
     fit = solve_regularized_simplex if regularized else solve_regularized
-    shape = (len(alpha_list) * len(K_list), len(num_shots))
-    results = [np.full(shape, np.nan) for _ in range(4)]
     # the shot draws depend only on (seed, shots, trial): the same for every alpha and K
     draws = {}
     for s in num_shots:
@@ -1131,7 +1168,9 @@ def run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, train_feature
             users.append(train_unseen.users[chosen] + trial * N_unseen)
         draws[s] = train_unseen.select(torch.cat(index), users=torch.cat(users),
                                        n_users=trials * N_unseen).compact()
-    row = 0
+    pools = train_unseen.counts()
+    capped = [s for s in num_shots if len(pools) and s > int(pools.max())]
+    runs = []
     for alpha in alpha_list:
         for K in tqdm(K_list, desc=f"alpha={alpha}: K", disable=None if progress else True):
             if K == 0:
@@ -1142,7 +1181,8 @@ def run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, train_feature
                 V = fit(V_final, alpha, train, K, num_iterations, learning_rate, seed=derived_seed(seed, 0),
                         progress=progress)[1]
             P_test = test_unseen.project(V)                  # once per fit: V is frozen from here on
-            for j, s in enumerate(num_shots):
+            curves = {"fewshot_train": [], "unseen_test": []}
+            for s in num_shots:
                 shots = draws[s]
                 if K <= 1:
                     weights = torch.ones(trials * N_unseen, V.shape[1], dtype=V.dtype, device=device)
@@ -1150,14 +1190,13 @@ def run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, train_feature
                     weights = _few_shot_weights(shots, V, fewshot_iterations, fewshot_learning_rate,
                                                 seed=derived_seed(seed, 1), progress=progress)
                 train_accuracy = per_user_accuracy(shots, V, weights).numpy()
-                test_accuracy = [_accuracy_from_projection(test_unseen, P_test, w).numpy()
-                                 for w in weights.split(N_unseen)]                 # one block per trial
-                for k, accuracy in ((0, train_accuracy), (1, np.concatenate(test_accuracy))):
-                    accuracy = accuracy[~np.isnan(accuracy)]
-                    results[k][row, j] = accuracy.mean() if len(accuracy) else np.nan
-                    results[k + 2][row, j] = STD_BAND_FACTOR * accuracy.std() if len(accuracy) else np.nan
-            row += 1
-    return tuple(results)
+                curves["fewshot_train"].append(_trial_statistics(np.split(train_accuracy, trials)))
+                curves["unseen_test"].append(_trial_statistics(
+                    [_accuracy_from_projection(test_unseen, P_test, w).numpy() for w in weights.split(N_unseen)]))
+            runs.append({"alpha": alpha, "K": K, **{
+                name: {key: np.array([point[key] for point in points]) for key in ("mean", "std_trials", "std_users")}
+                for name, points in curves.items()}})
+    return FewShotCurves.build(runs, num_shots, capped)
 
 
 # -----------------------------------------------------------------------------
@@ -1245,42 +1284,47 @@ def save_results(results_dir, name, settings, K_list, alpha_list, results, *, pl
 
 def save_fewshot_results(results_dir, name, settings, num_shots, K_list, alpha_list, results, *, plot_name=None,
                          title=None, extra=None) -> dict:
-    """Write the result files of `run_few_shot_vary_shots` into results_dir (created if missing).
+    """Write the result files of `run_few_shot_vary_shots` (its FewShotCurves) into results_dir.
 
-    results: its 4 arrays [len(alpha_list) * len(K_list), len(num_shots)] (few-shot train mean, unseen
-    test mean, and their bands). Writes `<name>.json` (settings, seed, per (alpha, K, shots): mean and
-    RAW std of both accuracies, + `extra`), `<name>.md` (per (alpha, K) a table, rows = shots) and one
-    PNG of accuracy vs number of shots (a line pair per (alpha, K), bands = 0.25 std), named plot_name
+    Writes `<name>.json` (settings, seed, per (alpha, K, shots) the mean, the original's std over
+    trials and the std over users of both accuracies, + `extra`), `<name>.md` (per (alpha, K) a table,
+    rows = shots, a shot count beyond every user's pool marked as capped) and one PNG of accuracy vs
+    number of shots (a line pair per (alpha, K), shaded ± the std over trials), named plot_name
     (default "<name>.png"). Returns {"json": Path, "markdown": Path, "plots": [Path]}.
     """
     results_dir = Path(results_dir)
     num_shots, K_list, alpha_list = list(num_shots), list(K_list), list(alpha_list)
-    arrays = [np.asarray(r, dtype=float) for r in results]
-    if len(arrays) != 4 or any(r.shape != (len(alpha_list) * len(K_list), len(num_shots)) for r in arrays):
-        raise ValueError("results must be the 4 arrays of run_few_shot_vary_shots(), each of shape "
-                         f"[len(alpha_list) * len(K_list), len(num_shots)] = "
-                         f"[{len(alpha_list) * len(K_list)}, {len(num_shots)}]")
-    train_mean, test_mean, train_band, test_band = arrays
+    runs = getattr(results, "runs", None)
+    if runs is None or len(runs) != len(alpha_list) * len(K_list) or list(results.num_shots) != num_shots:
+        raise ValueError("results must be what run_few_shot_vary_shots() returned for these num_shots, "
+                         "K_list and alpha_list")
+    capped = set(results.capped)
+    groups = (("fewshot_train", "unseen users: few-shot train"), ("unseen_test", "unseen users: test"))
     rows, lines, markdown = [], [], [f"# {title or name}", ""]
-    for a, alpha in enumerate(alpha_list):
-        for k, K in enumerate(K_list):
-            i = a * len(K_list) + k
-            markdown += [f"## alpha = {alpha}, K = {_rank_label(K)}", "",
-                         "| shots | unseen users: few-shot train | unseen users: test |", "|---|---|---|"]
-            for j, s in enumerate(num_shots):
-                rows.append({"alpha": alpha, "K": K, "shots": s,
-                             "unseen_fewshot_train": {"mean": train_mean[i, j],
-                                                      "std": train_band[i, j] / STD_BAND_FACTOR},
-                             "unseen_test": {"mean": test_mean[i, j], "std": test_band[i, j] / STD_BAND_FACTOR}})
-                markdown.append(f"| {s} | {_percent(train_mean[i, j], train_band[i, j] / STD_BAND_FACTOR)} | "
-                                f"{_percent(test_mean[i, j], test_band[i, j] / STD_BAND_FACTOR)} |")
-            markdown.append("")
-            tag = f"K={_rank_label(K)}" + (f", alpha={alpha}" if len(alpha_list) > 1 else "")
-            lines += [(f"few-shot train ({tag})", train_mean[i], train_band[i]),
-                      (f"unseen test ({tag})", test_mean[i], test_band[i])]
-    markdown.append(f"Accuracy in %, mean ± std over users and trials (plot shades ± {STD_BAND_FACTOR} std).")
+    for run in runs:
+        alpha, K = run["alpha"], run["K"]
+        markdown += [f"## alpha = {alpha}, K = {_rank_label(K)}", "",
+                     "| shots | " + " | ".join(label for _, label in groups) + " |", "|---|---|---|"]
+        for j, s in enumerate(num_shots):
+            entry = {"alpha": alpha, "K": K, "shots": s, "capped": s in capped}
+            cells = []
+            for key, _ in groups:
+                figures = {k: run[key][k][j] for k in ("mean", "std_trials", "std_users")}
+                entry[key] = figures
+                cells.append(f"{_percent(figures['mean'], figures['std_trials'])} "
+                             f"({100 * figures['std_users']:.1f})")
+            rows.append(entry)
+            markdown.append(f"| {s}{' (capped)' if s in capped else ''} | " + " | ".join(cells) + " |")
+        markdown.append("")
+        tag = f"K={_rank_label(K)}" + (f", alpha={alpha}" if len(alpha_list) > 1 else "")
+        lines += [(f"{label.split(': ')[1]} ({tag})", run[key]["mean"], run[key]["std_trials"])
+                  for key, label in groups]
+    markdown.append("Accuracy in %: mean over trials of the mean over users ± the std over trials (the "
+                    "original's figure), then in parentheses the std over users."
+                    + (" Capped: more shots than any user has; every trial then uses a user's whole pool."
+                       if capped else ""))
     payload = {"name": name, "settings": settings, "seed": settings.get("seed"), "num_shots": num_shots,
-               "K_list": K_list, "alpha_list": alpha_list, "std_band_factor": STD_BAND_FACTOR, "results": rows,
+               "K_list": K_list, "alpha_list": alpha_list, "capped_shots": sorted(capped), "results": rows,
                **(extra or {})}
     json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
     write_text_atomic(json_path, json.dumps(_json_value(payload), indent=1) + "\n")

@@ -11,7 +11,7 @@ first use), the model (--model; --offline: the built-in tiny model) and, in lmhe
 file --rm_head: .npy/.pt/.pth/.bin/.safetensors holding (H,), (H, 1) or (H, B), or a dict (pick with
 --head_key). A relative --rm_head is looked up in the current folder, then in results/ (results-offline/
 with --offline), where train_basis.py saves PRISM_V_lore_K_{K}_alpha_{alpha}.pt.
-Writes: the seed's table and the official table on stdout, and into results/ (results-offline/):
+Writes: the original's table and the official table on stdout, and into results/ (results-offline/):
 rb2_<tag>.json (all figures, settings) and rb2_<tag>.md (both tables), tag = "seqclf" or
 "lmhead_<head file stem>"; --save_json/--save_csv choose other paths (CSV: one row per head).
 
@@ -19,7 +19,7 @@ Modes: seqclf loads the sequence-classification model and scores with its own he
 backbone alone (AutoModel: no LM head, no score head) and scores final hidden states @ head (+ bias),
 all B heads in one pass; auto = lmhead when --rm_head is given, else seqclf. Figures: see
 rewardbench2.py (official RewardBench 2 scoring with 1/k tie credit and the official Ties formula,
-and the seed's strict / Ties-weighted figures per head).
+and the original eval_rb2.py's strict figures, Overall STRICT and Overall WEIGHTED, per head).
 """
 import argparse
 import sys
@@ -108,9 +108,9 @@ def main(argv=None) -> dict:
     seconds = time.time() - start
     figures = rb2.compute_figures(rows, scores)
 
-    seed_table = rb2.format_seed_table(figures, args.top_k)
+    original_table = rb2.format_original_table(figures, args.top_k)
     official_table = rb2.format_official_table(figures, args.top_k)
-    print(seed_table)
+    print(original_table)
     print()
     print(official_table)
     print(f"scored {len(rows)} prompts in {seconds:.1f} s ({len(rows) / max(seconds, 1e-9):.1f} prompts/s)")
@@ -128,7 +128,7 @@ def main(argv=None) -> dict:
     rb2.write_json(report, json_path)
     md_path = json_path.with_suffix(".md")
     utils.write_text_atomic(md_path, f"# RewardBench 2: {tag}\n\nmodel `{args.model}`, dataset `{args.dataset}` "
-                            f"[{args.split}], {len(rows)} prompts\n\n```\n{seed_table}\n```\n\n{official_table}\n")
+                            f"[{args.split}], {len(rows)} prompts\n\n```\n{original_table}\n```\n\n{official_table}\n")
     print(f"wrote {json_path} and {md_path}")
     if args.save_csv:
         print(f"wrote {rb2.write_csv(figures, args.save_csv)}")

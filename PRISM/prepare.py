@@ -56,7 +56,7 @@ utils.write_json_atomic(data_path / prism_data.USER_FILE, data_user)
 utils.write_json_atomic(data_path / prism_data.DIALOG_FILE, data_dialog)
 print(f"users: {counts['survey_rows']} in the survey, {counts['users_zero_conversations']} skipped with 0 "
       f"completed conversations, {counts['users_dropped_no_dialog']} dropped with no usable dialog, "
-      f"{counts['users']} kept")
+      f"{counts['users']} kept ({counts['users_without_conversation_rows']} of them without conversation rows)")
 print(f"dialogs: {counts['conversations']} conversations, {counts['dialogs_dropped_no_usable_turn']} dropped "
       f"without a usable turn, {counts['conversations_of_unknown_users']} of skipped users, "
       f"{counts['dialogs']} kept")

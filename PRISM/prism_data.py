@@ -299,8 +299,10 @@ def parse_turns(history: list[HistoryItem]) -> list[Turn]:
 def parse_raw(raw_dir: Path) -> tuple[dict, dict, dict]:
     """Users and dialogs from the raw files: ({user_id: User dict}, {dialog_id: Dialog dict}, counts).
 
-    Users with 0 completed conversations are skipped; dialogs without any usable turn are dropped; users
-    left with no dialog are dropped. Users keep survey order, their dialog ids conversations.jsonl order.
+    Users with 0 completed conversations are skipped; dialogs without any usable turn are dropped; a user
+    whose every dialog was dropped is dropped, while a user with no row in conversations.jsonl is kept
+    (with no dialogs, as in the original: it moves the split's permutation). Users keep survey order,
+    their dialog ids conversations.jsonl order.
     """
     raw_dir = Path(raw_dir)
     counts = {"survey_rows": 0, "users_zero_conversations": 0, "conversations": 0,
@@ -319,6 +321,7 @@ def parse_raw(raw_dir: Path) -> tuple[dict, dict, dict]:
             self_description=s.self_description, system_string=s.system_string,
             demographics={k: getattr(s, k) for k in DEMOGRAPHIC_KEYS})
     dialogs: dict[str, Dialog] = {}
+    lost_dialogs = set()        # users with at least one unusable (deleted) dialog
     for row in read_jsonl(raw_dir / "conversations.jsonl"):
         counts["conversations"] += 1
         c = ConversationRow.model_validate(row)
@@ -328,6 +331,7 @@ def parse_raw(raw_dir: Path) -> tuple[dict, dict, dict]:
         turns = parse_turns(c.conversation_history)
         if not any(t.usable() for t in turns):
             counts["dialogs_dropped_no_usable_turn"] += 1
+            lost_dialogs.add(c.user_id)
             continue
         dialogs[c.conversation_id] = Dialog(
             dialog_id=c.conversation_id, user_id=c.user_id, conversation_type=c.conversation_type,
@@ -335,9 +339,13 @@ def parse_raw(raw_dir: Path) -> tuple[dict, dict, dict]:
             total_turn_nb=c.conversation_turns if c.conversation_turns is not None else len(turns),
             turns=turns)
         users[c.user_id].dialog_ids.append(c.conversation_id)
-    for uid in [u for u, user in users.items() if not user.dialog_ids]:
+    # As the original: a user is dropped only when the deletion of unusable dialogs removed its last one.
+    # A user with completed conversations but no row in conversations.jsonl stays: it never qualifies
+    # for the split, but it is one more id in the list that the split shuffles.
+    for uid in [u for u, user in users.items() if not user.dialog_ids and u in lost_dialogs]:
         del users[uid]
         counts["users_dropped_no_dialog"] += 1
+    counts["users_without_conversation_rows"] = sum(1 for u in users.values() if not u.dialog_ids)
     counts["users"] = len(users)
     counts["dialogs"] = len(dialogs)
     return ({u: x.model_dump() for u, x in users.items()}, {d: x.model_dump() for d, x in dialogs.items()},

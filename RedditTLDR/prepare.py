@@ -9,7 +9,9 @@ dataset), splits train and validation; offline: the generated raw files it write
 data/tldr-offline/raw/comparisons/{train,validation}/0000.parquet (+ ground_truth.* beside them).
 Writes (data folder): comparisons_train.parquet, comparisons_validation.parquet (columns worker,
 post_id, post, winning, losing, split; rows in dataset order) and prepare_summary.json (counts).
-Rows with a missing post (CNN/DM articles) are skipped and counted.
+Rows without a post (the CNN/DM articles of the validation split) take `info.article` as the text
+(the original embedded the word "None"); they are counted, and so are the rows skipped for having no
+text at all or a malformed comparison.
 """
 import sys
 from pathlib import Path
@@ -64,8 +66,9 @@ for split in tldr_data.HF_SPLITS:
     tldr_data.write_parquet_atomic(frame, out)
     workers[split] = set(frame["worker"])
     summary["splits"][split] = counts
-    print(f"{split}: {counts['rows']} rows, skipped {counts['skipped_missing_post']} with a missing post "
-          f"and {counts['skipped_malformed']} malformed, kept {counts['comparisons']} comparisons of "
+    print(f"{split}: {counts['rows']} rows ({counts['article_as_text']} without a post, their article used as "
+          f"the text); skipped {counts['skipped_no_text']} without any text and {counts['skipped_malformed']} "
+          f"malformed; kept {counts['comparisons']} comparisons of "
           f"{counts['workers']} workers -> {out}")
 summary["workers_in_both_splits"] = len(workers["train"] & workers["validation"])
 print(f"workers in both splits: {summary['workers_in_both_splits']}")

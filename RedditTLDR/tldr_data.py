@@ -113,15 +113,15 @@ def _load_hub(dataset: str, config: str, revision: str):
 def comparisons_from_rows(rows, batch_size: int = 10_000):
     """Per-worker comparisons of one HF split: (DataFrame with COLUMNS in row order, counts).
 
-    A row gives (worker, post, winning = summaries[choice].text, losing = the other summary). Rows
-    with a missing post (CNN/DM articles: info.post null or empty) are skipped and counted; so are rows
-    that are not a valid two-summary comparison (choice not 0/1, not two summaries, missing text or
+    A row gives (worker, post, winning = summaries[choice].text, losing = the other summary). A row
+    without a post (CNN/DM articles: info.post null or empty) takes info.article as its text, counted;
+    a row with neither is skipped and counted; so are rows that are not a valid two-summary comparison (choice not 0/1, not two summaries, missing text or
     worker). `rows` is a `datasets.Dataset` or any iterable of row dicts.
     """
     import pandas as pd
 
     out = {c: [] for c in COLUMNS}
-    counts = {"rows": 0, "skipped_missing_post": 0, "skipped_malformed": 0}
+    counts = {"rows": 0, "article_as_text": 0, "skipped_no_text": 0, "skipped_malformed": 0}
 
     def batches():
         if hasattr(rows, "iter") and hasattr(rows, "column_names"):
@@ -138,8 +138,12 @@ def comparisons_from_rows(rows, batch_size: int = 10_000):
             info = row.get("info") or {}
             post = info.get("post")
             if post is None or not str(post).strip():
-                counts["skipped_missing_post"] += 1
-                continue
+                # CNN/DM rows carry the text as info.article (the original embedded the word "None")
+                post = info.get("article")
+                if post is None or not str(post).strip():
+                    counts["skipped_no_text"] += 1
+                    continue
+                counts["article_as_text"] += 1
             summaries, choice, worker = row.get("summaries") or [], row.get("choice"), row.get("worker")
             texts = [(s or {}).get("text") for s in summaries]
             if len(texts) != 2 or choice not in (0, 1) or any(t is None for t in texts) or not worker:

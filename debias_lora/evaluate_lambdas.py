@@ -15,7 +15,7 @@ variants_test.jsonl): acc[i][j] = P(score(correct response in style i) > score(i
 style j)) over questions, styles ordered concise, detailed plain, detailed markdown; a tie counts as
 wrong. hard = mean of the upper triangle (the correct answer is plainer than the wrong one: style
 against correctness), normal = mean of the diagonal (same style), easy = mean of the lower triangle.
-RewardBench 2: the official and the seed's figures from rewardbench2.evaluate_reward_model (the
+RewardBench 2: the official and the original eval_rb2.py's figures from rewardbench2.evaluate_reward_model (the
 scoring eval_rb2 uses), on --rb2_dataset (hub allenai/reward-bench-2; offline: the generated file).
 
 Writes --output_path (JSON: settings and per-lambda figures), and beside it <stem>.md (table) and
@@ -40,7 +40,8 @@ from debias_lora.pairs import STYLES  # noqa: E402
 
 DEFAULT_BASE = "xxccho/margin_reg_baseline/checkpoint-2460"
 DEFAULT_LORA = "xxccho/rm-debias-loras-llama-margin-reg/style"
-SEED_LAMBDAS = [-1.0, -0.5, -0.2, 0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 2.0, 3.0]
+PUBLISHED_LAMBDAS = [  # the grid of the published forget LoRAs' card
+    -1.0, -0.5, -0.2, 0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 2.0, 3.0]
 RB2_HUB = "allenai/reward-bench-2"
 
 
@@ -51,7 +52,7 @@ def parse_args(argv=None):
                         f"(default {DEFAULT_LORA}; offline: results-offline/forget_lora_style_undesired)")
     parser.add_argument("--output_path", default=None, help="result JSON (default results/lambda_sweep.json)")
     parser.add_argument("--lambdas", type=float, nargs="+", default=None,
-                        help=f"lambda = +x subtracts x * LoRA (default {SEED_LAMBDAS})")
+                        help=f"lambda = +x subtracts x * LoRA (default {PUBLISHED_LAMBDAS})")
     parser.add_argument("--variants", default=None, help="held-out variants JSONL (default data/variants_test.jsonl)")
     parser.add_argument("--limit_questions", type=int, default=None, help="first N held-out questions only")
     parser.add_argument("--rb2_dataset", default=None, help=f"RewardBench 2: hub id or local .jsonl/.parquet "
@@ -128,7 +129,7 @@ def rb2_rows(dataset: str, limit: int | None) -> list[dict]:
 
 
 def rb2_figures(model, tokenizer, rows, batch_size: int, max_length: int) -> dict:
-    """Official and seed RewardBench 2 figures of an already-loaded seqclf model (PeftModel included),
+    """Official and original RewardBench 2 figures of an already-loaded seqclf model (PeftModel included),
     through the scoring eval_rb2 uses."""
     import rewardbench2
     return rewardbench2.evaluate_reward_model(model, tokenizer, rows, batch_size=batch_size,
@@ -159,7 +160,8 @@ def sweep(model, tokenizer, lambdas, variants, rb2_dataset=None, batch_size=8, m
         if rb2_dataset is not None:
             row["rb2"] = rb2_figures(model, tokenizer, rb2_dataset, batch_size, max_length)
             row["rb2_overall"] = _overall(row["rb2"])
-            row["rb2_seed_overall"] = float(row["rb2"]["seed"]["overall_weighted"][0])
+            row["rb2_original_overall_strict"] = float(row["rb2"]["original"]["overall_strict"][0])
+            row["rb2_original_overall_weighted"] = float(row["rb2"]["original"]["overall_weighted"][0])
         row["seconds"] = round(time.time() - start, 1)
         if verbose:
             rb2 = f" rb2 {row['rb2_overall']:.3f}" if row.get("rb2_overall") is not None else ""
@@ -172,14 +174,16 @@ def sweep(model, tokenizer, lambdas, variants, rb2_dataset=None, batch_size=8, m
 def markdown_table(results: list[dict]) -> str:
     has_rb2 = any(r.get("rb2_overall") is not None for r in results)
     head = ("| lambda | hard | normal | easy | average | markdown > concise |"
-            + (" RB2 official overall | RB2 seed overall (weighted) |" if has_rb2 else ""))
+            + (" RB2 official overall | RB2 original overall STRICT | RB2 original overall WEIGHTED |"
+               if has_rb2 else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         line = (f"| {r['lambda']:+.2f} | {r['hard']:.3f} | {r['normal']:.3f} | {r['easy']:.3f} | "
                 f"{r['average']:.3f} | {r['markdown_over_concise']:.3f} |")
         if has_rb2:
-            line += (f" {r['rb2_overall']:.3f} | {r['rb2_seed_overall']:.3f} |"
-                     if r.get("rb2_overall") is not None else " - | - |")
+            line += (f" {r['rb2_overall']:.3f} | {r['rb2_original_overall_strict']:.3f} | "
+                     f"{r['rb2_original_overall_weighted']:.3f} |"
+                     if r.get("rb2_overall") is not None else " - | - | - |")
         lines.append(line)
     return "\n".join(lines)
 
@@ -228,7 +232,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     data_path, results_path = utils.script_dirs(__file__, "data", "results", args.offline)
     args.base_model, args.lora_path = base_and_lora(args.base_model, args.lora_path, args.offline, results_path)
-    args.lambdas = args.lambdas if args.lambdas is not None else SEED_LAMBDAS
+    args.lambdas = args.lambdas if args.lambdas is not None else PUBLISHED_LAMBDAS
     output_path = Path(args.output_path) if args.output_path else results_path / "lambda_sweep.json"
     variants_path = Path(args.variants) if args.variants else utils.require_file(
         data_path / "variants_test.jsonl", "python build_pairs.py" + (" --offline" if args.offline else ""))

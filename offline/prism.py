@@ -9,7 +9,8 @@ utterance row per model response. Keys are written in a varied (seeded) order an
 few keys the parser does not know, as a newer dataset revision could.
 
 The layout exercises every path of PRISM/prepare.py: users with 0 completed conversations (no
-conversations), users with 1-5 dialogs (kept but never qualify for the split), users whose dialogs all
+conversations), users with 1-5 dialogs (kept but never qualify for the split), users whose survey row counts
+conversations that have no row (kept: they move the split's permutation), users whose dialogs all
 lack a usable turn (dropped), dialogs without any usable turn (dropped), turns whose only response is
 the chosen one (no comparison, history goes on), turns where no response was chosen (no comparison, the
 usable history ends there), and the literal "EMPTY STRING" response.
@@ -37,7 +38,7 @@ from offline.text import sentence
 
 RAW_FILES = ("survey.jsonl", "conversations.jsonl", "utterances.jsonl")
 GROUND_TRUTH = "ground_truth"
-GENERATOR_VERSION = 2              # bump when the output for a given seed and settings changes
+GENERATOR_VERSION = 3              # bump when the output for a given seed and settings changes
 EMPTY_RESPONSE = "EMPTY STRING"   # the literal content of an empty response in the real data
 
 MODELS = [("openai", "gpt-4-turbo"), ("anthropic", "claude-2.1"), ("meta", "llama-2-70b-chat"),
@@ -131,12 +132,14 @@ def generate(out_dir: Path, seed: int = 0, n_users: int = 240, zero_fraction: fl
              few_fraction: float = 0.15, dropped_users: int = 3, turns_range=(2, 3),
              four_response_prob: float = 0.75, empty_prob: float = 0.03, single_response_prob: float = 0.03,
              no_choice_prob: float = 0.03, unusable_dialog_prob: float = 0.02, n_directions: int = 3,
-             concentration: float = 0.1, margin_std: float = 4.0, opposition: float = 0.8) -> dict:
+             concentration: float = 0.1, margin_std: float = 4.0, opposition: float = 0.8,
+             no_rows_users: int = 2) -> dict:
     """Write the PRISM jsonl trio and `ground_truth.*` into `out_dir`; return the summary dict.
 
     Users: a `zero_fraction` with 0 completed conversations, a `few_fraction` with 1-5 dialogs,
-    `dropped_users` whose every dialog is unusable, the rest with 6 or 7 dialogs (as in the real data,
-    where the most is 7). Dialogs have `turns_range` turns (inclusive). Tastes: `n_directions` planted
+    `dropped_users` whose every dialog is unusable, `no_rows_users` of the 1-5 kind whose survey row
+    counts completed conversations that conversations.jsonl does not hold, the rest with 6 or 7 dialogs
+    (as in the real data, where the most is 7). Dialogs have `turns_range` turns (inclusive). Tastes: `n_directions` planted
     directions, the second one turned to cosine -`opposition` with the first (users who want opposite
     things, so one shared reward serves them badly), users Dirichlet(`concentration`) mixtures (small:
     mostly one taste each).
@@ -157,6 +160,11 @@ def generate(out_dir: Path, seed: int = 0, n_users: int = 240, zero_fraction: fl
     dropped = set(int(i) for i in rng.choice(candidates_for_drop, size=min(dropped_users, len(candidates_for_drop)),
                                               replace=False))
     survey = [_survey_row(rng, user_ids[i], int(n_dialogs[i])) for i in range(n_users)]
+    # users whose survey row counts completed conversations that conversations.jsonl does not hold
+    candidates_for_no_rows = [i for i in candidates_for_drop if i not in dropped]
+    no_rows = [int(i) for i in rng.choice(candidates_for_no_rows, size=min(no_rows_users, len(candidates_for_no_rows)),
+                                          replace=False)]
+    n_dialogs[no_rows] = 0
 
     # --- dialogs: owners in an interleaved file order, ids numbered in file order ----------------
     owners = np.concatenate([np.full(int(n), i) for i, n in enumerate(n_dialogs)]).astype(int)
@@ -273,7 +281,7 @@ def generate(out_dir: Path, seed: int = 0, n_users: int = 240, zero_fraction: fl
     summary = {
         "generator": "offline.prism", "version": GENERATOR_VERSION, "seed": seed, "settings": {
             "n_users": n_users, "zero_fraction": zero_fraction, "few_fraction": few_fraction,
-            "dropped_users": dropped_users, "turns_range": list(turns_range),
+            "dropped_users": dropped_users, "no_rows_users": no_rows_users, "turns_range": list(turns_range),
             "four_response_prob": four_response_prob, "empty_prob": empty_prob,
             "single_response_prob": single_response_prob, "no_choice_prob": no_choice_prob,
             "unusable_dialog_prob": unusable_dialog_prob, "n_directions": n_directions,

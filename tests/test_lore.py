@@ -54,11 +54,27 @@ def test_regularized_pooled_loss_and_cosine_term_match_closed_form():
     assert float(reg) == pytest.approx(1 - 1 / math.sqrt(2), rel=1e-12)
 
 
+def original_alpha_at_step(step, num_iterations, alpha):
+    """Transcription of the original LoRe_regularized._alpha_at_step."""
+    warmup_start = int(0.2 * num_iterations)
+    warmup_end = int(0.8 * num_iterations)
+    if step < warmup_start: return 0.0  # noqa: E701
+    if step >= warmup_end: return float(alpha)  # noqa: E701
+    return float(alpha) * (step - warmup_start) / (warmup_end - warmup_start)
+
+
 def test_cosine_warmup_schedule():
     alpha, T = 10.0, 100
     values = {t: utils.cosine_warmup_alpha(t, T, alpha) for t in (0, 19, 20, 35, 50, 79, 80, 99)}
     assert values == pytest.approx({0: 0.0, 19: 0.0, 20: 0.0, 35: 2.5, 50: 5.0, 79: 10 * 59 / 60, 80: 10.0,
                                     99: 10.0})
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 7, 13, 99, 101, 1003])
+def test_cosine_warmup_uses_the_original_integer_bounds(T):
+    # T = 13: int(2.6) = 2 and int(10.4) = 10, where 0.2 T and 0.8 T would give other weights
+    assert [utils.cosine_warmup_alpha(t, T, 3.0) for t in range(T)] == \
+        [original_alpha_at_step(t, T, 3.0) for t in range(T)]
 
 
 def test_pruning_keeps_columns_whose_largest_weight_reaches_1e_2():
@@ -102,7 +118,7 @@ def straightforward_regularized(X_all, users, V_sft, alpha, W0, V0, T, lr):
         opt_V.zero_grad()
         logits = X_all @ (V @ torch.softmax(W.detach(), 1).T) / 100
         loss = (-F.logsigmoid(logits.gather(1, users[:, None]))).mean()
-        alpha_t = 0.0 if t < 0.2 * T else alpha * min(1.0, (t - 0.2 * T) / (0.6 * T))
+        alpha_t = original_alpha_at_step(t, T, alpha)
         cos = (F.normalize(V, dim=0) * F.normalize(V_sft, dim=0)).sum(0)
         (loss + alpha_t * torch.mean(1 - cos)).backward()
         opt_V.step()
@@ -302,20 +318,98 @@ def test_run_returns_eight_lists_and_saves_when_asked(tmp_path):
     assert V.shape == (8, 2) and (tmp_path / "toy_W_lore_seen_2_0.0.safetensors").exists()
 
 
-def test_vary_shots_shapes_seeding_and_k0(tmp_path):
+def original_vary_shots(trials, alpha_list, K_list, num_shots, train_features_unseen, test_features_sparse_unseen,
+                        V_final, N_unseen, fit_joint, draw, fit_few_shot):
+    """Transcription of the original run_few_shot_vary_shots, with its fits and draws passed in, for
+    every (alpha, K): the four lists it computes (the original returned those of the last (alpha, K))."""
+    def evaluate_model(X, V, w):
+        return ((X @ V @ w) > 0).sum().item() / (X @ V @ w).numel()
+
+    out = []
+    for alpha in alpha_list:
+        for K in K_list:
+            V_joint = V_final if K == 0 else fit_joint(alpha, K)
+            few_shot_train_means, few_shot_train_stds, unseen_test_means, unseen_test_stds = [], [], [], []
+            for shots in num_shots:
+                few_shot_train, unseen_test = [], []
+                for trial in range(trials):
+                    train_features_unseen_shots = draw(train_features_unseen, shots, trial)
+                    if K <= 1:
+                        W_few_shot = [torch.tensor([1.0], dtype=torch.float64) for i in range(N_unseen)]
+                    else:
+                        W_few_shot = fit_few_shot(train_features_unseen_shots, V_joint)
+                    few_shot_train.append(np.mean([evaluate_model(train_features_unseen_shots[i], V_joint, W_few_shot[i])
+                                                   for i in range(N_unseen)]))
+                    unseen_test.append(np.mean([evaluate_model(test_features_sparse_unseen[i], V_joint, W_few_shot[i])
+                                                for i in range(N_unseen)]))
+                few_shot_train_means.append(np.mean(few_shot_train))
+                few_shot_train_stds.append(np.std(few_shot_train))
+                unseen_test_means.append(np.mean(unseen_test))
+                unseen_test_stds.append(np.std(unseen_test))
+            out.append((few_shot_train_means, few_shot_train_stds, unseen_test_means, unseen_test_stds))
+    return out
+
+
+def test_vary_shots_returns_the_original_statistics(monkeypatch, tmp_path):
+    """Our batched run against the original's loop, with the same draws and the same (deterministic,
+    stand-in) fits: the four lists the original returns, for every (alpha, K); and their files."""
+    V_final, (train, _, pool, test_unseen) = small_groups()
+    V_final, train, pool, test_unseen = V_final.double(), train.to(dtype=torch.float64), \
+        pool.to(dtype=torch.float64), test_unseen.to(dtype=torch.float64)
+    d, seed, trials, num_shots = train.d, 7, 4, [1, 3, 50]
+
+    def joint_V(alpha, K):        # a fixed basis per (alpha, K), standing in for the joint fit
+        g = torch.Generator().manual_seed(int(10 * K + alpha))
+        return torch.randn(d, K, generator=g, dtype=torch.float64)
+
+    def few_shot_weights(user_features, V):   # per user: softmax of its mean projection, a stand-in fit
+        return [torch.softmax((x @ V).mean(0) / 100, 0) for x in user_features]
+
+    def batched_few_shot_weights(shots, V, *args, **kwargs):
+        return torch.stack(few_shot_weights(shots.user_list(), V))
+
+    monkeypatch.setattr(utils, "solve_regularized", lambda V_sft, alpha, X, K, *a, **k: (None, joint_V(alpha, K)))
+    monkeypatch.setattr(utils, "_few_shot_weights", batched_few_shot_weights)
+    alpha_list, K_list = [0.0, 1.0], [0, 1, 3]
+    ours = utils.run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, train, pool, test_unseen, V_final,
+                                         20, 10, "cpu", seed=seed, progress=False)
+    draw = lambda users, shots, trial: utils.sample_shots(users, shots, seed=utils.derived_seed(seed, 2, shots, trial))  # noqa: E731
+    theirs = original_vary_shots(trials, alpha_list, K_list, num_shots, pool.user_list(), test_unseen.user_list(),
+                                 V_final, 10, joint_V, draw, few_shot_weights)
+    assert len(ours.runs) == len(theirs) == 6
+    for run, original in zip(ours.runs, theirs):
+        mine = (run["fewshot_train"]["mean"], run["fewshot_train"]["std_trials"], run["unseen_test"]["mean"],
+                run["unseen_test"]["std_trials"])
+        for a, b in zip(mine, original):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    a, b, c, e = ours                                  # unpacks as the original: its last (alpha, K)
+    for x, y in zip((a, b, c, e), theirs[-1]):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-12)
+    assert max(theirs[-1][3]) > 0                       # the trials do differ
+    assert ours.capped == [50] and all(run["unseen_test"]["std_users"].min() > 0 for run in ours.runs)
+
+    paths = utils.save_fewshot_results(tmp_path, "fewshot", {"seed": seed}, num_shots, K_list, alpha_list, ours)
+    payload = json.loads(paths["json"].read_text())
+    row = payload["results"][-1]
+    assert (row["alpha"], row["K"], row["shots"], row["capped"]) == (1.0, 3, 50, True)
+    assert row["unseen_test"]["std_trials"] == pytest.approx(e[-1]) and "std_users" in row["unseen_test"]
+    assert "| 50 (capped) |" in paths["markdown"].read_text() and paths["plots"][0].exists()
+
+
+def test_vary_shots_seeding_and_k0():
     V_final, (train, _, shots_pool, test_unseen) = small_groups()
     kwargs = dict(num_iterations=30, fewshot_iterations=20, progress=False)
     out = utils.run_few_shot_vary_shots(3, [0.0], [0, 2], [2, 4], train, shots_pool, test_unseen, V_final, 20, 10,
                                         "cpu", **kwargs)
-    assert len(out) == 4 and all(r.shape == (2, 2) for r in out)
+    assert len(out) == 4 and all(r.shape == (2,) for r in out) and len(out.runs) == 2
     again = utils.run_few_shot_vary_shots(3, [0.0], [0, 2], [2, 4], train, shots_pool, test_unseen, V_final, 20,
                                           10, "cpu", **kwargs)
     assert all(np.array_equal(a, b) for a, b in zip(out, again))
-    # K = 0: the reference head, whatever the shots: its test accuracy is the plain K = 0 figure
+    # K = 0: the reference head, whatever the shots: its test accuracy is the plain K = 0 figure, the
+    # same in every trial (std over trials 0)
     reference = utils.run([0], [0.0], V_final, train, train, shots_pool, test_unseen, 20, 10, "cpu", progress=False)
-    assert out[1][0] == pytest.approx([reference[3][0]] * 2)
-    paths = utils.save_fewshot_results(tmp_path, "fewshot", {"seed": 0}, [2, 4], [0, 2], [0.0], out)
-    assert all(p.exists() for p in [paths["json"], paths["markdown"], *paths["plots"]])
+    assert out.runs[0]["unseen_test"]["mean"] == pytest.approx([reference[3][0]] * 2)
+    assert list(out.runs[0]["unseen_test"]["std_trials"]) == [0.0, 0.0]
 
 
 def test_save_results_writes_json_with_raw_std_markdown_and_plot(tmp_path):

@@ -51,6 +51,7 @@ def _turn(t, n_rejected=1, chosen=True, user=True, tag=""):
 FIXTURE_USERS = {
     "user0": [None], "user1": ["std"] * 7, "user2": ["std"] * 6, "user3": ["std"] * 5, "user4": ["std"] * 8,
     "user5": ["unusable"] * 2, "user6": ["std"] * 6 + ["special"], "user7": ["std"] * 6, "user8": ["std"],
+    "user13": ["no rows"] * 3,   # 3 completed conversations in the survey, none in conversations.jsonl
     "user9": ["std"] * 7, "user10": ["std"] * 6 + ["unusable"], "user11": ["std"] * 7, "user12": ["std"] * 6,
 }
 SPECIAL_TURNS = [  # dialog of user6 whose turns exercise every rule
@@ -74,7 +75,7 @@ def write_fixture(folder: Path, seed: int = 0) -> dict:
                                  "self_description": "me", "system_string": "be nice", "age": "25-34 years old",
                                  "stated_prefs": _shuffled(prefs, rng), "order_stated_prefs": {"values": 1},
                                  "religion": {"simplified": "none"}, "a_new_key": [1, 2]}, rng))
-        dialogs += [(u, k) for k in kinds if k is not None]
+        dialogs += [(u, k) for k in kinds if k not in (None, "no rows")]
     order = rng.permutation(len(dialogs))           # users interleaved in the file
     ids = rng.permutation(len(dialogs))             # ids not in file order
     usable, rows = {}, []
@@ -92,7 +93,8 @@ def write_fixture(folder: Path, seed: int = 0) -> dict:
         if kind == "std" and pos % 3 == 0:          # items out of order: grouping must not rely on it
             history = [history[j] for j in rng.permutation(len(history))]
         rows.append(_shuffled({"conversation_id": cid, "user_id": u, "conversation_type": "unguided",
-                               "opening_prompt": "hi", "conversation_turns": 2, "conversation_history": history,
+                               "opening_prompt": "hi", "conversation_turns": len({x["turn"] for x in history}),
+                               "conversation_history": history,
                                "open_feedback": "ok", "extra_field": {"nested": True}}, rng))
         if kind != "unusable":
             usable.setdefault(u, []).append(cid)
@@ -102,12 +104,53 @@ def write_fixture(folder: Path, seed: int = 0) -> dict:
     return usable
 
 
+def original_users(folder: Path) -> tuple[list, dict]:
+    """Transcription of the original prepare.py up to the split: (user ids in the order it shuffles
+    them, {user: dialog ids}). Survey users with 0 completed conversations are skipped; every
+    conversation's id is appended to its user; a dialog whose turns all lack a user utterance, a chosen
+    or a rejected response is deleted, and its user with it when that was the user's last dialog."""
+    data_user = {}
+    for line in open(folder / "survey.jsonl"):
+        d = json.loads(line)
+        if d["num_completed_conversations"] == 0:
+            continue
+        data_user[d["user_id"]] = {"dialog_ids": []}
+    data_dialog = {}
+    for line in open(folder / "conversations.jsonl"):
+        d = json.loads(line)
+        data_user[d["user_id"]]["dialog_ids"].append(d["conversation_id"])
+        turns = [None for _ in range(d["conversation_turns"])]
+        for utterance in d["conversation_history"]:
+            if turns[utterance["turn"]] is None:
+                turns[utterance["turn"]] = {"user_utterance": [], "chosen_utterance": [], "rejected_utterance": []}
+            if utterance["role"] == "user":
+                turns[utterance["turn"]]["user_utterance"].append(utterance["content"])
+            elif utterance["if_chosen"]:
+                turns[utterance["turn"]]["chosen_utterance"].append(utterance["content"])
+            else:
+                turns[utterance["turn"]]["rejected_utterance"].append(utterance["content"])
+        data_dialog[d["conversation_id"]] = {"user_id": d["user_id"], "total_turn_nb": d["conversation_turns"],
+                                             "turns": turns}
+    for dialog_id in list(data_dialog.keys()):
+        qualified_num = data_dialog[dialog_id]["total_turn_nb"]
+        for turn in data_dialog[dialog_id]["turns"]:
+            if turn["user_utterance"] == [] or turn["chosen_utterance"] == [] or turn["rejected_utterance"] == []:
+                qualified_num -= 1
+        if qualified_num == 0:
+            data_user[data_dialog[dialog_id]["user_id"]]["dialog_ids"].remove(dialog_id)
+            if data_user[data_dialog[dialog_id]["user_id"]]["dialog_ids"] == []:
+                del data_user[data_dialog[dialog_id]["user_id"]]
+            del data_dialog[dialog_id]
+    return list(data_user.keys()), {u: v["dialog_ids"] for u, v in data_user.items()}
+
+
 def expected_split(user_ids, dialog_ids):
-    """The original split, written out independently: np.random.seed(123), shuffle, 80/20, > 5 dialogs,
-    shuffle each user's dialogs, first half to train."""
+    """Transcription of the original split: np.random.seed(123), shuffle (a numpy array of the ids),
+    80/20, > 5 dialogs, shuffle each user's dialogs, first half to train."""
     np.random.seed(123)
-    ids = list(user_ids)
+    ids = np.array(list(user_ids))
     np.random.shuffle(ids)
+    ids = [str(u) for u in ids]
     train, test, seen, unseen = [], [], [], []
     for group, out in ((ids[:int(len(ids) * 0.8)], seen), (ids[int(len(ids) * 0.8):], unseen)):
         for u in group:
@@ -154,7 +197,8 @@ def test_parse_filters_users_and_dialogs(parsed):
     assert "user0" not in data_user and counts["users_zero_conversations"] == 1       # 0 conversations
     assert "user5" not in data_user and counts["users_dropped_no_dialog"] == 1        # all dialogs unusable
     assert counts["dialogs_dropped_no_usable_turn"] == 3
-    assert list(data_user) == [u for u in FIXTURE_USERS if u in usable]              # survey order
+    assert list(data_user) == [u for u in FIXTURE_USERS if u in usable or u == "user13"]    # survey order
+    assert data_user["user13"]["dialog_ids"] == []                                   # no conversation rows
     for u, ids in usable.items():
         assert data_user[u]["dialog_ids"] == ids                                       # file order, not sorted
     assert data_user["user1"]["preferences"] == ["creativity", "factuality", "safety"]  # top 3, ties by order
@@ -176,18 +220,26 @@ def test_turns_and_comparisons_of_the_special_dialog(parsed):
     assert prism_data.conversation(rows[3]["prompt"], "x")[-1] == {"role": "assistant", "content": "x"}
 
 
-def test_split_matches_the_hand_computed_expectation(parsed):
-    _, usable, data_user, _, _ = parsed
+def test_users_and_split_match_the_original(parsed):
+    folder, usable, data_user, _, counts = parsed
+    user_ids, dialog_ids = original_users(folder)
+    assert list(data_user) == user_ids and "user13" in user_ids      # kept without conversation rows
+    assert {u: data_user[u]["dialog_ids"] for u in data_user} == dialog_ids
+    assert counts["users_without_conversation_rows"] == 1
     split = prism_data.split_users(data_user)
-    train, test, seen, unseen = expected_split(list(data_user), {u: data_user[u]["dialog_ids"] for u in data_user})
+    train, test, seen, unseen = expected_split(user_ids, dialog_ids)
     assert split["train_dialog_ids"] == train and split["test_dialog_ids"] == test
     assert split["seen_user_ids"] == {u: i + 1 for i, u in enumerate(seen)}
     assert split["unseen_user_ids"] == {u: 0 for u in unseen}
-    # By hand: the 11 kept users in survey order shuffled by seed 123 give user1 user6 user7 user9 user10
-    # user11 user4 user2 | user8 user12 user3 (int(11 * 0.8) = 8 seen candidates). All 8 have > 5 kept
-    # dialogs (user10: 7 conversations, one unusable, 6 kept); of the rest only user12 (6) qualifies.
-    assert list(split["seen_user_ids"]) == ["user1", "user6", "user7", "user9", "user10", "user11", "user4", "user2"]
+    # By hand: the 12 kept users (user13 included) in survey order shuffled by seed 123 give user7 user1
+    # user6 user10 user9 user13 user11 user4 user2 | user8 user12 user3 (int(12 * 0.8) = 9 seen
+    # candidates). All but user13 (no dialogs) have > 5 kept dialogs (user10: 7 conversations, one
+    # unusable, 6 kept); of the rest only user12 (6) qualifies.
+    assert list(split["seen_user_ids"]) == ["user7", "user1", "user6", "user10", "user9", "user11", "user4", "user2"]
     assert list(split["unseen_user_ids"]) == ["user12"]
+    # without user13 in the shuffled list the permutation, and so the split, would differ
+    without = expected_split([u for u in user_ids if u != "user13"], dialog_ids)
+    assert without[2] != seen
     assert "user3" not in split["seen_user_ids"] and "user8" not in split["seen_user_ids"]   # <= 5 dialogs
     assert len(split["train_dialog_ids"]) == sum(len(data_user[u]["dialog_ids"]) // 2 for u in seen + unseen)
 
@@ -421,7 +473,9 @@ def test_offline_prepare_outputs(offline_run):
     assert "seen users" in logs[0] and "comparisons" in logs[0]
     data_user = json.loads((data / prism_data.USER_FILE).read_text())
     split = json.loads((data / prism_data.SPLIT_FILE).read_text())
-    train, test, seen, unseen = expected_split(list(data_user), {u: v["dialog_ids"] for u, v in data_user.items()})
+    user_ids, dialog_ids = original_users(data)
+    assert list(data_user) == user_ids and sum(not dialog_ids[u] for u in user_ids) == 2   # 2 without rows
+    train, test, seen, unseen = expected_split(user_ids, dialog_ids)
     assert split["train_dialog_ids"] == train and split["test_dialog_ids"] == test
     assert list(split["seen_user_ids"]) == seen and list(split["unseen_user_ids"]) == unseen
     assert len(seen) >= 30 and len(unseen) >= 8

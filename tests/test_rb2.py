@@ -76,18 +76,18 @@ def test_official_item_score_gives_one_over_k_for_ties_at_the_top():
     # head 0: chosen alone on top; head 1: 4-way tie; head 2: 3-way tie at the top; head 3: all tied at 5
     np.testing.assert_allclose(rb2.official_item_score(s), [1.0, 0.25, 1 / 3, 0.25])
     assert rb2.official_item_score(np.array([1.0, 2.0, 0.0, 0.0]))[0] == 0.0
-    strict, _ = rb2.seed_strict_and_weighted(s, 1)
-    np.testing.assert_array_equal(strict, [1, 0, 0, 0])  # the seed's strict rule: any tie is wrong
+    strict, _ = rb2.original_strict_and_weighted(s, 1)
+    np.testing.assert_array_equal(strict, [1, 0, 0, 0])  # the original's strict rule: any tie is wrong
 
 
-def test_seed_ties_weighted_approximation():
+def test_original_ties_weighted_approximation():
     # correct answers [5, 4], incorrect [1, 3.5]: strict; margin 0.5 < spread 1 -> weighted 0.5
     # head 1: correct [10, 9.5], incorrect [0, 1]: margin 8.5 > spread 0.5 -> 1.0
     s = np.array([[5.0, 10.0], [4.0, 9.5], [1.0, 0.0], [3.5, 1.0]])
-    strict, weighted = rb2.seed_strict_and_weighted(s, 2)
+    strict, weighted = rb2.original_strict_and_weighted(s, 2)
     np.testing.assert_allclose(strict, [1, 1])
     np.testing.assert_allclose(weighted, [0.5, 1.0])
-    strict, weighted = rb2.seed_strict_and_weighted(np.array([[1.0], [2.0]]), 1)
+    strict, weighted = rb2.original_strict_and_weighted(np.array([[1.0], [2.0]]), 1)
     assert strict[0] == 0 and weighted[0] == 0
 
 
@@ -164,7 +164,72 @@ def test_vectorised_figures_match_the_official_code_on_random_scores():
     assert not fig["complete"] and fig["official"]["best_head"] == fig["official"]["ranking"][0]
 
 
-def test_figures_layout_and_seed_aggregates():
+ORIGINAL_SUBSETS = ["Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties"]
+
+
+def original_evaluate_point(scores_correct, scores_incorrect):
+    """Transcription of the original eval_rb2.py's evaluate_point (scores (C, B) and (R, B))."""
+    min_c = np.min(scores_correct, axis=0)
+    max_i = np.max(scores_incorrect, axis=0)
+    acc_strict = (min_c > max_i).astype(np.float32)
+    margin = (min_c - max_i).astype(np.float32)
+    spread_c = (np.max(scores_correct, axis=0) - np.min(scores_correct, axis=0)).astype(np.float32)
+    ties_bonus = (margin > spread_c).astype(np.float32)
+    return {"acc_strict": acc_strict, "ties_weighted_approx": 0.5 * acc_strict + 0.5 * ties_bonus}
+
+
+def original_report(rows, scores, B):
+    """Transcription of the original eval_rb2.py's accumulation and multi-head reporting."""
+    totals = {k: 0 for k in ORIGINAL_SUBSETS}
+    corrects = {k: np.zeros(B, dtype=np.int64) for k in ORIGINAL_SUBSETS}
+    ties_weighted_sum, ties_count = np.zeros(B, dtype=np.float64), np.zeros(B, dtype=np.int64)
+    for row, s in zip(rows, scores):
+        C = len(row["chosen"])
+        m = original_evaluate_point(s[:C, :], s[C:, :])
+        totals[row["subset"]] += 1
+        corrects[row["subset"]] += m["acc_strict"].astype(np.int64)
+        if row["subset"] == "Ties":
+            ties_weighted_sum += m["ties_weighted_approx"].astype(np.float64)
+            ties_count += 1
+    acc_by_subset = {s: corrects[s] / max(totals[s], 1) for s in ORIGINAL_SUBSETS if totals[s]}
+    five = np.vstack([acc_by_subset.get(s, np.full(B, np.nan)) for s in ORIGINAL_SUBSETS[:5]])
+    with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("ignore")
+        five_mean = np.nanmean(five, axis=0)
+        ties_strict = acc_by_subset.get("Ties", np.full(B, np.nan))
+        ties_weighted = np.divide(ties_weighted_sum, np.maximum(ties_count, 1), out=np.full(B, np.nan),
+                                  where=ties_count > 0)
+        overall_strict = np.nanmean(np.stack([five_mean, ties_strict]), axis=0)
+        overall_weighted = np.nanmean(np.stack([five_mean, ties_weighted]), axis=0)
+    return acc_by_subset, five_mean, ties_strict, ties_weighted, overall_strict, overall_weighted
+
+
+@pytest.mark.parametrize("subsets", [ORIGINAL_SUBSETS, ["Math", "Ties"], ["Math", "Focus"], ["Ties"]])
+def test_original_figures_equal_a_transcription_of_the_original(subsets):
+    rng = np.random.default_rng(len(subsets))
+    B, rows, scores = 4, [], []
+    for i in range(60):
+        subset = subsets[i % len(subsets)]
+        n_chosen = int(rng.integers(1, 4)) if subset == "Ties" else 1
+        rows.append({"id": f"{'tied' if n_chosen > 1 else 'ref'}:{i}" if subset == "Ties" else str(i),
+                     "subset": subset, "num_correct": n_chosen, "prompt": "p",
+                     "chosen": [f"c{j}" for j in range(n_chosen)], "rejected": ["r0", "r1", "r2"]})
+        # a coarse grid of float32 scores: ties between answers and margin == spread cases do occur
+        scores.append((rng.integers(0, 6, (n_chosen + 3, B)) / 4).astype(np.float32))
+    fig = rb2.compute_figures(rows, scores)["original"]
+    by_subset, five, ties_strict, ties_weighted, overall_strict, overall_weighted = original_report(rows, scores, B)
+    for name, value in by_subset.items():
+        np.testing.assert_allclose(fig["per_subset"][name], value)
+    for ours, theirs in ((fig["five_cat"], five), (fig["ties_strict"], ties_strict),
+                         (fig["ties_weighted"], ties_weighted)):
+        np.testing.assert_allclose(np.nan if ours is None else ours, theirs)
+    np.testing.assert_allclose(fig["overall_strict"], overall_strict)
+    np.testing.assert_allclose(fig["overall_weighted"], overall_weighted)
+    if "Ties" in subsets and len(subsets) > 1:   # Ties counts for half, not for one sixth
+        np.testing.assert_allclose(fig["overall_strict"], (five + ties_strict) / 2)
+
+
+def test_figures_layout_and_original_aggregates():
     rows = [{"id": str(i), "subset": s, "num_correct": 1, "chosen": ["a"], "rejected": ["b"], "prompt": "p"}
             for i, s in enumerate(rb2.SUBSETS[:5])]
     rows += [{"id": "ref:0", "subset": "Ties", "num_correct": 1, "chosen": ["a"], "rejected": ["b"], "prompt": "p"},
@@ -174,18 +239,22 @@ def test_figures_layout_and_seed_aggregates():
     ties = [np.array([[3.0, 0.0], [0.0, 1.0]]), np.array([[3.0, 0.0], [2.9, 0.0], [0.0, 1.0]])]
     fig = rb2.compute_figures(rows, good + ties)
     assert fig["complete"] and fig["n_heads"] == 2 and fig["subsets"] == rb2.SUBSETS
-    assert fig["seed"]["five_cat"] == [1.0, 0.0]
-    assert fig["seed"]["ties_strict"] == [1.0, 0.0]
-    assert fig["seed"]["ties_weighted"] == [1.0, 0.0]    # margins 3 and 2.9 exceed spreads 0 and 0.1
-    assert fig["seed"]["overall_weighted"] == [1.0, 0.0]
-    assert fig["seed"]["best_per_subset"]["Math"] == [0, 1.0]
-    assert fig["seed"]["mean_per_subset"]["Math"] == 0.5
+    assert fig["original"]["five_cat"] == [1.0, 0.0]
+    assert fig["original"]["ties_strict"] == [1.0, 0.0]
+    assert fig["original"]["ties_weighted"] == [1.0, 0.0]    # margins 3 and 2.9 exceed spreads 0 and 0.1
+    assert fig["original"]["overall_weighted"] == [1.0, 0.0] and fig["original"]["overall_strict"] == [1.0, 0.0]
+    assert fig["original"]["best_per_subset"]["Math"] == [0, 1.0]
+    assert fig["original"]["mean_per_subset"]["Math"] == 0.5
     assert fig["official"]["overall"][0] == pytest.approx((5 + 0.3 + 0.3 + 0.2 + 0.2 + 0.01 * math.tanh(28)) / 6)
-    assert fig["official"]["ranking"] == [0, 1] and fig["seed"]["ranking"] == [0, 1]
+    assert fig["official"]["ranking"] == [0, 1] and fig["original"]["ranking"] == [0, 1]
     json.dumps(fig)  # JSON-ready
-    table = rb2.format_seed_table(fig, top_k=2)
+    table = rb2.format_original_table(fig, top_k=2)
     assert "Ties       | mean strict: 50.00% | best head #0 = 100.00% | mean weighted: 50.00% (n=2)" in table
-    assert "#01 head 0 | overall(weighted) 100.00% | 5-cat 100.00% | ties strict 100.00% approx 100.00%" in table
+    assert ("#01 head 0 | overall(weighted) 100.00% | overall(strict) 100.00% | 5-cat 100.00% | ties strict "
+            "100.00% approx 100.00%") in table
+    one_head = rb2.compute_figures(rows, [s[:, :1] for s in good + ties])
+    table = rb2.format_original_table(one_head)
+    assert "Overall STRICT (incl. ties):          100.00%" in table and "Overall WEIGHTED approx" in table
 
 
 # -----------------------------------------------------------------------------
@@ -387,7 +456,7 @@ def test_seqclf_equals_lmhead_with_exported_head_and_multi_head_equals_separate_
                                    rtol=1e-5, atol=1e-5)
         for name in multi["subsets"]:
             assert multi["official"]["per_subset"][name][b] == pytest.approx(single["official"]["per_subset"][name][0])
-            assert multi["seed"]["per_subset"][name][b] == pytest.approx(single["seed"]["per_subset"][name][0])
+            assert multi["original"]["per_subset"][name][b] == pytest.approx(single["original"]["per_subset"][name][0])
 
 
 def test_cli_end_to_end_on_a_generated_file(data, tmp_path, capsys):
@@ -407,7 +476,7 @@ def test_cli_end_to_end_on_a_generated_file(data, tmp_path, capsys):
     assert saved["official"]["overall"] == report["official"]["overall"]
     assert (tmp_path / "rb2.md").exists()
     csv_lines = (tmp_path / "heads.csv").read_text().splitlines()
-    assert len(csv_lines) == 5 and csv_lines[0].startswith("head,seed_Factuality")
+    assert len(csv_lines) == 5 and csv_lines[0].startswith("head,original_Factuality")
 
     # the planted head ranks every generated row right (non-Ties: official 100%)
     eval_rb2.main(["--offline", "--dataset", str(data), "--rm_head", str(data.parent / "planted_head.safetensors"),

@@ -44,7 +44,8 @@ def fixture_frames(tmp_path_factory):
             for i in range(n):
                 rows[split].append(row(worker, f"post {worker} {i}", (f"{worker}{i} a", f"{worker}{i} b"),
                                        choice=i % 2, split="train" if split == "train" else "valid1"))
-    # skipped rows: CNN/DM (post null), an empty post, and malformed comparisons
+    # CNN/DM rows (post null: their article is the text), an empty post without an article (skipped) and
+    # malformed comparisons (skipped)
     rows["train"] += [row("A", None), row("B", None), row("C", "  "), row("A", "p", choice=2)]
     rows["validation"] += [row("A", None, split="valid2"), row("D", "p", texts=("only one",), split="valid2")]
     files = {s: [write_jsonl(tmp / f"{s}.jsonl", r)] for s, r in rows.items()}
@@ -56,14 +57,16 @@ def test_rows_become_per_worker_comparisons_and_skips_are_counted(fixture_frames
     (train, train_counts), (valid, valid_counts) = fixture_frames["train"], fixture_frames["validation"]
     n_train = sum(c[0] for c in LAYOUT.values())
     n_valid = sum(c[1] for c in LAYOUT.values())
-    assert train_counts == {"rows": n_train + 4, "skipped_missing_post": 3, "skipped_malformed": 1,
-                            "comparisons": n_train, "workers": 9}
-    assert valid_counts == {"rows": n_valid + 2, "skipped_missing_post": 1, "skipped_malformed": 1,
-                            "comparisons": n_valid, "workers": 9}
+    assert train_counts == {"rows": n_train + 4, "article_as_text": 2, "skipped_no_text": 1,
+                            "skipped_malformed": 1, "comparisons": n_train + 2, "workers": 9}
+    assert valid_counts == {"rows": n_valid + 2, "article_as_text": 1, "skipped_no_text": 0,
+                            "skipped_malformed": 1, "comparisons": n_valid + 1, "workers": 9}
+    article_rows = train[train.post == "an article"]
+    assert list(article_rows.worker) == ["A", "B"] and "None" not in set(train.post)
     assert list(train.columns) == tldr_data.COLUMNS
     first_b = train[train.worker == "B"].iloc[1]          # i = 1: choice 1, so summary b won
     assert (first_b.post, first_b.winning, first_b.losing) == ("post B 1", "B1 b", "B1 a")
-    assert set(valid.split) == {"valid1"}
+    assert set(valid.split) == {"valid1", "valid2"}
 
 
 def test_worker_split_drops_smallest_skips_one_sided_and_samples(fixture_frames):
@@ -169,7 +172,7 @@ def test_folder_runs_end_to_end_offline_and_generates_reproducibly(tmp_path):
         assert done.returncode == 0, f"{script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     out_data, out_results = tmp_path / "data" / "tldr-offline", tmp_path / "results-offline"
     summary = json.loads((out_data / "prepare_summary.json").read_text())
-    assert summary["splits"]["train"]["skipped_missing_post"] > 0
+    assert summary["splits"]["train"]["article_as_text"] > 0
     basis = json.loads((out_results / "train_basis.json").read_text())
     assert basis["seed"] == 0 and basis["settings"]["K_list"] == [0, 1, 3]
     assert basis["split"]["skipped_lacking_a_side"] == 3 and basis["split"]["seen"] == 5
@@ -189,7 +192,7 @@ def test_folder_runs_end_to_end_offline_and_generates_reproducibly(tmp_path):
                 "ground_truth.json", "ground_truth.safetensors"):
         assert (out_data / "raw" / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
     for split in ("train", "validation"):
-        assert summary["splits"][split]["skipped_missing_post"] == again["counts"][split]["missing_post_rows"] > 0
+        assert summary["splits"][split]["article_as_text"] == again["counts"][split]["missing_post_rows"] > 0
         assert summary["splits"][split]["workers"] == 10 + 2 + (2 if split == "train" else 1)
     frame = tldr_data.load_comparisons(out_data)["train"]
     assert all(len(w) == 30 for w in frame.worker)
