@@ -5,10 +5,11 @@ model alike.
 
     model, tokenizer = load_reward_model(name, dtype="bfloat16")        # LlamaForSequenceClassification
     E = embed_conversations(model, tokenizer, conversations)             # [n, d] float32, input order
-    S = score_conversations(model, tokenizer, conversations)             # [n, 1] the model's own logits
+    S = score_conversations(model, tokenizer, conversations)             # [n, 1] = E @ V_ref: its own logits
     S = score_conversations(model, tokenizer, conversations, head=V)     # [n, B] = E @ V (+ bias)
-    path = embed_to_file(name, conversations, "data/x_embeddings.safetensors")  # sharded, resumable
-    E = load_embeddings(path); V_ref = load_reward_head(path.parent / REWARD_HEAD_FILE)
+    embed_to_file(name, conversations, "data/x/conversation_embeddings.safetensors")   # sharded, resumable
+    export_reward_head(name, "data/x/reward_head.safetensors")           # V_ref = score.weight.T [d, 1]
+    E, V_ref = load_embedded(data_path, conversations, made_by="python generate-...-embeddings.py")
 
 A conversation is a list of {"role", "content"} messages (rendered with the tokenizer's chat template)
 or a string that is already rendered text. Rules every function here keeps:
@@ -18,12 +19,10 @@ or a string that is already rendered text. Rules every function here keeps:
   multi-turn dialog keeps its end and its final token (the one that is embedded); "right" keeps the
   start and cuts the end.
 - Batched by length (longest first, so an out-of-memory shows at once), capped by `batch_size` rows
-  and optionally `max_tokens` padded tokens per batch. The padding side is the tokenizer's (or
-  `padding_side=`). Left padding passes the attention mask and explicit position ids (so every real
-  token keeps the position it has alone); right padding in a causal model needs neither (no real
-  token attends to a later pad), which lets SDPA/flash attention use the causal kernel. Either way
-  batched == one at a time (to float tolerance). The last real token is read from the padding mask,
-  never from pad ids.
+  and optionally `max_tokens` padded tokens per batch; padded on the right, whatever the tokenizer's
+  padding side: in a causal model no real token attends to a later pad, so no mask is needed and SDPA /
+  flash attention run their causal kernels; other models get the mask. Batched == one at a time (to
+  float tolerance). The last real token is read from the lengths, never from pad ids.
 - A prompt shared by several conversations (chosen and rejected responses, a dialog's history, a
   PersonalLLM prompt's 8 responses, an RB2 prompt's answers) runs once: conversations are grouped by
   common token prefix (shared_prefix_groups), the prefix's key/value cache is computed once and each
@@ -56,7 +55,7 @@ import torch
 
 import utils
 
-REWARD_HEAD_FILE = "reward_head.safetensors"  # written beside the embeddings by embed_to_file
+REWARD_HEAD_FILE = "reward_head.safetensors"  # V_ref beside the embeddings (export_reward_head)
 FORMAT_VERSION = "lore-embeddings-1"          # bump when the rendering rules change (stale shards refused)
 
 
@@ -73,13 +72,9 @@ def default_device() -> str:
 
 
 def _not_available(model_name: str, cause: BaseException | None = None) -> ModelNotAvailable:
-    return ModelNotAvailable(
-        f"error: cannot load the model {model_name!r}: it is neither a local folder nor reachable on the "
-        f"Hugging Face hub (no network, not in the local cache, or a wrong name).\n"
-        f"Give a local checkpoint folder as --model_name=..., or run the script with --offline to use "
-        f"the built-in tiny model and generated data."
-        + (f"\n(underlying error: {type(cause).__name__}: {str(cause).splitlines()[0][:300]})"
-           if cause is not None and str(cause) else ""))
+    return ModelNotAvailable(utils.hub_unreachable(
+        f"the model {model_name!r} (neither a local folder nor a reachable hub id)",
+        "<the same script> --offline", cause).code)
 
 
 def _cached_snapshot(model_name: str) -> str | None:
@@ -150,14 +145,26 @@ def load_reward_model(model_name: str, dtype: str = "float32", attn_implementati
     return model, load_tokenizer(model_name)
 
 
+def script_model(settings) -> tuple[str, str]:
+    """(model, dtype) of a script with the settings `model_name` and `dtype`: as set, or with `offline`
+    the built-in tiny model in float32 (a model or dtype given on the command line still wins)."""
+    model_name, dtype = settings["model_name"], settings["dtype"]
+    if settings.get("offline"):
+        from offline import tiny_model_path
+        model_name = model_name if "model_name" in settings.overridden else tiny_model_path()
+        dtype = dtype if "dtype" in settings.overridden else "float32"
+    return str(model_name), dtype
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def _torch_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"error: dtype must be one of {sorted(names)}, got {dtype!r}")
-    return names[dtype]
+    if dtype not in DTYPES:
+        raise ValueError(f"error: dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
 
 
 _MODEL_CACHE: dict = {}
@@ -172,22 +179,10 @@ def _cached_reward_model(model_name: str, dtype: str, attn_implementation: str |
     return _MODEL_CACHE[key]
 
 
-def free_models() -> None:
-    """Drop the model kept in memory by embed_to_file (call it before training on the same GPU)."""
-    _MODEL_CACHE.clear()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _parts(model):
     """(backbone, score head or None) of a sequence-classification model, a PeftModel wrapping one, or a
     bare backbone (e.g. LlamaModel). The backbone's output is the final-norm hidden state."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(getattr(model, "peft_config", None), "get", None):
-        cfg = model.peft_config.get(getattr(model, "active_adapter", "default"))
-        if cfg is not None and getattr(cfg, "is_prompt_learning", False):
-            raise ValueError("error: prompt-learning PEFT adapters are not supported by the engine "
-                             "(it runs the backbone directly); merge or use a LoRA adapter")
     inner = getattr(base, getattr(base, "base_model_prefix", "model"), None)
     backbone = inner if isinstance(inner, torch.nn.Module) and inner is not base else base
     head = getattr(base, "score", None)
@@ -211,6 +206,14 @@ def reward_head(model) -> torch.Tensor:
 
 # -----------------------------------------------------------------------------
 # rendering
+
+
+def conversation(prompt, response: str) -> list[dict]:
+    """The conversation embedded for one side of a comparison: the prompt (a string, as one user message,
+    or a list of {role, content} chat messages) followed by the assistant's response."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else \
+        [{"role": m["role"], "content": m["content"]} for m in prompt]
+    return messages + [{"role": "assistant", "content": response}]
 
 
 def render_ids(tokenizer, conversation, max_length: int | None = None,
@@ -356,20 +359,19 @@ def _can_share_prefixes(backbone) -> bool:
             and layer_types == {"full_attention"})
 
 
-def _padded(rows: Sequence[Sequence[int]], pad: int, side: str = "right"):
-    """(input_ids [b, width], mask [b, width]) of token rows padded on `side`."""
+def _padded(rows: Sequence[Sequence[int]], pad: int):
+    """(input_ids [b, width], mask [b, width]) of token rows padded on the right."""
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for row, r in enumerate(rows):
-        cols = slice(0, len(r)) if side == "right" else slice(width - len(r), width)
-        input_ids[row, cols] = torch.tensor(list(r), dtype=torch.long)
-        mask[row, cols] = 1
+        input_ids[row, :len(r)] = torch.tensor(list(r), dtype=torch.long)
+        mask[row, :len(r)] = 1
     return input_ids, mask
 
 
 def _last_hidden_states(model, tokenizer, ids: list[list[int]], batch_size: int, max_tokens: int | None,
-                        padding_side: str | None, pbar=None, share_prefixes: bool = True):
+                        pbar=None, share_prefixes: bool = True):
     """Yield (indices, hidden [b, d] in the model's dtype) for batches of `ids`.
 
     With share_prefixes (causal models only), conversations that start alike (shared_prefix_groups)
@@ -383,9 +385,7 @@ def _last_hidden_states(model, tokenizer, ids: list[list[int]], batch_size: int,
     groups = shared_prefix_groups(ids) if share_prefixes and _can_share_prefixes(backbone) else []
     grouped = {i for _, members in groups for i in members}
     alone = [i for i in range(len(ids)) if i not in grouped]
-    for chunk, hidden in _whole_batches(backbone, [ids[i] for i in alone], batch_size, max_tokens,
-                                        padding_side or getattr(tokenizer, "padding_side", None) or "right",
-                                        pad):
+    for chunk, hidden in _whole_batches(backbone, [ids[i] for i in alone], batch_size, max_tokens, pad):
         yield [alone[k] for k in chunk], hidden
         if pbar is not None:
             pbar.update(len(chunk))
@@ -395,27 +395,18 @@ def _last_hidden_states(model, tokenizer, ids: list[list[int]], batch_size: int,
             pbar.update(len(chunk))
 
 
-def _whole_batches(backbone, ids, batch_size, max_tokens, side, pad):
+def _whole_batches(backbone, ids, batch_size, max_tokens, pad):
     """Yield (positions in `ids`, last-token hidden [b, d]): whole sequences, batched by length."""
     device = _device_of(backbone)
-    if side not in ("left", "right"):
-        raise ValueError(f"error: padding side must be 'left' or 'right', got {side!r}")
     causal = _is_causal(backbone)
     for chunk in length_batches([len(x) for x in ids], batch_size, max_tokens):
-        input_ids, mask = _padded([ids[i] for i in chunk], pad, side)
-        last = (mask * torch.arange(mask.shape[1])).argmax(1)  # last real token, from the mask, either side
-        if side == "right" and causal:
-            # Right pads come after every real token, so in a causal model no real token sees them and
-            # positions are 0, 1, ... already: no mask is exact, and lets SDPA / flash attention use
-            # their fast causal kernels instead of a padded-mask path.
-            attention_mask = position_ids = None
-        else:
-            # Llama derives positions from the cache position, not the mask: with left padding the
-            # real tokens would start at position (number of pads). Explicit ids keep them at 0, 1, ...
-            attention_mask = mask.to(device)
-            position_ids = (mask.cumsum(1) - 1).clamp(min=0).to(device)
-        hidden = backbone(input_ids=input_ids.to(device), attention_mask=attention_mask,
-                          position_ids=position_ids, use_cache=False).last_hidden_state
+        input_ids, mask = _padded([ids[i] for i in chunk], pad)
+        last = mask.sum(1) - 1
+        # Right pads come after every real token, so in a causal model no real token sees them and
+        # positions are 0, 1, ... already: no mask is exact, and lets SDPA / flash attention use their
+        # causal kernels instead of a padded-mask path.
+        hidden = backbone(input_ids=input_ids.to(device), attention_mask=None if causal else mask.to(device),
+                          use_cache=False).last_hidden_state
         yield chunk, hidden[torch.arange(len(chunk), device=hidden.device), last.to(hidden.device)]
 
 
@@ -432,6 +423,13 @@ def _prefix_batches(backbone, ids, groups, batch_size, max_tokens, pad):
     Exact (to float rounding): in a causal model a token's keys and values depend only on the tokens
     before it, so the prefix's cache is the one the whole sequence would build. The members' positions
     continue from their prefix's real length, and the mask hides the prefix's pad columns.
+
+    Why the cache is built this way: a batch of members mixes prefixes of several prefix batches, so
+    its cache is assembled per sub-batch, each member getting a copy of its own prefix's rows (padded
+    to the widest prefix in the sub-batch) in a fresh DynamicCache; the prefix caches themselves are
+    never extended, so one prefix serves any number of members. The cost is the copy and an explicit
+    mask (SUFFIX_TOKEN_OVERHEAD), which is why small shares are not grouped at all. On a GPU the
+    saving is the prompt's compute, the larger part of a long dialog with short responses.
     """
     from transformers import DynamicCache
 
@@ -485,8 +483,8 @@ def _progress(total: int, enabled: bool, desc: str):
 
 def embed_conversations(model, tokenizer, conversations: Sequence, batch_size: int = 32,
                         max_length: int | None = None, *, truncation_side: str = "left",
-                        max_tokens: int | None = None, padding_side: str | None = None,
-                        progress: bool = False, share_prefixes: bool = True) -> torch.Tensor:
+                        max_tokens: int | None = None, progress: bool = False,
+                        share_prefixes: bool = True) -> torch.Tensor:
     """Embeddings [n, d] float32 (CPU) of `conversations`, in input order.
 
     The final-layer hidden state after the final norm at each conversation's last real token. Works
@@ -494,8 +492,11 @@ def embed_conversations(model, tokenizer, conversations: Sequence, batch_size: i
     run a prompt shared by several conversations once (causal models; same result to float rounding).
     """
     ids = render_all_ids(tokenizer, conversations, max_length, truncation_side)
-    return _embed_ids(model, tokenizer, ids, batch_size, max_tokens, padding_side,
-                      _progress(len(ids), progress, "embedding"), share_prefixes)
+    pbar = _progress(len(ids), progress, "embedding")
+    embeddings = _embed_ids(model, tokenizer, ids, batch_size, max_tokens, pbar, share_prefixes)
+    if pbar is not None:
+        pbar.close()
+    return embeddings
 
 
 def _hidden_size(model) -> int:
@@ -504,67 +505,47 @@ def _hidden_size(model) -> int:
 
 
 @torch.inference_mode()
-def _embed_ids(model, tokenizer, ids, batch_size, max_tokens, padding_side, pbar=None,
-               share_prefixes: bool = True) -> torch.Tensor:
+def _embed_ids(model, tokenizer, ids, batch_size, max_tokens, pbar=None, share_prefixes: bool = True) -> torch.Tensor:
     out = torch.empty(len(ids), _hidden_size(model), dtype=torch.float32)
-    for chunk, hidden in _last_hidden_states(model, tokenizer, ids, batch_size, max_tokens, padding_side,
-                                             pbar, share_prefixes):
+    for chunk, hidden in _last_hidden_states(model, tokenizer, ids, batch_size, max_tokens, pbar, share_prefixes):
         out[chunk] = hidden.float().cpu()
-    if pbar is not None:
-        pbar.close()
     return out
 
 
-@torch.inference_mode()
 def score_conversations(model, tokenizer, conversations: Sequence, head=None, bias=None,
                         batch_size: int = 8, max_length: int | None = 2048, truncation_side: str = "left",
-                        *, max_tokens: int | None = None, padding_side: str | None = None,
-                        progress: bool = False, share_prefixes: bool = True) -> torch.Tensor:
-    """Scores [n, B] float32 (CPU) of `conversations`, in input order (share_prefixes: as in
-    embed_conversations).
+                        *, max_tokens: int | None = None, progress: bool = False,
+                        share_prefixes: bool = True) -> torch.Tensor:
+    """Scores [n, B] float32 (CPU) of `conversations`, in input order: embedding @ head (+ bias).
 
-    head None: the model's own sequence-classification logits (B = num_labels), i.e. its `score` head
-    (for a PeftModel, the adapter's active head) applied to the last real token's final hidden state,
-    exactly what `model(...).logits` pools, but with the last token taken from the attention mask.
-    head [d, B] or [d] (tensor/array): last-token hidden state (float32) @ head, plus `bias` (scalar or
-    [B]); all B heads in one pass.
+    head None: the model's own reward head V_ref = score.weight.T and its bias, if any (for a
+    PeftModel, the adapter's active head): its sequence-classification logits. head [d, B] or [d]
+    (tensor or array): B heads scored in one pass, plus `bias` (a scalar or [B]).
     """
-    ids = render_all_ids(tokenizer, conversations, max_length, truncation_side)
-    d = _hidden_size(model)
-    score_module = None
     if head is None:
-        score_module = _parts(model)[1]
-        if score_module is None:
-            raise ValueError("error: this model has no `score` head; pass head=[d, B]")
-        n_out = int(reward_head(model).shape[1])
-    else:
-        head = torch.as_tensor(head).detach().float().cpu()
-        head = head[:, None] if head.ndim == 1 else head
-        if head.ndim != 2 or head.shape[0] != d:
-            raise ValueError(f"error: head must have shape [{d}] or [{d}, B], got {tuple(head.shape)}")
-        n_out = head.shape[1]
-        if bias is not None:
-            bias = torch.as_tensor(bias).detach().float().cpu().reshape(-1)
-            if bias.numel() not in (1, n_out):
-                raise ValueError(f"error: bias must be a scalar or have {n_out} entries, got {bias.numel()}")
-    out = torch.empty(len(ids), n_out, dtype=torch.float32)
-    pbar = _progress(len(ids), progress, "scoring")
-    for chunk, hidden in _last_hidden_states(model, tokenizer, ids, batch_size, max_tokens, padding_side,
-                                             pbar, share_prefixes):
-        if score_module is not None:
-            scores = score_module(hidden).float()
-        else:
-            scores = hidden.float() @ head.to(hidden.device)
-            if bias is not None:
-                scores = scores + bias.to(hidden.device)
-        out[chunk] = scores.cpu()
-    if pbar is not None:
-        pbar.close()
-    return out
+        head = reward_head(model)
+        score_bias = getattr(_parts(model)[1], "bias", None)
+        bias = None if score_bias is None else score_bias.detach().float().cpu()
+    head = torch.as_tensor(head).detach().float().cpu()
+    head = head[:, None] if head.ndim == 1 else head
+    d = _hidden_size(model)
+    if head.ndim != 2 or head.shape[0] != d:
+        raise ValueError(f"error: head must have shape [{d}] or [{d}, B], got {tuple(head.shape)}")
+    if bias is not None:
+        bias = torch.as_tensor(bias).detach().float().cpu().reshape(-1)
+        if bias.numel() not in (1, head.shape[1]):
+            raise ValueError(f"error: bias must be a scalar or have {head.shape[1]} entries, got {bias.numel()}")
+    embeddings = embed_conversations(model, tokenizer, conversations, batch_size, max_length,
+                                     truncation_side=truncation_side, max_tokens=max_tokens, progress=progress,
+                                     share_prefixes=share_prefixes)
+    scores = embeddings @ head
+    return scores if bias is None else scores + bias
 
 
 # -----------------------------------------------------------------------------
 # files: embeddings and the reward head as safetensors, written atomically
+
+EMBEDDINGS_FILE = "conversation_embeddings.safetensors"  # every dataset: one row per distinct conversation
 
 
 def _save_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> None:
@@ -582,58 +563,84 @@ def _metadata(path: Path) -> dict:
         return f.metadata() or {}
 
 
-def _stored_manifest(path: Path) -> str | None:
-    try:
-        return _metadata(path).get("manifest")
-    except Exception:  # not a readable safetensors file: treat it as stale
-        return None
+def _read(path: Path, key: str, what: str, made_by: str) -> tuple[torch.Tensor, dict]:
+    """(tensor `key`, metadata) of a safetensors file; a missing, empty or unreadable file, or one
+    without `key`, exits with the command that remakes it."""
+    from safetensors import safe_open
 
-
-def export_reward_head(model, path, model_name: str | None = None) -> Path:
-    """Write the model's reward head score.weight.T [d, 1] float32 as safetensors (key "reward_head"),
-    so that training reads V_ref without loading the backbone. The metadata "model" is `model_name`
-    (default: the checkpoint path the model was loaded from). Returns the path."""
     path = Path(path)
-    head = _parts(model)[1]
-    tensors = {"reward_head": reward_head(model)}
-    if head is not None and getattr(head, "bias", None) is not None:
-        tensors["reward_bias"] = head.bias.detach().float().reshape(-1).cpu()
-    name = model_name or getattr(getattr(model, "config", None), "_name_or_path", "") or ""
-    _save_atomic(tensors, path, {"format": FORMAT_VERSION, "model": str(name)})
+    if not path.exists() or path.stat().st_size == 0:
+        state = "missing" if not path.exists() else "empty"
+        shards = _shards_dir(path)
+        hint = f" (an interrupted run left {shards}: the same command resumes it)" if shards.exists() else ""
+        raise SystemExit(f"error: {what} {path} is {state}{hint}; run `{made_by}`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor(key), f.metadata() or {}
+    except Exception as e:
+        raise SystemExit(f"error: {what} {path} is unreadable ({type(e).__name__}: {str(e)[:200]}); it is "
+                         f"remade by `{made_by}`") from None
+
+
+def export_reward_head(model, path, *, dtype: str = "float32", attn_implementation: str | None = None,
+                       device: str | None = None) -> Path:
+    """Write the reward head of `model` (a loaded reward model, or a model name or folder), V_ref =
+    score.weight.T [d, 1] float32 (key "reward_head"; "reward_bias" too when the head has one), to `path`
+    as safetensors, so that training reads V_ref without loading the backbone. A file that already holds
+    this model's head is kept; one of another model, or an unreadable one, is replaced. A name is loaded
+    from the copy embed_to_file keeps in memory (same arguments: no second load). Under accelerate only
+    the main process writes."""
+    path = Path(path)
+    name = str(model) if isinstance(model, (str, Path)) else getattr(getattr(model, "config", None), "_name_or_path", "")
+    state = _process_state()
+    if state.is_main_process:
+        try:
+            current = _metadata(path).get("model") if path.exists() else None
+        except Exception:
+            current = None           # unreadable: export again
+        if current != name or not isinstance(model, (str, Path)):
+            if isinstance(model, (str, Path)):
+                model = _cached_reward_model(name, dtype, attn_implementation, str(device or default_device()))[0]
+            head = _parts(model)[1]
+            tensors = {"reward_head": reward_head(model)}
+            if getattr(head, "bias", None) is not None:
+                tensors["reward_bias"] = head.bias.detach().float().reshape(-1).cpu()
+            _save_atomic(tensors, path, {"format": FORMAT_VERSION, "model": name})
+    state.wait_for_everyone()
     return path
 
 
-def _command(made_by: str) -> str:
-    return f"`{made_by}`" if made_by.split(" ", 1)[0] in ("python", "accelerate", "cd") else made_by
+def load_reward_head(path, made_by: str = "the embedding script of its folder") -> torch.Tensor:
+    """The reward head [d, 1] float32 written by export_reward_head; clear errors naming `made_by`."""
+    head, _ = _read(path, "reward_head", "the reward head", made_by)
+    if head.dim() != 2 or head.shape[1] != 1 or not torch.isfinite(head).all():
+        raise SystemExit(f"error: the reward head {path} has shape {tuple(head.shape)} or non-finite entries; "
+                         f"delete it and run `{made_by}` (it exports the head again)")
+    return head.float()
 
 
-def _head_model(path: Path) -> str | None:
-    """The model a reward-head file was exported from (its metadata), or None when there is none."""
-    return _metadata(path).get("model") if path.exists() else None
-
-
-def load_reward_head(path, made_by: str = "the dataset's embedding script") -> torch.Tensor:
-    """The reward head [d, 1] float32 written by export_reward_head (or by embed_to_file)."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.exists():
-        raise SystemExit(f"error: the reward head {path} is missing; run {_command(made_by)} first "
-                         f"(it writes {REWARD_HEAD_FILE} beside the embeddings)")
-    return load_file(str(path))["reward_head"]
-
-
-def load_embeddings(path, made_by: str = "the dataset's embedding script") -> torch.Tensor:
+def load_embeddings(path, made_by: str = "the embedding script of its folder") -> torch.Tensor:
     """Embeddings [n, d] float32 written by embed_to_file, in the order of its input."""
-    from safetensors.torch import load_file
+    return _read(path, "embeddings", "the embeddings", made_by)[0].float()
 
-    path = Path(path)
-    if not path.exists():
-        shards = _shards_dir(path)
-        hint = (f" (an interrupted run left {shards}: re-run the same command and it resumes)"
-                if shards.exists() else "")
-        raise SystemExit(f"error: the embeddings {path} are missing{hint}; run {_command(made_by)} first")
-    return load_file(str(path))["embeddings"]
+
+def load_embedded(data_path, conversations: Sequence, made_by: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(embeddings [U, d] float32, reward head V_ref [d, 1]) of a data folder (EMBEDDINGS_FILE,
+    REWARD_HEAD_FILE), after checking that the embeddings were made from exactly `conversations` (what
+    the dataset's embedding script embeds from the current prepared data): a hash of their content and
+    order is in the file's manifest. Every error names `made_by`, the command that remakes them."""
+    path = Path(data_path) / EMBEDDINGS_FILE
+    table, metadata = _read(path, "embeddings", "the embeddings", made_by)
+    manifest = json.loads(metadata.get("manifest") or "{}")
+    if manifest.get("conversations_sha256") != conversations_sha256(conversations):
+        raise SystemExit(f"error: {path} was made from other inputs ({manifest.get('count')} conversations; the "
+                         f"prepared data now give {len(conversations)}): the data were prepared again since. "
+                         f"Run `{made_by} --overwrite=True` to embed the current data.")
+    head = load_reward_head(Path(data_path) / REWARD_HEAD_FILE, made_by)
+    if head.shape[0] != table.shape[1]:
+        raise SystemExit(f"error: the reward head has {head.shape[0]} rows but the embeddings have d = "
+                         f"{table.shape[1]}; run `{made_by}` (it exports the head of the model that embedded)")
+    return table.float(), head
 
 
 def _shards_dir(out_path: Path) -> Path:
@@ -649,25 +656,32 @@ def conversations_sha256(conversations: Iterable) -> str:
     return h.hexdigest()
 
 
-class _SingleProcess:
-    """Stands in for accelerate.PartialState when accelerate is absent."""
-    num_processes, process_index, is_main_process = 1, 0, True
-    device = torch.device(default_device())
-
-    def wait_for_everyone(self):
-        pass
-
-
 def _process_state():
-    try:
-        from accelerate import PartialState
-    except ImportError:  # pragma: no cover
-        return _SingleProcess()
+    from accelerate import PartialState
+
     # Without a GPU (or with ACCELERATE_USE_CPU) ask for the CPU backend (gloo): otherwise PartialState
     # under torchrun / `accelerate launch --multi_gpu` on a CPU machine silently runs P single processes.
     use_cpu = (not torch.cuda.is_available()
                or os.environ.get("ACCELERATE_USE_CPU", "").strip().lower() in ("1", "true", "yes"))
     return PartialState(cpu=use_cpu)
+
+
+def _differences(old: dict, new: dict) -> str:
+    """The settings in which two embedding manifests differ, for an error message."""
+    names = {"conversations_sha256": "the conversations (prepared again?)", "count": "conversations"}
+    return ", ".join(f"{names.get(k, k)}: {old.get(k)!r} -> {v!r}" if k != "conversations_sha256" else names[k]
+                     for k, v in new.items() if old.get(k) != v)
+
+
+def _valid_shard(path: Path, rows: int) -> bool:
+    """A finished shard: a readable safetensors file with `rows` embeddings (a damaged one is redone)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_slice("embeddings").get_shape()[0] == rows
+    except Exception:
+        return False
 
 
 # Called with the shard index after each shard is written (tests inject a failure here to simulate a kill).
@@ -677,27 +691,22 @@ _after_shard_hook = None
 def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: str = "float32",
                   attn_implementation: str | None = None, batch_size: int = 32, max_tokens: int | None = None,
                   max_length: int | None = None, truncation_side: str = "left", shard_size: int = 2048,
-                  device: str | None = None, progress: bool = True, head_file: str | None = REWARD_HEAD_FILE,
-                  keep_shards: bool = False, share_prefixes: bool = True) -> Path:
+                  device: str | None = None, progress: bool = True, keep_shards: bool = False,
+                  share_prefixes: bool = True, overwrite: bool = False) -> Path:
     """Embed `conversations` with the reward model `model_name` into `out_path` (safetensors, tensor
-    "embeddings" [n, d] float32 in input order, the run's fingerprint in its metadata). Returns the path.
+    "embeddings" [n, d] float32 in input order, the run's manifest in its metadata). Returns the path.
 
     Resumable: conversations are cut into shards of `shard_size` (in input order), each written
-    atomically to `<out_path>.shards/shard-XXXXX.safetensors`; a killed run, re-run with the same
-    arguments, skips the finished shards and gives the same result as an uninterrupted run. A manifest
-    (model, dtype, attention, max_length, truncation side, shard size, count and hash of the
-    conversations) guards the shards: a re-run with other inputs refuses to mix them and says which
-    folder to delete. When `out_path` already holds this exact run it returns at once. After the merge
-    the shards folder is removed (unless keep_shards).
+    atomically to `<out_path>.shards/shard-XXXXX.safetensors`; a killed run, started again with the
+    same arguments, skips the finished shards (a damaged one is redone) and gives the same result as an
+    uninterrupted run. The manifest (model, dtype, attention, max_length, truncation side, shard size,
+    count and hash of the conversations) guards the work: when `out_path` already holds this exact run
+    it returns at once; when it, or the shards folder, holds a run with other settings, it refuses and
+    names the differences, unless `overwrite` (then that work is discarded). After the merge the shards
+    folder is removed (unless keep_shards).
 
     Data parallel: under `accelerate launch`, process k embeds shards k, k+P, ... on its own device;
     the main process merges them in order. Every process must call this with the same arguments.
-
-    Also writes the model's reward head (score.weight.T, [d, 1]) to `out_path.parent / head_file`
-    (None: skip), with metadata "model" = str(model_name), unless that file already holds this model's
-    head (a head of another model is replaced). Calling it once per split (train chosen, train
-    rejected, test, ...) reuses the loaded model (kept in memory between calls), so either that or one
-    call on a concatenated list works.
 
     batch_size caps the rows per forward pass; max_tokens (optional) caps rows x longest length, the
     better knob on a GPU (e.g. 32768 for the 8B model in bf16 on 80 GB). share_prefixes: a prompt
@@ -718,72 +727,71 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
         "truncation_side": truncation_side, "shard_size": shard_size, "count": n,
         "conversations_sha256": conversations_sha256(conversations),
     }
-    head_path = out_path.parent / head_file if head_file else None
     device = str(device or (state.device if state.num_processes > 1 else default_device()))
-    head_needed = head_path is not None and _head_model(head_path) != str(model_name)
-    if out_path.exists() and _stored_manifest(out_path) == json.dumps(manifest, sort_keys=True):
-        if is_main and head_needed:
-            export_reward_head(_cached_reward_model(str(model_name), dtype, attn_implementation, device)[0],
-                               head_path, str(model_name))
-        state.wait_for_everyone()
-        return out_path  # this exact run is already complete
+    refuse = "Run again with --overwrite=True to replace it, or with the settings that made it."
+    if out_path.exists():
+        try:
+            stored = json.loads(_metadata(out_path).get("manifest") or "{}")
+        except Exception:
+            stored = None          # unreadable: nothing to keep, it is replaced
+        if stored == manifest:
+            state.wait_for_everyone()
+            return out_path        # this exact run is already complete
+        if stored is not None and not overwrite:
+            raise SystemExit(f"error: {out_path} holds embeddings made with other settings "
+                             f"({_differences(stored, manifest)}). {refuse}")
 
     shards = _shards_dir(out_path)
     manifest_file = shards / "manifest.json"
     n_shards = (n + shard_size - 1) // shard_size
     shard_file = [shards / f"shard-{k:05d}.safetensors" for k in range(n_shards)]
+    rows = [min(n, (k + 1) * shard_size) - k * shard_size for k in range(n_shards)]
     # Every process checks the folder (before any barrier), so all stop together on a mismatch.
+    old = None
     if manifest_file.exists():
-        old = json.loads(manifest_file.read_text())
-        if old != manifest:
-            changed = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in manifest.items() if old.get(k) != v)
-            raise SystemExit(
-                f"error: {shards} holds shards of a different embedding run ({changed}); they cannot be "
-                f"mixed with this one. Delete that folder (rm -r '{shards}') and run again.")
-    elif shards.exists() and any(shards.glob("shard-*.safetensors")):
-        raise SystemExit(f"error: {shards} holds shards without a manifest (of an unknown run); delete "
-                         f"that folder (rm -r '{shards}') and run again.")
-    model = tokenizer = None
-    if not all(f.exists() for f in shard_file) or head_needed:
-        # Load before the folder is created, so a bad model name leaves nothing behind.
+        try:
+            old = json.loads(manifest_file.read_text())
+        except ValueError:
+            old = {}
+    has_shards = shards.exists() and any(shards.glob("shard-*.safetensors"))
+    if has_shards and old != manifest and not overwrite:
+        what = f"a run with other settings ({_differences(old, manifest)})" if old else "an unknown run"
+        raise SystemExit(f"error: {shards} holds the finished shards of {what}. {refuse}")
+    resume = old == manifest
+    done = [k for k in range(n_shards) if resume and _valid_shard(shard_file[k], rows[k])]
+    mine = [k for k in range(state.process_index, n_shards, state.num_processes) if k not in done]
+    if mine:   # loaded before anything is written: a model that cannot be loaded leaves nothing behind
         model, tokenizer = _cached_reward_model(str(model_name), dtype, attn_implementation, device)
-    if is_main and not manifest_file.exists():
+    state.wait_for_everyone()
+    if is_main and not resume:
+        shutil.rmtree(shards, ignore_errors=True)
         shards.mkdir(parents=True, exist_ok=True)
         utils.write_text_atomic(manifest_file, json.dumps(manifest, indent=1, sort_keys=True))
+    if done and is_main:
+        print(f"resuming: {len(done)} of {n_shards} shards done")
     state.wait_for_everyone()
-
-    mine = [k for k in range(state.process_index, n_shards, state.num_processes) if not shard_file[k].exists()]
     if mine:
-        todo = sum(min(n, (k + 1) * shard_size) - k * shard_size for k in mine)
-        pbar = _progress(todo, progress and is_main, f"embedding {out_path.name}")
+        pbar = _progress(sum(rows[k] for k in mine), progress and is_main, f"embedding {out_path.name}")
         if pbar is not None and state.num_processes > 1:
             pbar.set_postfix_str(f"process 0 of {state.num_processes}")
         for k in mine:
             part = conversations[k * shard_size:(k + 1) * shard_size]
             ids = render_all_ids(tokenizer, part, max_length, truncation_side)
-            emb = _embed_ids(model, tokenizer, ids, batch_size, max_tokens, None, pbar, share_prefixes)
+            emb = _embed_ids(model, tokenizer, ids, batch_size, max_tokens, pbar, share_prefixes)
             _save_atomic({"embeddings": emb}, shard_file[k], {"format": FORMAT_VERSION, "shard": str(k)})
             if _after_shard_hook is not None:
                 _after_shard_hook(k)
         if pbar is not None:
             pbar.close()
-    if is_main and head_needed:
-        export_reward_head(model, head_path, str(model_name))
     state.wait_for_everyone()
 
     if is_main:
         from safetensors.torch import load_file
 
-        missing = [str(f) for f in shard_file if not f.exists()]
+        missing = [str(f) for k, f in enumerate(shard_file) if not _valid_shard(f, rows[k])]
         if missing:
-            raise RuntimeError(f"error: shards missing after the run: {missing[:3]} ...")
-        parts = [load_file(str(f))["embeddings"] for f in shard_file]
-        embeddings = torch.cat(parts)
-        if embeddings.shape[0] != n:
-            raise RuntimeError(f"error: merged {embeddings.shape[0]} embeddings for {n} conversations; "
-                               f"delete {shards} and run again")
-        if out_path.exists():
-            print(f"replacing {out_path}: it held the embeddings of a different run")
+            raise SystemExit(f"error: shards missing after the run: {missing[:3]}; run the same command again")
+        embeddings = torch.cat([load_file(str(f))["embeddings"] for f in shard_file])
         _save_atomic({"embeddings": embeddings}, out_path,
                      {"format": FORMAT_VERSION, "manifest": json.dumps(manifest, sort_keys=True),
                       "model": str(model_name)})
@@ -791,3 +799,29 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
             shutil.rmtree(shards, ignore_errors=True)
     state.wait_for_everyone()
     return out_path
+
+
+def embed_dataset(script: str, settings, data_path: Path, conversations: Sequence) -> tuple[Path, Path]:
+    """The embedding step of a dataset folder: `conversations` (every distinct conversation its
+    comparisons need) embedded into data_path/EMBEDDINGS_FILE (embed_to_file: sharded, resumable,
+    accelerate-aware) and the model's reward head exported to data_path/REWARD_HEAD_FILE, with the
+    script's settings (model_name, dtype, attn_implementation, batch_size, max_tokens, max_length,
+    shard_size, device, overwrite, offline). A model that cannot be loaded exits naming the offline
+    command. Returns (embeddings path, head path)."""
+    model_name, dtype = script_model(settings)
+    print(f"{len(conversations)} distinct conversations to embed with {model_name} ({dtype}, attention "
+          f"{settings['attn_implementation'] or 'default'})")
+    out, head = Path(data_path) / EMBEDDINGS_FILE, Path(data_path) / REWARD_HEAD_FILE
+    load = dict(dtype=dtype, attn_implementation=settings["attn_implementation"], device=settings["device"])
+    try:
+        embed_to_file(model_name, conversations, out, batch_size=settings["batch_size"],
+                      max_tokens=settings["max_tokens"], max_length=settings["max_length"],
+                      shard_size=settings["shard_size"], overwrite=settings["overwrite"], **load)
+        export_reward_head(model_name, head, **load)
+    except ModelNotAvailable as e:
+        raise utils.hub_unreachable(f"the model {model_name!r}", utils.command_line(script, settings) + " --offline",
+                                    e.__cause__) from None
+    if _process_state().is_main_process:
+        table = load_embeddings(out, utils.command_line(script, settings))
+        print(f"wrote {out} {tuple(table.shape)} and {head.name} ({tuple(load_reward_head(head, script).shape)})")
+    return out, head

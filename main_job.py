@@ -1,16 +1,18 @@
-"""The main job: every dataset folder's scripts in their documented order, then the result tables.
+"""The main job: every dataset folder's scripts in their documented order on the offline default, then the
+result tables.
 
-    python main_job.py                 # offline default: tiny model and generated data (~N minutes on 2 cores)
-    python main_job.py --smoke         # the same pipeline with tiny iteration counts (used by the tests)
+    python main_job.py                 # about 6 minutes on 2 cores (bash main.sh installs, then runs this)
+    python main_job.py --smoke         # tiny iteration counts: checks that everything runs (tables marked SMOKE)
+    python main_job.py --only=PRISM    # one folder
 
-(`bash main.sh` creates the virtual environment, installs requirements.txt and runs this.)
-Each step runs as its own process (`python <script> --offline ...`) exactly as a user would run it;
-its output goes to results/logs/. At the end the tables every script wrote are printed, and its
-tables, JSON and plots are copied to results/<folder>/. A second run reuses the built model, data and
-embeddings (prepare and the embedding scripts skip what is already complete).
+Each step runs as its own process (`python <script> --offline ...`), exactly as a user would run it, with
+the overrides listed in STEPS; its output goes to <results>/logs/. Every step writes its tables, JSON and
+plots into <results>/<folder>/ (results/, or results-smoke/ with --smoke); at the end the tables this run
+wrote are printed (and listed, with the steps' timings, in <results>/main_job.json). The offline data stay
+in each folder's data/*-offline (or under --data_dir), so a second run reuses the built model, data and
+embeddings.
 """
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,51 +24,58 @@ ROOT = Path(__file__).resolve().parent
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
-results_dir = "results"     # where the tables, JSON and plots of every folder are gathered
-smoke = False               # tiny iteration counts: checks that everything runs, figures are not meaningful
-only = ""                   # run only the steps of this folder (e.g. "PRISM"); "" runs all
+results_dir = "results"      # tables, JSON and plots of every folder (results-smoke with --smoke, unless given)
+data_dir: str | None = None  # None: each script's own offline data folder; else one folder for all the data
+smoke = False                # tiny iteration counts: checks that everything runs, figures are not meaningful
+only: str | None = None      # run only the steps of this folder (e.g. "PRISM"); None runs all
 # -----------------------------------------------------------------------------
 
-# (folder, script, offline arguments, smoke arguments), in the documented order. The offline arguments
-# shrink the real-scale iteration counts and fractions to what the small generated data need; every
-# value a step gets is visible here.
+# (folder, script, its data folder name, offline arguments, smoke arguments), in the documented order.
+# Every value a step gets is visible here: the offline default runs the scripts' real settings except
+# where noted.
 FAST = ["--num_iterations=30", "--fewshot_iterations=30"]   # smoke: every fit runs, none converges
+RB2 = ["--batch_size", "32"]
 STEPS = [
-    ("PRISM", "prepare.py", [], []),
-    ("PRISM", "generate-prism-embeddings.py", [], []),
-    # 1,000 LoRe_regularized iterations fit the small generated data (the real default is 20,000)
-    ("PRISM", "train_basis.py", ["--num_iterations=1000"], FAST + ["--K_list=[0,1,5]"]),
-    ("PRISM", "vary_fewshot.py", ["--num_iterations=1000"], FAST + ["--trials=2", "--num_shots=[1,5]"]),
-    ("PRISM", "eval_rb2.py", ["--batch_size", "32"], []),   # the tiny model's own head (seqclf)
-    ("PRISM", "eval_rb2.py", ["--batch_size", "32", "--rm_head", "PRISM_V_lore_K_5_alpha_0.0.pt"], []),
-    ("PRISM", "eval_rb2.py", ["--batch_size", "32", "--rm_head", "PRISM_V_lore_K_5_alpha_10000.0.pt"], []),
-    ("RedditTLDR", "prepare.py", [], []),
-    ("RedditTLDR", "generate-tldr-embeddings.py", [], []),
-    ("RedditTLDR", "train_basis.py", [], FAST + ["--K_list=[0,1,3]"]),
-    ("RedditTLDR", "vary_fewshot.py", [], FAST + ["--trials=2", "--num_shots=[5,10]"]),
-    ("PersonalLLM", "prepare.py", [], []),
-    ("PersonalLLM", "generate-personalllm-embeddings.py", [], []),
-    # 160 generated train prompts: these fractions give 48 / 9 prompts per seen / unseen user, as the
-    # real run's 0.5% / 0.1% of 9,402 prompts give 47 / 9.
-    ("PersonalLLM", "train_basis.py",
-     ["--seen_prompt_fraction=0.3", "--unseen_prompt_fraction=0.06", "--num_iterations=300",
-      "--fewshot_iterations=300"],
-     FAST + ["--n_seen_users=100", "--n_unseen_users=50", "--K_list=[0,1,3]"]),
-    ("PersonalLLM", "vary_fewshot.py",
-     ["--seen_prompt_fraction=0.3", "--unseen_pool_fraction=0.3", "--trials=5", "--num_iterations=300",
-      "--fewshot_iterations=300"],
+    ("PRISM", "prepare.py", "prism", [], []),
+    ("PRISM", "generate-prism-embeddings.py", "prism", [], []),
+    # 1,000 LoRe_regularized iterations fit the small generated data (the real default is 20,000);
+    # alpha = 0 runs beside the real 1e4 as the contrast
+    ("PRISM", "train_basis.py", "prism", ["--num_iterations=1000", "--alpha_list=[10000.0,0.0]"],
+     FAST + ["--K_list=[0,1,5]"]),
+    ("PRISM", "vary_fewshot.py", "prism", ["--num_iterations=1000"], FAST + ["--trials=2", "--num_shots=[1,5]"]),
+    ("PRISM", "eval_rb2.py", "rewardbench2", RB2, []),   # the tiny model's own head (seqclf)
+    ("PRISM", "eval_rb2.py", "rewardbench2", RB2 + ["--rm_head", "PRISM_V_lore_K_5_alpha_10000.0.pt"], []),
+    ("PRISM", "eval_rb2.py", "rewardbench2", RB2 + ["--rm_head", "PRISM_V_lore_K_5_alpha_0.0.pt"], []),
+    ("RedditTLDR", "prepare.py", "tldr", [], []),
+    ("RedditTLDR", "generate-tldr-embeddings.py", "tldr", [], []),
+    ("RedditTLDR", "train_basis.py", "tldr", [], FAST + ["--K_list=[0,1,3]"]),
+    ("RedditTLDR", "vary_fewshot.py", "tldr", [], FAST + ["--trials=2", "--num_shots=[5,10]"]),
+    ("PersonalLLM", "prepare.py", "personalllm", [], []),
+    ("PersonalLLM", "generate-personalllm-embeddings.py", "personalllm", [], []),
+    ("PersonalLLM", "train_basis.py", "personalllm", [], FAST + ["--n_seen_users=100", "--n_unseen_users=50"]),
+    ("PersonalLLM", "vary_fewshot.py", "personalllm", ["--trials=5"],
      FAST + ["--n_seen_users=100", "--n_unseen_users=50", "--trials=2", "--num_shots=[1,5]"]),
-    ("debias_lora", "demo_offline.py", [], ["--smoke"]),
+    ("debias_lora", "demo_offline.py", "data", [], ["--smoke"]),
 ]
+ARGPARSE_SCRIPTS = {"eval_rb2.py", "demo_offline.py"}     # published command lines: `--name value`
+TABLES = "*.md"
 
-# What each folder's offline results folder holds that a reader looks at.
-GATHERED = ("*.md", "*.json", "*.png", "*.csv")
+
+def step_command(folder, script, data_name, arguments, results: Path, data_root: Path | None) -> list[str]:
+    """The command line of one step: the script on the offline default, writing into results/<folder>."""
+    flag = (lambda name, value: [f"--{name}", str(value)]) if script in ARGPARSE_SCRIPTS else \
+        (lambda name, value: [f"--{name}={value}"])
+    command = [sys.executable, script] + ([] if script == "demo_offline.py" else ["--offline"])
+    if script not in ("prepare.py",) and not script.startswith("generate-"):
+        command += flag("results_dir", results / folder)
+    if data_root is not None:
+        command += flag("data_dir", data_root / folder / data_name)
+    return command + list(arguments)
 
 
-def run_step(index: int, folder: str, script: str, args: list[str], log_dir: Path) -> float:
-    """Run one script in its folder; stream nothing, log everything; fail loudly with the log's tail."""
-    log = log_dir / f"{index:02d}_{folder}_{Path(script).stem}.log"
-    command = [sys.executable, script, "--offline", *args]
+def run_step(index: int, command: list[str], folder: str, log_dir: Path) -> float:
+    """Run one script in its folder; log everything; fail loudly with the log's tail."""
+    log = log_dir / f"{index:02d}_{folder}_{Path(command[1]).stem}.log"
     start = time.time()
     # One thread per process: the tiny model is too small for two threads to help, and oversubscribed
     # OpenMP threads made one RewardBench 2 step 40x slower on a busy 2-core machine.
@@ -75,41 +84,41 @@ def run_step(index: int, folder: str, script: str, args: list[str], log_dir: Pat
         code = subprocess.call(command, cwd=ROOT / folder, stdout=out, stderr=subprocess.STDOUT, env=env)
     if code != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise SystemExit(f"\n{folder}/{script} failed (exit {code}); last lines of {log}:\n{tail}")
+        raise SystemExit(f"\n{folder}/{command[1]} failed (exit {code}); last lines of {log}:\n{tail}")
     return time.time() - start
 
 
-def gather(folder: str, out_dir: Path) -> list[Path]:
-    """Copy a folder's offline results (tables, JSON, plots) to out_dir/folder; return the tables."""
-    source = ROOT / folder / "results-offline"
-    target = out_dir / folder
-    target.mkdir(parents=True, exist_ok=True)
-    tables = []
-    for pattern in GATHERED:
-        for path in sorted(source.glob(pattern), key=lambda p: p.stat().st_mtime):  # in the order written
-            shutil.copy2(path, target / path.name)
-            if path.suffix == ".md":
-                tables.append(target / path.name)
-    return tables
-
-
 def main() -> None:
-    utils.configure(globals())
-    out_dir = Path(results_dir) if Path(results_dir).is_absolute() else ROOT / results_dir
-    log_dir = out_dir / "logs"
+    settings = utils.configure(globals())
+    folders = list(dict.fromkeys(step[0] for step in STEPS))
+    if only is not None and only not in folders:
+        raise utils.SettingsError(f"error: --only={only!r} is not a folder of the main job; choose one of {folders}")
+    default = "results-smoke" if smoke and "results_dir" not in settings.overridden else results_dir
+    results = Path(default) if Path(default).is_absolute() else ROOT / default
+    data_root = None if data_dir is None else Path(data_dir).resolve()
+    log_dir = results / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    steps = [s for s in STEPS if not only or s[0] == only]
-    total = time.time()
-    for i, (folder, script, offline_args, smoke_args) in enumerate(steps, 1):
-        print(f"[{i:2d}/{len(steps)}] {folder}/{script} ...", end="", flush=True)
-        seconds = run_step(i, folder, script, offline_args + (smoke_args if smoke else []), log_dir)
+    steps = [s for s in STEPS if only is None or s[0] == only]
+    started, timings = time.time(), []
+    for i, (folder, script, data_name, offline_args, smoke_args) in enumerate(steps, 1):
+        command = step_command(folder, script, data_name, offline_args + (smoke_args if smoke else []), results,
+                               data_root)
+        print(f"[{i:2d}/{len(steps)}] {folder}/{script} {' '.join(command[2:])} ...", end="", flush=True)
+        seconds = run_step(i, command, folder, log_dir)
+        timings.append({"step": f"{folder}/{script}", "command": " ".join(command[1:]), "seconds": round(seconds, 1)})
         print(f" {seconds:6.1f} s", flush=True)
-    print(f"\nall steps done in {time.time() - total:.0f} s; logs in {log_dir}\n")
-    for folder in dict.fromkeys(s[0] for s in steps):
-        for table in gather(folder, out_dir):
-            print(f"## {folder}: {table.stem}\n")
-            print(table.read_text().strip() + "\n")
-    print(f"tables, JSON and plots: {out_dir}")
+    print(f"\nall steps done in {time.time() - started:.0f} s; logs in {log_dir}\n")
+    written = [path for folder in folders for path in sorted((results / folder).glob(TABLES),
+                                                             key=lambda p: p.stat().st_mtime)
+               if path.stat().st_mtime >= started]          # this run's tables only, not stale ones
+    for table in written:
+        if smoke:   # a smoke table says so, in the file too
+            utils.write_text_atomic(table, f"> SMOKE run (iteration counts cut to {' '.join(FAST)}): the figures "
+                                           f"are not meaningful.\n\n" + table.read_text())
+        print(f"## {table.parent.name}: {table.stem}\n\n{table.read_text().strip()}\n")
+    utils.write_json_atomic(results / "main_job.json", {"settings": settings, "steps": timings,
+                                                        "tables": [str(t) for t in written]})
+    print(f"tables, JSON and plots: {results}")
 
 
 if __name__ == "__main__":

@@ -141,10 +141,8 @@ def _read_local(path: Path) -> list[dict]:
 def _read_hub(name: str, split: str) -> list[dict]:
     import datasets
 
-    hint = (f"error: cannot load the dataset {name!r} (split {split!r}) from the Hugging Face hub (no "
-            f"network and no cached copy, or a wrong name). Give a local .jsonl/.parquet file with the "
-            f"same columns as --dataset, or run with --offline (the built-in tiny model and a generated "
-            f"RewardBench 2 file).")
+    what = (f"the dataset {name!r} (split {split!r}; or give a local .jsonl/.parquet file with the same columns "
+            f"as --dataset)")
     reachable = utils.hub_reachable()
     saved = getattr(datasets.config, "HF_HUB_OFFLINE", None)
     try:
@@ -152,7 +150,7 @@ def _read_hub(name: str, split: str) -> list[dict]:
             datasets.config.HF_HUB_OFFLINE = True
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError...
-        raise SystemExit(f"{hint}\n(underlying error: {type(e).__name__}: {str(e).splitlines()[0][:300]})")
+        raise utils.hub_unreachable(what, "python eval_rb2.py --offline", e) from None
     finally:
         if saved is not None:
             datasets.config.HF_HUB_OFFLINE = saved
@@ -203,10 +201,6 @@ def load_rows(dataset: str | Path | Sequence[dict] = HUB_DATASET, split: str = "
 # scoring
 
 
-def conversation(prompt: str, response: str) -> list[dict]:
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-
-
 def score_rows(model, tokenizer, rows: Sequence[dict], head=None, bias=None, batch_size: int = 8,
                max_length: int | None = 2048, truncation_side: str = "left", *,
                max_tokens: int | None = None, progress: bool = False,
@@ -218,7 +212,7 @@ def score_rows(model, tokenizer, rows: Sequence[dict], head=None, bias=None, bat
     head None: the model's own sequence-classification head (also a PeftModel); head [d, B]: the
     last-token hidden state @ head (+ bias), all B heads in one pass (the model may be a bare backbone).
     """
-    from embedding import score_conversations
+    import embedding
 
     index: dict[tuple[str, str], int] = {}
     where = []
@@ -228,7 +222,7 @@ def score_rows(model, tokenizer, rows: Sequence[dict], head=None, bias=None, bat
             ids.append(index.setdefault((row["prompt"], response), len(index)))
         where.append(ids)
     pairs = list(index)
-    scores = score_conversations(model, tokenizer, [conversation(p, r) for p, r in pairs], head=head,
+    scores = embedding.score_conversations(model, tokenizer, [embedding.conversation(p, r) for p, r in pairs], head=head,
                                  bias=bias, batch_size=batch_size, max_length=max_length,
                                  truncation_side=truncation_side, max_tokens=max_tokens,
                                  progress=progress, share_prefixes=share_prefixes).numpy()

@@ -1,22 +1,30 @@
-"""Shared machinery of every LoRe script: settings override, paths, and the LoRe models and pipelines.
+"""The LoRe core shared by every script: settings and paths, comparisons, trainers, pipelines,
+evaluation, results and plots (in that order).
 
 LoRe (Bose et al., 2025, arXiv:2504.14439) learns a shared basis V (d x B) of reward directions over
-frozen reward-model embeddings and one weight vector w_i = softmax(W_i) per user. The reward margin of
-a comparison with feature x = e(chosen) - e(rejected) for user i is x . V . w_i / 100.
+frozen reward-model embeddings and one weight vector w_i = softmax(W_i) per user. A comparison of user i
+has the feature x = e(chosen) - e(rejected) and the reward margin s = x . V . w_i / 100 (the method's
+1/100 temperature); its Bradley-Terry loss is -log sigmoid(s). It is predicted correctly iff
+x . V . w_i > 0 (strictly: a tie is wrong). Shapes throughout: N comparisons, d embedding size, C users,
+B basis vectors.
+
+Speed: margins are rowsum((X @ V) * w[user_of_row]) (N.d.B work), never the N x C logit matrix
+X @ (V @ w.T) of the original formulation; one X @ V per iteration serves the W step and the V step;
+with V frozen (few-shot fits, evaluation) X @ V is computed once and every iteration is O(N.B).
 """
 from __future__ import annotations
 
 import ast
 import contextlib
-import ctypes
 import hashlib
 import json
 import math
 import os
+import socket
 import sys
 import tempfile
 import types
-from concurrent.futures import ThreadPoolExecutor
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -25,46 +33,17 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parent
+TEMPERATURE = 100.0         # the method's 1/100 temperature on every margin
+STD_BAND_FACTOR = 0.25      # the original's plotted band: 0.25 x the std of per-user accuracy
+PRUNE_THRESHOLD = 1e-2      # LoRe_regularized keeps basis column b iff max_i softmax(W)_ib >= this
+WARMUP_START, WARMUP_END = 0.2, 0.8  # cosine regulariser: 0 before int(0.2 T), alpha from int(0.8 T)
 
-# -----------------------------------------------------------------------------
-# settings: one commented block of module globals per script, overridden as --name=value
+# =============================================================================
+# settings and paths: one commented block of module globals per script, overridden as --name=value
 
 
 class SettingsError(SystemExit):
     """A bad command-line setting: exits with the message (and is catchable in tests)."""
-
-
-_SETTING_TYPES = (bool, int, float, str, list, tuple, type(None))
-
-
-def _is_setting(name: str, value) -> bool:
-    return not name.startswith("_") and not name.isupper() and isinstance(value, _SETTING_TYPES) and not isinstance(
-        value, (types.ModuleType, type))
-
-
-def _parse_value(name: str, raw: str, default):
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw  # a bare word is a string
-    if default is None:
-        return value
-    if isinstance(default, bool):
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            value = value.lower() == "true"
-        if not isinstance(value, bool):
-            raise SettingsError(f"error: --{name} takes True or False, got {raw!r}")
-        return value
-    if isinstance(default, str):
-        return raw if not isinstance(value, str) else value
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
-        return type(default)(value)
-    if type(value) is not type(default):
-        raise SettingsError(
-            f"error: --{name} takes a {type(default).__name__} (default {default!r}), got {raw!r}")
-    return value
 
 
 class Settings(dict):
@@ -72,18 +51,100 @@ class Settings(dict):
     overridden: frozenset = frozenset()
 
 
+_PLAIN_TYPES = (bool, int, float, str, list, tuple, type(None))
+
+
+def _is_setting(name: str, value) -> bool:
+    # settings are the lower-case public globals of a plain type; constants are UPPER_CASE
+    return not name.startswith("_") and not name.isupper() and isinstance(value, _PLAIN_TYPES)
+
+
+def _declared(annotation) -> tuple[tuple, type | None]:
+    """(accepted types, list element type or None) of a setting's annotation (`int | None`, `list[int]`)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"list": list, "tuple": tuple})   # `from __future__ import annotations`
+    kinds, element = [], None
+    for part in typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,):
+        origin = typing.get_origin(part) or part
+        if origin in (list, tuple) and typing.get_args(part):
+            element = typing.get_args(part)[0]
+        kinds.append(type(None) if part is None else origin)
+    return tuple(kinds), element
+
+
+def _parse_value(name: str, raw: str, kinds: tuple, element: type | None):
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw                                   # a bare word is a string
+    want = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+    if str in kinds and not isinstance(value, str) and not (value is None and type(None) in kinds):
+        value = raw
+    if bool in kinds and isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, (list, tuple)) and (list in kinds or tuple in kinds):
+        value = list(value) if list in kinds else tuple(value)
+        if element is not None:
+            if element is float:
+                value = type(value)(float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value)
+            bad = [v for v in value if type(v) is not element]
+            if bad:
+                raise SettingsError(f"error: --{name} takes a list of {element.__name__}, got {raw!r}")
+    if not any(type(value) is k for k in kinds):
+        raise SettingsError(f"error: --{name} takes {want}, got {raw!r}")
+    return value
+
+
+def _check_ranges(values: dict) -> None:
+    """The ranges of the settings every script shares, checked before any work starts."""
+    for name, value in values.items():
+        def fail(what):
+            raise SettingsError(f"error: --{name}={value!r}: {what}")
+        if value is None or isinstance(value, bool):
+            continue
+        if name.endswith(("iterations", "trials", "batch_size", "shard_size")) or name.startswith("n_"):
+            if isinstance(value, int) and value < 1:
+                fail("must be at least 1")
+        elif name.endswith(("learning_rate", "_lr")) and isinstance(value, (int, float)) and value <= 0:
+            fail("must be positive")
+        elif name.endswith("fraction") and isinstance(value, (int, float)) and not 0 < value <= 1:
+            fail("must lie in (0, 1]")
+        elif name == "K_list" and (not value or any(k < 0 for k in value)):
+            fail("must be a non-empty list of ranks K >= 0 (0: the reference head)")
+        elif name == "alpha_list" and (not value or any(a < 0 for a in value)):
+            fail("must be a non-empty list of alpha >= 0")
+        elif name == "num_shots" and (not value or any(s < 1 for s in value)):
+            fail("must be a non-empty list of shot counts >= 1")
+        elif name == "device":
+            try:
+                device = torch.device(value)
+            except RuntimeError:
+                fail("is not a device (cpu, cuda, cuda:1, ...)")
+            if device.type == "cuda" and (not torch.cuda.is_available() or
+                                          (device.index or 0) >= torch.cuda.device_count()):
+                fail(f"this machine has {torch.cuda.device_count()} CUDA device(s); use --device=cpu")
+
+
 def configure(settings: dict, argv: list[str] | None = None) -> Settings:
     """Override a script's settings in place from `--name=value` arguments (nanoGPT style).
 
     `settings` is the script's `globals()`, called right after its settings block: the settings are
-    the lower-case public globals of a plain type defined by then (constants are upper-case). Values
-    are Python literals (`--K_list=[0,1,5]`, `--alpha=1e4`, `--offline=True`; a bare `--offline` sets a
-    bool to True). An unknown name, a positional argument or a value of the wrong type is an error.
-    `--help` prints the script's docstring and settings. Returns a snapshot of the settings (for result
-    files), with `.overridden` the names given on the command line.
+    the lower-case public globals of a plain type defined by then. A setting whose default is None
+    declares its type with an annotation (`max_length: int | None = None`); others take their
+    default's type (and a list its elements' type). Values are Python literals (`--K_list=[0,1,5]`,
+    `--alpha_list=[1e4]`, `--offline=True`; a bare `--offline` sets a bool to True). An unknown name, a
+    positional argument, a value of the wrong type or out of range (K >= 0, iterations >= 1, an existing
+    device, ...) is an error before any work. `--help` prints the docstring and the settings. Returns
+    a snapshot of the settings (for result files), with `.overridden` the names given.
     """
     argv = sys.argv[1:] if argv is None else argv
     known = {k: v for k, v in settings.items() if _is_setting(k, v)}
+    annotations = settings.get("__annotations__", {})
+    undeclared = [k for k, v in known.items() if v is None and k not in annotations]
+    if undeclared:
+        raise TypeError(f"settings {undeclared} default to None: declare their type, as `name: int | None = None`")
     if any(a in ("-h", "--help") for a in argv):
         print((settings.get("__doc__") or "").strip())
         print("\nsettings (override as --name=value):")
@@ -96,62 +157,85 @@ def configure(settings: dict, argv: list[str] | None = None) -> Settings:
             raise SettingsError(f"error: expected --name=value, got {arg!r}")
         name, sep, raw = arg[2:].partition("=")
         if name not in known:
-            raise SettingsError(
-                f"error: unknown setting --{name}; known settings: {', '.join(sorted(known))}")
+            raise SettingsError(f"error: unknown setting --{name}; known settings: {', '.join(sorted(known))}")
+        default = known[name]
+        if name in annotations:
+            kinds, element = _declared(annotations[name])
+        else:
+            kinds = (type(default),)
+            items = [type(v) for v in default] if isinstance(default, (list, tuple)) else []
+            element = items[0] if items and all(t is items[0] for t in items) else None
+            element = float if items and set(items) <= {int, float} and float in items else element
         if not sep:
-            if not isinstance(known[name], bool):
+            if bool not in kinds:
                 raise SettingsError(f"error: --{name} needs a value, as --{name}=...")
             raw = "True"
-        settings[name] = _parse_value(name, raw, known[name])
+        settings[name] = _parse_value(name, raw, kinds, element)
         overridden.add(name)
-    snapshot = Settings({k: (list(settings[k]) if isinstance(settings[k], tuple) else settings[k]) for k in known})
+    snapshot = Settings({k: list(settings[k]) if isinstance(settings[k], tuple) else settings[k] for k in known})
     snapshot.overridden = frozenset(overridden)
+    _check_ranges({k: snapshot[k] for k in overridden})
     return snapshot
 
 
-def script_settings(settings: dict) -> dict:
-    """The current settings of a script (for result files): every setting-typed public global."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items() if _is_setting(k, v)}
+def cli_args(parser, argv=None):
+    """`parser.parse_args(argv)` of a script that keeps a published argparse command line, with
+    `.settings`: its values as Settings, `.overridden` the options whose value is not the default."""
+    args = parser.parse_args(argv)
+    args.settings = Settings(vars(args))
+    args.settings.overridden = frozenset(k for k, v in vars(args).items() if k != "settings" and v != parser.get_default(k))
+    return args
 
 
-def script_dirs(script_file: str, data_dir: str, results_dir: str, offline: bool) -> tuple[Path, Path]:
-    """Absolute data and results folders of a script, relative to the script's own folder.
+def script_dirs(script_file: str, settings: Settings) -> tuple[Path, Path | None]:
+    """The data and results folders of a script: (data path, results path or None).
 
-    With the offline default the folders get an `-offline` suffix, so generated data and results
-    never mix with real ones.
+    The defaults (settings `data_dir`, `results_dir` in source) live beside the script, with an
+    `-offline` suffix when `offline` is set, so generated data and results never mix with real ones.
+    A folder given on the command line is used as given, relative to the working directory.
     """
     here = Path(script_file).resolve().parent
-    suffix = "-offline" if offline else ""
-    data = Path(data_dir) if Path(data_dir).is_absolute() else here / data_dir
-    results = Path(results_dir) if Path(results_dir).is_absolute() else here / results_dir
-    return data.with_name(data.name + suffix), results.with_name(results.name + suffix)
+
+    def folder(name):
+        if settings.get(name) is None:
+            return None
+        path = Path(settings[name]).expanduser()
+        if name in settings.overridden:
+            return path.resolve()
+        path = path if path.is_absolute() else here / path
+        return path.with_name(path.name + "-offline") if settings.get("offline") else path
+    return folder("data_dir"), folder("results_dir")
 
 
-def require_file(path: Path, made_by: str) -> Path:
-    """Fail with a message that names the script that makes `path` when it is missing."""
+def command_line(script: str, settings: Settings, keep=("offline", "data_dir", "results_dir")) -> str:
+    """The command that (re)makes an input, with the overrides in force that matter to it:
+    `python prepare.py --offline --data_dir=/x` (a hint for an error message)."""
+    args = [f"--{k}" if settings[k] is True else f"--{k}={settings[k]}"
+            for k in keep if k in settings and (k in settings.overridden or (k == "offline" and settings[k]))]
+    return " ".join(["python", script, *args])
+
+
+def require_file(path, made_by: str) -> Path:
+    """`path` when it exists and is not empty; else an error naming the command that makes it."""
     path = Path(path)
-    if not path.exists():
-        raise SystemExit(f"error: {path} is missing; run `{made_by}` first")
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        raise SystemExit(f"error: {path} is {'missing' if not path.exists() else 'empty'}; run `{made_by}`")
     return path
-
-
-# -----------------------------------------------------------------------------
-# files and the network: shared by every prepare, embedding and result-writing step
 
 
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; when the block succeeds it replaces `path` in one rename.
-
-    A crash or an exception leaves the old file (or none) and no half-written one:
-    `with atomic_path(out) as tmp: frame.to_parquet(tmp)`.
-    """
+    """Yield a temporary path beside `path`; when the block succeeds it replaces `path` in one rename, with
+    the permissions a plainly created file gets (the umask's). A failure leaves the old file (or none)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)        # mkstemp makes 0600: unreadable to colleagues
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -164,18 +248,16 @@ def write_text_atomic(path, text: str) -> None:
 
 
 def write_json_atomic(path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(path, json.dumps(_json_value(obj), indent=1, ensure_ascii=False) + "\n")
 
 
 def write_jsonl_atomic(path, rows) -> None:
     """One JSON object per line (UTF-8, non-ASCII kept), written atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def file_sha256(path) -> str:
-    """Hex sha256 of a file's bytes (read in 1 MB blocks)."""
+    """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -183,14 +265,21 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
+def hub_unreachable(what: str, offline_command: str, cause: BaseException | None = None) -> SystemExit:
+    """The error of every script that cannot get `what` from the Hugging Face hub: it names the offline
+    switch (`offline_command`) and the cached-copy route."""
+    detail = f"\n(underlying error: {type(cause).__name__}: {str(cause).splitlines()[0][:300]})" if cause else ""
+    return SystemExit(f"error: cannot get {what} from the Hugging Face hub (no network, not in the local "
+                      f"cache, or a wrong name).\nRun `{offline_command}` for the built-in tiny model and "
+                      f"generated data, or set HF_HUB_OFFLINE=1 to use a cached copy.{detail}")
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick connection test of the Hugging Face hub, so an offline machine fails in seconds
-    (transformers and datasets would retry for ~30 s). False when HF_HUB_OFFLINE is set."""
-    import socket
+    """A quick connection test of the hub, so an offline machine fails in seconds (the libraries retry
+    for ~30 s). False when HF_HUB_OFFLINE is set."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://", 1)[-1].split("/", 1)[0]
     host, _, port = host.partition(":")
     try:
         with socket.create_connection((host, int(port or 443)), timeout=timeout):
@@ -200,19 +289,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 # =============================================================================
-# LoRe core (SPEC 1.1-1.5)
-#
-# Shapes used throughout: N comparisons, d feature size, C users, B basis vectors. A comparison of user
-# i with feature x = e(chosen) - e(rejected) has margin s = x . V . w_i / 100 with w_i = softmax(W_i);
-# its Bradley-Terry loss is -log sigmoid(s). It is predicted correctly iff x . V . w_i > 0 (a tie is
-# wrong). Margins are computed as rowsum((X @ V) * w[user_of_row]): N.d.B work, never the N x C logit
-# matrix X @ (V @ w.T) of the original formulation.
-
-TEMPERATURE = 100.0        # the method's 1/100 temperature on every margin
-STD_BAND_FACTOR = 0.25     # plotted/returned band = STD_BAND_FACTOR * (std of per-user accuracy)
-PRUNE_THRESHOLD = 1e-2     # LoRe_regularized keeps basis column b iff max_i softmax(W)_ib >= this
-WARMUP_START, WARMUP_END = 0.2, 0.8  # cosine regulariser: 0 before int(0.2 T), alpha from int(0.8 T)
-_FLOAT_DTYPES = (torch.float32, torch.float64)
+# comparisons
 
 
 def get_device() -> torch.device:
@@ -234,338 +311,139 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-_CPU_MATMUL = os.environ.get("LORE_CPU_MATMUL", "numpy")  # "numpy" or "torch" (benchmark switch)
-_NUMPY_MIN_ELEMENTS = 1 << 22  # below ~16 MB of features torch's own kernels are as fast (and spin less)
-_STREAM_ROWS = 256             # rows of X per BLAS call when streaming: 4 MB at d = 4096, cache-sized
-_stream_pool = None            # (ThreadPoolExecutor, workers) while a training loop streams X itself
-
-
-def _use_numpy(X: torch.Tensor, other: torch.Tensor) -> bool:
-    return (_CPU_MATMUL == "numpy" and X.device.type == "cpu" and other.device.type == "cpu"
-            and X.dtype == other.dtype and X.dtype in _FLOAT_DTYPES and X.numel() >= _NUMPY_MIN_ELEMENTS)
-
-
-def _openblas_thread_controls():
-    """(get, set) of the thread count of NumPy's OpenBLAS through ctypes (as threadpoolctl does), or
-    None where it cannot be found (another BLAS, another OS): then products stay plain NumPy calls."""
-    global _OPENBLAS
-    if _OPENBLAS is False:
-        _OPENBLAS = None
-        try:
-            with open("/proc/self/maps") as maps:
-                paths = dict.fromkeys(line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line)
-            for path in paths:
-                library = ctypes.CDLL(path)
-                for name in ("scipy_openblas{}_num_threads64_", "openblas{}_num_threads64_", "openblas{}_num_threads"):
-                    get, put = (getattr(library, name.format(verb), None) for verb in ("_get", "_set"))
-                    if get is not None and put is not None:
-                        get.restype, put.argtypes = ctypes.c_int, [ctypes.c_int]
-                        _OPENBLAS = (get, put)
-                        return _OPENBLAS
-        except OSError:
-            pass
-    return _OPENBLAS
-
-
-_OPENBLAS = False  # not looked up yet
-
-
-@contextlib.contextmanager
-def _lean_threads(comparisons: "Comparisons"):
-    """Thread layout of a CPU training loop. Its small O(N.B) tensor ops run on one intra-op thread
-    (fork/join of a thread team costs more than they do, and on a shared CPU a descheduled team member
-    stalls every op for a time slice). When the big products go through NumPy, OpenBLAS is set to one
-    thread too and X is streamed by our own pool of as many workers as torch had threads, each over its
-    own contiguous rows in cache-sized blocks: two passes over X per iteration at close to memory speed
-    (one multi-threaded BLAS call over the whole of X runs about 2x slower here)."""
-    global _stream_pool
-    store = comparisons._store
-    threads = torch.get_num_threads()
-    if store.device.type != "cpu" or not (store.numel() < _NUMPY_MIN_ELEMENTS or _use_numpy(store, store)):
-        yield
-        return
-    controls = _openblas_thread_controls() if _use_numpy(store, store) and _stream_pool is None else None
-    blas_threads = controls[0]() if controls else None
-    torch.set_num_threads(1)
-    if controls:
-        controls[1](1)
-        _stream_pool = (ThreadPoolExecutor(threads), threads) if threads > 1 else (None, 1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        if controls:
-            if _stream_pool[0] is not None:
-                _stream_pool[0].shutdown()
-            _stream_pool = None
-            controls[1](blas_threads)
-
-
-def _blas_layout(array: np.ndarray) -> np.ndarray:
-    # NumPy hands only C- or Fortran-ordered operands to BLAS; anything else (e.g. autograd's expanded
-    # gradients) would take its slow generic loop
-    return array if array.flags.c_contiguous or array.flags.f_contiguous else np.ascontiguousarray(array)
-
-
-def _row_ranges(n: int, workers: int):
-    bounds = np.linspace(0, n, workers + 1).astype(int)
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def _streamed(work, n: int):
-    """Run work(lo, hi) over `workers` contiguous row ranges of [0, n) in the stream pool."""
-    pool, workers = _stream_pool
-    ranges = _row_ranges(n, workers)
-    return [work(*ranges[0])] if pool is None else list(pool.map(lambda r: work(*r), ranges))
-
-
-def _x_v(X: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
-    """X @ V for a large row-major X [N, d] and a skinny V [d, B] (no autograd).
-
-    On CPU, large products go through NumPy's BLAS (OpenBLAS): on this AMD CPU torch's MKL runs the
-    same skinny products 2-4x slower (bench/lore_speed.py measures both back ends)."""
-    if not _use_numpy(X, V):
-        return X.detach() @ V.detach()
-    Xn, Vn = X.detach().numpy(), _blas_layout(V.detach().numpy())
-    if _stream_pool is None:
-        return torch.from_numpy(np.matmul(Xn, Vn))
-    out = np.empty((Xn.shape[0], Vn.shape[1]), dtype=Xn.dtype)
-
-    def work(lo, hi):
-        for start in range(lo, hi, _STREAM_ROWS):
-            stop = min(start + _STREAM_ROWS, hi)
-            np.matmul(Xn[start:stop], Vn, out=out[start:stop])
-    _streamed(work, Xn.shape[0])
-    return torch.from_numpy(out)
-
-
-def _xt_g(X: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """X^T @ G [d, B] for a large row-major X [N, d] and G [N, B] (no autograd), in the layout each
-    back end streams fastest: one OpenBLAS call X^T @ G; streamed blocks and MKL (G^T @ X)^T (MKL's
-    X^T @ G is several times slower)."""
-    if not _use_numpy(X, G):
-        return (G.detach().t() @ X.detach()).t()
-    Xn = X.detach().numpy()
-    if _stream_pool is None:
-        return torch.from_numpy(np.matmul(Xn.T, np.ascontiguousarray(G.detach().numpy())))
-    Gt = np.ascontiguousarray(G.detach().numpy().T)                     # [B, N]
-
-    def work(lo, hi):
-        total, block = np.zeros((Gt.shape[0], Xn.shape[1]), dtype=Xn.dtype), None
-        for start in range(lo, hi, _STREAM_ROWS):
-            stop = min(start + _STREAM_ROWS, hi)
-            block = np.matmul(Gt[:, start:stop], Xn[start:stop], out=block)
-            total += block
-        return total
-    return torch.from_numpy(sum(_streamed(work, Xn.shape[0])).T)
-
-
-class _Project(torch.autograd.Function):
-    """x_n @ V for every comparison, differentiable in V; the backward is `Comparisons.project_T`."""
-
-    @staticmethod
-    def forward(ctx, V, comparisons):
-        ctx.comparisons = comparisons
-        return comparisons._project(V)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        return ctx.comparisons.project_T(grad_out), None
+_FLOAT_DTYPES = (torch.float32, torch.float64)
 
 
 class Comparisons:
-    """One packed set of N comparisons of C users.
+    """N comparisons of C users over an embedding table: x_n = table[chosen_n] - table[rejected_n].
 
-    Dense form: `features` [N, d], row n is x_n = e(chosen) - e(rejected). Indexed form: an embedding
-    `table` [T, d] and row indices `chosen` [N], `rejected` [N], with x_n = table[chosen_n] -
-    table[rejected_n]; it is never materialised as [N, d] (PersonalLLM reuses 8 responses per prompt
-    across all users). `users` [N] (long, 0..n_users-1) is the user of each comparison. Every trainer and
-    evaluation touches the features only through `project` (X @ V) and `project_T` (X^T @ G).
+    `table` [T, d] holds embeddings (one row per distinct conversation); `chosen`, `rejected` [N] are
+    row indices into it and `users` [N] (0..n_users-1) the user of each comparison. One d-vector is
+    never materialised per comparison: PersonalLLM, say, reuses 8 responses per prompt across all its
+    users. A set built from feature differences (the original's per-user lists) has each x as its
+    chosen row and one zero row as every rejected row. Trainers and evaluation touch the features only
+    through `project` (X @ V) and `project_T` (X^T @ G).
     """
 
-    def __init__(self, users, n_users: int, features=None, table=None, chosen=None, rejected=None):
-        users = torch.as_tensor(users)
-        if users.dim() != 1:
-            raise ValueError(f"users must be 1-D [N], got shape {tuple(users.shape)}")
-        self.users = users.long()
+    def __init__(self, users, n_users: int, table, chosen, rejected):
+        self.users = torch.as_tensor(users).long()
         self.n_users = int(n_users)
-        if (features is None) == (table is None):
-            raise ValueError("give either features [N, d] or table [T, d] with chosen/rejected indices")
-        if features is not None:
-            features = torch.as_tensor(features)
-            if features.dim() != 2 or features.shape[0] != users.shape[0]:
-                raise ValueError(f"features must be [N, d] with N = len(users) = {users.shape[0]}, "
-                                 f"got shape {tuple(features.shape)}")
-            self.features, self.table, self.chosen, self.rejected = features.contiguous(), None, None, None
-        else:
-            table = torch.as_tensor(table)
-            if table.dim() != 2:
-                raise ValueError(f"table must be [T, d], got shape {tuple(table.shape)}")
-            if chosen is None or rejected is None:
-                raise ValueError("an indexed Comparisons needs both chosen and rejected indices")
-            chosen, rejected = torch.as_tensor(chosen).long(), torch.as_tensor(rejected).long()
-            if chosen.shape != users.shape or rejected.shape != users.shape:
-                raise ValueError(f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)} must "
-                                 f"have the shape of users {tuple(users.shape)}")
-            if len(chosen) and (min(chosen.min(), rejected.min()) < 0
-                                or max(chosen.max(), rejected.max()) >= table.shape[0]):
-                raise ValueError(f"chosen/rejected indices must lie in [0, {table.shape[0]})")
-            self.features, self.table = None, table.contiguous()
-            self.chosen, self.rejected = chosen.to(table.device), rejected.to(table.device)
-        self.users = self.users.to(self._store.device)
-        if len(self.users) and (self.users.min() < 0 or self.users.max() >= self.n_users):
+        self.table = torch.as_tensor(table)
+        if self.users.dim() != 1 or self.table.dim() != 2:
+            raise ValueError(f"users must be [N] and table [T, d], got {tuple(self.users.shape)}, "
+                             f"{tuple(self.table.shape)}")
+        self.chosen = torch.as_tensor(chosen).long().to(self.table.device)
+        self.rejected = torch.as_tensor(rejected).long().to(self.table.device)
+        self.users = self.users.to(self.table.device)
+        if self.chosen.shape != self.users.shape or self.rejected.shape != self.users.shape:
+            raise ValueError(f"chosen {tuple(self.chosen.shape)} and rejected {tuple(self.rejected.shape)} must "
+                             f"have the shape of users {tuple(self.users.shape)}")
+        if self.N and (min(self.chosen.min(), self.rejected.min()) < 0
+                       or max(self.chosen.max(), self.rejected.max()) >= len(self.table)):
+            raise ValueError(f"chosen/rejected indices must lie in [0, {len(self.table)})")
+        if self.N and (self.users.min() < 0 or self.users.max() >= self.n_users):
             raise ValueError(f"user indices must lie in [0, {self.n_users})")
-        self._counts = None
 
-    # --- shape and bookkeeping ---------------------------------------------------------------
-    @property
-    def _store(self) -> torch.Tensor:
-        return self.features if self.features is not None else self.table
-
-    @property
-    def dense(self) -> bool:
-        return self.features is not None
-
-    @property
-    def N(self) -> int:
-        return int(self.users.shape[0])
-
-    @property
-    def d(self) -> int:
-        return int(self._store.shape[1])
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._store.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self._store.device
+    N = property(lambda self: int(self.users.shape[0]))
+    d = property(lambda self: int(self.table.shape[1]))
+    dtype = property(lambda self: self.table.dtype)
+    device = property(lambda self: self.table.device)
 
     def __len__(self) -> int:
         return self.N
 
     def __repr__(self) -> str:
-        form = "dense" if self.dense else f"indexed, table {tuple(self.table.shape)}"
-        return f"Comparisons(N={self.N}, d={self.d}, n_users={self.n_users}, {form}, {self.dtype}, {self.device})"
+        return (f"Comparisons(N={self.N}, n_users={self.n_users}, table {tuple(self.table.shape)}, "
+                f"{self.dtype}, {self.device})")
 
     def counts(self) -> torch.Tensor:
         """[C] number of comparisons of each user."""
-        if self._counts is None:
-            self._counts = torch.bincount(self.users, minlength=self.n_users)
-        return self._counts
+        return torch.bincount(self.users, minlength=self.n_users)
 
     @classmethod
-    def from_user_list(cls, user_tensors, device=None, dtype=None) -> "Comparisons":
-        """Pack a list of per-user feature tensors [m_i, d] (the original's format) into one dense set."""
-        if isinstance(user_tensors, torch.Tensor) or not hasattr(user_tensors, "__len__"):
-            raise ValueError("expected a list of per-user tensors [m_i, d] (or a Comparisons)")
+    def from_features(cls, users, n_users: int, features) -> "Comparisons":
+        """Comparisons given as feature differences x [N, d] (one row per comparison): each x is a
+        chosen row of the table and one zero row is every rejected row."""
+        features = torch.as_tensor(features)
+        if features.dim() != 2:
+            raise ValueError(f"features must be [N, d], got shape {tuple(features.shape)}")
+        n = len(features)
+        table = torch.cat([features, features.new_zeros(1, features.shape[1])])
+        return cls(users, n_users, table, torch.arange(n), torch.full((n,), n))
+
+    @classmethod
+    def from_user_list(cls, user_tensors) -> "Comparisons":
+        """The original's format, a list of per-user feature tensors [m_i, d], as one set."""
+        if isinstance(user_tensors, torch.Tensor) or not hasattr(user_tensors, "__len__") or not len(user_tensors):
+            raise ValueError("expected a non-empty list of per-user tensors [m_i, d] (or a Comparisons)")
         tensors = [torch.as_tensor(x) for x in user_tensors]
-        if not tensors:
-            raise ValueError("expected at least one user's features")
         for i, x in enumerate(tensors):
-            if x.dim() != 2:
-                raise ValueError(f"user {i}: features must be 2-D [m_i, d], got shape {tuple(x.shape)}")
-            if x.shape[1] != tensors[0].shape[1]:
-                raise ValueError(f"user {i}: features have d = {x.shape[1]}, user 0 has d = {tensors[0].shape[1]}"
-                                 f" (shape {tuple(x.shape)}); every user needs the same d")
-        device = tensors[0].device if device is None else torch.device(device)
-        if dtype is None:
-            dtype = tensors[0].dtype if tensors[0].dtype in _FLOAT_DTYPES else torch.float32
-        counts = torch.tensor([x.shape[0] for x in tensors])
-        users = torch.repeat_interleave(torch.arange(len(tensors)), counts)
-        features = torch.cat([x.to(device=device, dtype=dtype) for x in tensors])
-        return cls(users.to(device), len(tensors), features=features)
+            if x.dim() != 2 or x.shape[1] != tensors[0].shape[1]:
+                raise ValueError(f"user {i}: features must be [m_i, d] with the d of user 0 "
+                                 f"({tensors[0].shape[-1]}), got shape {tuple(x.shape)}")
+        dtype = tensors[0].dtype if tensors[0].dtype in _FLOAT_DTYPES else torch.float32
+        users = torch.repeat_interleave(torch.arange(len(tensors)), torch.tensor([len(x) for x in tensors]))
+        return cls.from_features(users, len(tensors), torch.cat([x.to(tensors[0].device, dtype) for x in tensors]))
 
     def to(self, device=None, dtype=None) -> "Comparisons":
         """The same comparisons on another device / float dtype (self when nothing changes)."""
-        device = self.device if device is None else torch.device(device)
-        dtype = self.dtype if dtype is None else dtype
-        if device == self.device and dtype == self.dtype:
+        table = self.table.to(device=device or self.device, dtype=dtype or self.dtype)
+        if table is self.table:
             return self
-        store = self._store.to(device=device, dtype=dtype)
-        if self.dense:
-            return Comparisons(self.users.to(device), self.n_users, features=store)
-        return Comparisons(self.users.to(device), self.n_users, table=store, chosen=self.chosen.to(device),
-                           rejected=self.rejected.to(device))
+        return Comparisons(self.users, self.n_users, table, self.chosen, self.rejected)
 
     def select(self, index, users=None, n_users=None) -> "Comparisons":
-        """The comparisons at `index` (long indices or bool mask [N]); optionally relabel their users.
-        The indexed form keeps its table (no copy of features)."""
+        """The comparisons at `index` (long indices or bool mask [N]), optionally with relabelled users;
+        the table is shared, not copied."""
         index = torch.as_tensor(index, device=self.device)
-        if index.dtype == torch.bool:
-            index = index.nonzero().squeeze(1)
-        users = self.users[index] if users is None else torch.as_tensor(users, device=self.device)
-        n_users = self.n_users if n_users is None else n_users
-        if self.dense:
-            return Comparisons(users, n_users, features=self.features[index])
-        return Comparisons(users, n_users, table=self.table, chosen=self.chosen[index],
-                           rejected=self.rejected[index])
+        users = self.users[index] if users is None else users
+        return Comparisons(users, self.n_users if n_users is None else n_users, self.table, self.chosen[index],
+                           self.rejected[index])
 
     def compact(self) -> "Comparisons":
-        """Indexed form: drop the table rows no comparison uses, so each pass reads only live rows."""
-        if self.dense:
-            return self
+        """The same comparisons over only the table rows they use (each pass then reads live rows only)."""
         rows, inverse = torch.unique(torch.cat([self.chosen, self.rejected]), return_inverse=True)
-        if len(rows) == self.table.shape[0]:
+        if len(rows) == len(self.table):
             return self
-        return Comparisons(self.users, self.n_users, table=self.table[rows], chosen=inverse[: self.N],
-                           rejected=inverse[self.N:])
+        return Comparisons(self.users, self.n_users, self.table[rows], inverse[:self.N], inverse[self.N:])
 
     def user_list(self) -> list[torch.Tensor]:
-        """Per-user feature tensors [m_i, d] (materialises rows; for small sets and the original API)."""
+        """Per-user feature tensors [m_i, d] (materialised: for small sets and the original API)."""
         order = torch.argsort(self.users, stable=True)
-        rows = self.features[order] if self.dense else self.table[self.chosen[order]] - self.table[self.rejected[order]]
+        rows = self.table[self.chosen[order]] - self.table[self.rejected[order]]
         return list(torch.split(rows, self.counts().tolist()))
 
-    # --- the two products every trainer needs --------------------------------------------------
-    def _project(self, V: torch.Tensor) -> torch.Tensor:
-        if self.dense:
-            return _x_v(self.features, V)
-        projected = _x_v(self.table, V)                       # [T, B]: one pass over the table
-        return projected[self.chosen] - projected[self.rejected]
-
     def project(self, V: torch.Tensor) -> torch.Tensor:
-        """[N, B] = x_n @ V for every comparison; differentiable in V (backward = project_T)."""
+        """[N, B] = x_n @ V for every comparison: one pass over the table, then a gather (autograd works)."""
         if V.dim() != 2 or V.shape[0] != self.d:
             raise ValueError(f"V must be [d, B] with d = {self.d}, got shape {tuple(V.shape)}")
-        if V.requires_grad and torch.is_grad_enabled():
-            return _Project.apply(V, self)
-        return self._project(V)
+        projected = self.table @ V
+        return projected[self.chosen] - projected[self.rejected]
 
     def project_T(self, G: torch.Tensor) -> torch.Tensor:
-        """[d, B] = sum_n x_n G_n^T = X^T @ G for G [N, B] (indexed form: scatter G onto the table rows,
-        then table^T @ scattered), one streaming pass over the features."""
-        if self.dense:
-            return _xt_g(self.features, G)
-        scattered = torch.zeros(self.table.shape[0], G.shape[1], dtype=G.dtype, device=G.device)
+        """[d, B] = X^T @ G = sum_n x_n G_n^T for G [N, B]: G scattered onto the table rows, then one pass
+        over the table, as (G^T @ table)^T (several times faster than table^T @ G for a row-major table)."""
+        scattered = torch.zeros(len(self.table), G.shape[1], dtype=G.dtype, device=G.device)
         scattered.index_add_(0, self.chosen, G).index_add_(0, self.rejected, G, alpha=-1)
-        return _xt_g(self.table, scattered)
-
-
-def create_sparse_tensor(user_tensors, device=None) -> Comparisons:
-    """The original's packing of per-user features [m_i, d] for batched evaluation: a Comparisons."""
-    if isinstance(user_tensors, Comparisons):
-        return user_tensors if device is None else user_tensors.to(device)
-    return Comparisons.from_user_list(user_tensors, device=device)
+        return (scattered.t() @ self.table).t()
 
 
 def as_comparisons(X, device=None, dtype=None) -> Comparisons:
-    """A Comparisons from a list of per-user tensors [m_i, d] or a Comparisons, on `device`/`dtype`."""
+    """A Comparisons from a list of per-user tensors [m_i, d] or a Comparisons, on `device`/`dtype`
+    (a non-float table becomes float32)."""
     comparisons = X if isinstance(X, Comparisons) else Comparisons.from_user_list(X)
     if dtype is None and comparisons.dtype not in _FLOAT_DTYPES:
         dtype = torch.float32
-    return comparisons.to(device=device, dtype=dtype)
+    return comparisons.to(device=None if device is None else torch.device(device), dtype=dtype)
 
 
 def _as_basis(V, d: int | None = None, name: str = "V") -> torch.Tensor:
     """V as [d, B]; a reward head [d] becomes [d, 1]."""
     V = torch.as_tensor(V)
-    if V.dim() == 1:
-        V = V[:, None]
+    V = V[:, None] if V.dim() == 1 else V
     if V.dim() != 2 or (d is not None and V.shape[0] != d):
-        want = f"[{d}, B] or [{d}]" if d is not None else "[d, B] or [d]"
-        raise ValueError(f"{name} must be {want}, got shape {tuple(V.shape)}")
+        raise ValueError(f"{name} must be [{d if d is not None else 'd'}, B] or [{d if d is not None else 'd'}], "
+                         f"got shape {tuple(V.shape)}")
     return V
 
 
@@ -573,22 +451,20 @@ def _as_user_weights(W, n_users: int, B: int) -> torch.Tensor:
     """User weights as [C, B] from a [C, B] tensor or a list of C weight vectors [B]."""
     if not isinstance(W, torch.Tensor):
         W = torch.stack([torch.as_tensor(w).reshape(-1) for w in W])
-    if W.dim() == 1 and B == 1:
-        W = W[:, None]
-    if W.dim() != 2 or W.shape[0] != n_users or W.shape[1] != B:
+    W = W[:, None] if W.dim() == 1 and B == 1 else W
+    if W.dim() != 2 or W.shape != (n_users, B):
         raise ValueError(f"user weights must be [{n_users}, {B}] (one row per user, one column per basis "
                          f"vector), got shape {tuple(W.shape)}")
     return W
 
 
+# =============================================================================
+# trainers: names and signatures of the original; seed, device, dtype and progress are keywords
+
+
 def bradley_terry_nll(margins: torch.Tensor) -> torch.Tensor:
     """-log sigmoid(s) per comparison, for margins s [N] already divided by the temperature."""
     return F.softplus(-margins)
-
-
-def margins(P: torch.Tensor, weights: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-    """s [N] = rowsum(P * weights[users]) / 100 for P = X @ V [N, B], weights [C, B], users [N]."""
-    return (P * weights[users]).sum(1) / TEMPERATURE
 
 
 def cosine_warmup_alpha(iteration: int, num_iterations: int, alpha: float) -> float:
@@ -603,9 +479,9 @@ def cosine_warmup_alpha(iteration: int, num_iterations: int, alpha: float) -> fl
     return float(alpha) * (iteration - start) / (end - start)
 
 
-def cosine_regularizer(V: torch.Tensor, V_sft: torch.Tensor) -> torch.Tensor:
-    """mean_b (1 - cos(V_b, V_sft)) for V [d, B] and V_sft [d, 1]."""
-    return torch.mean(1 - (F.normalize(V, dim=0) * F.normalize(V_sft, dim=0)).sum(0))
+def cosine_regularizer(V: torch.Tensor, V_ref: torch.Tensor) -> torch.Tensor:
+    """mean_b (1 - cos(V_b, V_ref)) for V [d, B] and the reference head V_ref [d, 1]."""
+    return torch.mean(1 - (F.normalize(V, dim=0) * F.normalize(V_ref, dim=0)).sum(0))
 
 
 def prune_basis(weights: torch.Tensor, V: torch.Tensor, threshold: float = PRUNE_THRESHOLD):
@@ -623,14 +499,10 @@ def _progress(iterable, desc: str, progress: bool):
     return tqdm(iterable, desc=desc, disable=None if progress else True, leave=False, mininterval=1.0)
 
 
-# -----------------------------------------------------------------------------
-# trainers (SPEC 1.3): names and signatures of the original; seed/device/dtype/progress are keywords
-
-
 class _Adam:
-    """torch.optim.Adam's update (defaults: betas 0.9/0.999, eps 1e-8, no weight decay) on one tensor
-    whose gradient the caller computes in closed form: the same arithmetic as torch's single-tensor
-    Adam, without the optimizer's per-step Python overhead (it dominates small O(N.B) iterations)."""
+    """torch.optim.Adam's update (betas 0.9/0.999, eps 1e-8, no weight decay) on one tensor whose
+    gradient the caller computes in closed form: the same arithmetic as torch's single-tensor Adam,
+    without the optimizer's per-step overhead (it dominates small O(N.B) iterations)."""
 
     def __init__(self, param: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.param, self.lr, (self.beta1, self.beta2), self.eps = param, float(lr), betas, eps
@@ -649,8 +521,8 @@ class _Adam:
 
 @torch.no_grad()
 def _bradley_terry_step(P, W, users, row_weight, need_W=True, need_P=False, need_loss=True):
-    """Loss sum_n row_weight_n * (-log sigmoid(s_n)), s_n = P_n . softmax(W)_{users n} / 100, and its
-    closed-form gradients: dL/dW [C, B] (through the softmax) and dL/dP [N, B]. P = X @ V [N, B]."""
+    """Loss sum_n row_weight_n * (-log sigmoid(s_n)) with s_n = P_n . softmax(W)_{users_n} / 100, and its
+    closed-form gradients dL/dW [C, B] (through the softmax) and dL/dP [N, B], for P = X @ V [N, B]."""
     weights = torch.softmax(W, 1)
     w_rows = weights[users]
     s = (P * w_rows).sum(1) / TEMPERATURE
@@ -665,6 +537,11 @@ def _bradley_terry_step(P, W, users, row_weight, need_W=True, need_P=False, need
     return loss, grad_W, grad_P
 
 
+def _per_user_mean_weights(comparisons: "Comparisons", dtype) -> torch.Tensor:
+    """[N] row weights 1 / m_user: a sum of them over rows is the sum over users of their mean."""
+    return (1.0 / comparisons.counts().clamp(min=1).to(dtype))[comparisons.users]
+
+
 class _Trainer:
     def __init__(self, V_sft, alpha, num_classes, num_features, num_iterations, learning_rate, seed, device,
                  dtype, progress):
@@ -676,7 +553,7 @@ class _Trainer:
         if self.V_sft is not None and self.V_sft.shape[1] != 1:
             raise ValueError(f"V_sft must be [{self.num_features}, 1], got shape {tuple(self.V_sft.shape)}")
         if self.alpha > 0 and self.V_sft is None:
-            raise ValueError("alpha > 0 needs V_sft (the reference reward head, [d, 1])")
+            raise ValueError("alpha > 0 needs V_sft (the reference reward head V_ref, [d, 1])")
         self.loss_history = None
 
     def _check(self, X) -> Comparisons:
@@ -689,9 +566,7 @@ class _Trainer:
     def train(self, X):
         """Fit on X (a list of per-user tensors [m_i, d] or a Comparisons); see the subclass for what
         it returns."""
-        comparisons = self._check(X)
-        with _lean_threads(comparisons):
-            return self._fit(comparisons)
+        return self._fit(self._check(X))
 
 
 class LoRe(_Trainer):
@@ -699,8 +574,7 @@ class LoRe(_Trainer):
 
     Loss = sum over users of the mean Bradley-Terry NLL over that user's comparisons
     + alpha * sum_b ||V_b - V_sft||^2 (when alpha > 0). Per iteration one P = X @ V and one X^T @ dL/dP.
-    `.train(X)` takes a list of per-user tensors [m_i, d] or a Comparisons and returns
-    (softmax(W) [C, B], V [d, B]).
+    `.train(X)` returns (softmax(W) [C, B], V [d, B]).
     """
 
     def __init__(self, V_sft, alpha, num_classes, num_features, num_basis_vectors, num_iterations,
@@ -714,13 +588,12 @@ class LoRe(_Trainer):
     def loss(self, X) -> torch.Tensor:
         """Sum over users of their mean NLL (+ alpha * sum_b ||V_b - V_sft||^2) at the current W, V."""
         comparisons = self._check(X)
-        row_weight = (1.0 / comparisons.counts().clamp(min=1).to(self.dtype))[comparisons.users]
-        loss = _bradley_terry_step(comparisons.project(self.V), self.W, comparisons.users, row_weight, False)[0]
+        loss = _bradley_terry_step(comparisons.project(self.V), self.W, comparisons.users,
+                                   _per_user_mean_weights(comparisons, self.dtype), need_W=False)[0]
         return loss + self.alpha * ((self.V - self.V_sft) ** 2).sum() if self.alpha > 0 else loss
 
     def _fit(self, comparisons: Comparisons):
-        users = comparisons.users
-        row_weight = (1.0 / comparisons.counts().clamp(min=1).to(self.dtype))[users]   # per-user means
+        users, row_weight = comparisons.users, _per_user_mean_weights(comparisons, self.dtype)
         adam_W, adam_V = _Adam(self.W, self.learning_rate), _Adam(self.V, self.learning_rate)
         losses = torch.empty(self.num_iterations, dtype=self.dtype, device=self.device)
         for t in _progress(range(self.num_iterations), "LoRe", self.progress):
@@ -784,18 +657,17 @@ class LoRe_regularized(_Trainer):
 
 
 class PersonalizeBatch:
-    """Few-shot personalisation with V frozen: per-user logits W ~ N(0,1) [C, B], Adam on
-    sum over users of their mean NLL. X @ V is computed once; every iteration after that is O(N.B),
-    for all users at once. `.train(X, V)` returns a list of C weight vectors softmax(w_i) [B]
-    (`.weights` holds them as [C, B]; `.train_weights` returns that tensor).
+    """Few-shot personalisation with V frozen: per-user logits W ~ N(0,1) [C, B], Adam on the sum over
+    users of their mean NLL. X @ V is computed once; every iteration after that is O(N.B), for all users
+    at once. `.train(X, V)` returns a list of C weight vectors softmax(w_i) [B] (`.train_weights` the
+    same as one [C, B] tensor, also kept in `.weights`).
     """
 
     def __init__(self, num_classes, num_features, num_basis_vectors, num_iterations, learning_rate, *,
                  seed: int = 0, device=None, dtype=torch.float32, progress: bool = True):
-        self.device = _resolve_device(device)
-        self.dtype = dtype
+        self.device, self.dtype, self.progress = _resolve_device(device), dtype, progress
         self.num_classes, self.num_features = int(num_classes), int(num_features)
-        self.num_iterations, self.learning_rate, self.progress = int(num_iterations), float(learning_rate), progress
+        self.num_iterations, self.learning_rate = int(num_iterations), float(learning_rate)
         self.W = torch.randn(num_classes, num_basis_vectors, generator=_generator(seed), dtype=dtype).to(self.device)
         self.weights = None
 
@@ -808,13 +680,11 @@ class PersonalizeBatch:
         V = _as_basis(V, comparisons.d).to(self.device, self.dtype)
         if V.shape[1] != self.W.shape[1]:
             raise ValueError(f"V has {V.shape[1]} columns, the model {self.W.shape[1]} basis vectors")
-        users = comparisons.users
         P = comparisons.project(V)                                             # once: V is frozen
-        row_weight = (1.0 / comparisons.counts().clamp(min=1).to(self.dtype))[users]
+        row_weight = _per_user_mean_weights(comparisons, self.dtype)
         adam = _Adam(self.W, self.learning_rate)
-        with _lean_threads(comparisons):
-            for _ in _progress(range(self.num_iterations), "PersonalizeBatch", self.progress):
-                adam.step(_bradley_terry_step(P, self.W, users, row_weight, need_loss=False)[1])
+        for _ in _progress(range(self.num_iterations), "PersonalizeBatch", self.progress):
+            adam.step(_bradley_terry_step(P, self.W, comparisons.users, row_weight, need_loss=False)[1])
         self.weights = torch.softmax(self.W, 1)
         return self.weights
 
@@ -824,7 +694,8 @@ class PersonalizeBatch:
 
 def solve_regularized(V_sft, alpha, X, K, num_iterations, learning_rate, *, seed=0, device=None, dtype=None,
                       progress=True):
-    """Fit `LoRe` with K basis vectors on X (d and the number of users from the data): (softmax(W), V)."""
+    """Fit the joint LoRe (`LoRe`: Adam on W and V together, optional L2 pull towards V_sft) with K basis
+    vectors on X; d and the number of users come from the data. Returns (softmax(W) [C, K], V [d, K])."""
     comparisons = as_comparisons(X, device, dtype)
     model = LoRe(V_sft, alpha, comparisons.n_users, comparisons.d, K, num_iterations, learning_rate, seed=seed,
                  device=comparisons.device, dtype=comparisons.dtype, progress=progress)
@@ -856,127 +727,17 @@ def _few_shot_weights(X, V, num_iterations, learning_rate, *, seed=0, device=Non
     return model.train_weights(comparisons, V)
 
 
-# -----------------------------------------------------------------------------
-# evaluation: per-user accuracy (correct iff x . V . w > 0, a tie is wrong), mean and std over users
+# =============================================================================
+# pipelines
 
 
-def per_user_accuracy(X, V, W) -> torch.Tensor:
-    """[C] fraction of each user's comparisons with x . V . w_user > 0 (NaN for a user with none).
-    X: list of [m_i, d] or Comparisons; V [d, B] (or a head [d]); W [C, B] or a list of C vectors [B]."""
-    comparisons = as_comparisons(X).compact()
-    V = _as_basis(V, comparisons.d).to(comparisons.device, comparisons.dtype)
-    W = _as_user_weights(W, comparisons.n_users, V.shape[1]).to(comparisons.device, comparisons.dtype)
-    with torch.no_grad():
-        return _accuracy_from_projection(comparisons, comparisons.project(V), W)
-
-
-def _accuracy_from_projection(comparisons: Comparisons, P: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    """Per-user accuracy [C] (CPU) from P = X @ V [N, B] and user weights W [C, B]."""
-    correct = ((P * W[comparisons.users]).sum(1) > 0).to(P.dtype)
-    hits = torch.zeros(comparisons.n_users, dtype=P.dtype, device=P.device).index_add_(0, comparisons.users, correct)
-    return (hits / comparisons.counts()).cpu()          # 0/0 = NaN for users without comparisons
-
-
-def eval_multiple(X, V, W) -> tuple[float, float]:
-    """(mean, std) over users of per-user accuracy (raw std, population form; users without comparisons
-    are left out). Multiply the std by STD_BAND_FACTOR for the original's plot band."""
-    accuracy = per_user_accuracy(X, V, W).numpy()
-    accuracy = accuracy[~np.isnan(accuracy)]
-    if len(accuracy) == 0:
-        return float("nan"), float("nan")
-    return float(accuracy.mean()), float(accuracy.std())
-
-
-def evaluate_model(X, V, w) -> float:
-    """Accuracy of one user: X [m, d] features, V [d, B], w [B]: the fraction with x . V . w > 0."""
-    X = torch.as_tensor(X)
-    if X.dim() != 2:
-        raise ValueError(f"X must be one user's features [m, d], got shape {tuple(X.shape)}")
-    V = _as_basis(V, X.shape[1]).to(X.device, X.dtype)
-    w = torch.as_tensor(w).reshape(-1).to(X.device, X.dtype)
-    if w.shape[0] != V.shape[1]:
-        raise ValueError(f"w must have {V.shape[1]} entries (one per basis vector), got shape {tuple(w.shape)}")
-    with torch.no_grad():
-        return float(((X @ (V @ w)) > 0).float().mean()) if X.shape[0] else float("nan")
-
-
-def sample_shots(X, num_shots: int, seed: int = 0, generator: torch.Generator | None = None):
-    """min(m_i, num_shots) comparisons of each user drawn without replacement (seeded), in their
-    original order. Returns the same kind as X: a Comparisons (same users) or a list of tensors."""
-    as_list = not isinstance(X, Comparisons)
-    comparisons = as_comparisons(X)
-    index = _shot_index(comparisons, num_shots, _generator(seed) if generator is None else generator)
-    chosen = comparisons.select(index)
-    return chosen.user_list() if as_list else chosen
-
-
-def _shot_index(comparisons: Comparisons, num_shots: int, generator: torch.Generator) -> torch.Tensor:
-    users = comparisons.users.cpu()
-    order = torch.randperm(comparisons.N, generator=generator)       # random order within each user...
-    order = order[torch.argsort(users[order], stable=True)]           # ...grouped by user
-    counts = comparisons.counts().cpu()
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(comparisons.N) - starts[users[order]]
-    return order[rank < num_shots].sort().values.to(comparisons.device)
-
-
-# -----------------------------------------------------------------------------
-# the planted population in feature space (tests, benchmarks): B* latent reward directions in R^d,
-# users as Dirichlet mixtures, Bradley-Terry labels with the 1/100 temperature
-
-
-def generate_population(num_users: int, num_features: int, num_basis_vectors: int, *, concentration: float = 0.3,
-                        margin_std: float = 4.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Planted truth: (V_star [d, B*], W_star [C, B*]). Directions are orthogonal, each of norm
-    margin_std * 100, so a pure user's margin x . V_star . w / 100 over x ~ N(0, I_d) has std margin_std;
-    user weights are Dirichlet(concentration) rows on the simplex (small = users differ more)."""
-    rng = np.random.default_rng(seed)
-    directions, _ = np.linalg.qr(rng.standard_normal((num_features, num_basis_vectors)))
-    V_star = torch.tensor(directions * margin_std * TEMPERATURE, dtype=torch.float32)
-    W_star = torch.tensor(rng.dirichlet(concentration * np.ones(num_basis_vectors), size=num_users),
-                          dtype=torch.float32)
-    return V_star, W_star
-
-
-generate_popupulation = generate_population  # the original's spelling
-
-
-def simulate_population(V_star, W_star, num_comparisons, *, seed: int = 0) -> tuple[Comparisons, torch.Tensor]:
-    """Comparisons of every planted user, batched: x ~ N(0, I_d), user i prefers x's first side with
-    probability p = sigmoid(x . V_star . w_i / 100); the feature is oriented chosen - rejected.
-    `num_comparisons`: one int for all users or one per user. Returns (dense Comparisons, the
-    Bayes-optimal probability of a correct prediction max(p, 1 - p) [N])."""
-    V_star, W_star = torch.as_tensor(V_star, dtype=torch.float32), torch.as_tensor(W_star, dtype=torch.float32)
-    n_users = W_star.shape[0]
-    counts = torch.as_tensor(num_comparisons).long().reshape(-1).expand(n_users) if np.ndim(num_comparisons) == 0 \
-        else torch.as_tensor(num_comparisons).long()
-    users = torch.repeat_interleave(torch.arange(n_users), counts)
-    g = _generator(seed)
-    x = torch.randn(len(users), V_star.shape[0], generator=g)
-    p = torch.sigmoid((x @ V_star * W_star[users]).sum(1) / TEMPERATURE)
-    first_wins = torch.rand(len(users), generator=g) < p
-    features = torch.where(first_wins[:, None], x, -x)
-    return Comparisons(users, n_users, features=features), torch.maximum(p, 1 - p)
-
-
-def simulate_user(V_star, w_star, num_comparisons: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One planted user's comparisons: (features [m, d] oriented chosen - rejected, Bayes probability [m])."""
-    comparisons, bayes = simulate_population(V_star, torch.as_tensor(w_star).reshape(1, -1), num_comparisons,
-                                             seed=seed)
-    return comparisons.features, bayes
-
-
-def bayes_accuracy(comparisons: Comparisons, bayes_probability: torch.Tensor) -> float:
-    """Expected accuracy of the planted (Bayes-optimal) model, averaged per user then over users, as
-    the reported accuracies are."""
-    per_user = torch.zeros(comparisons.n_users, dtype=torch.float64)
-    per_user.index_add_(0, comparisons.users.cpu(), bayes_probability.double().cpu())
-    per_user = per_user / comparisons.counts().cpu()
-    return float(per_user[~per_user.isnan()].mean())
-
-
-# -----------------------------------------------------------------------------
-# pipelines (SPEC 1.4)
+class SweepResults(tuple):
+    """What `run` / `run_regularized` return: the original's 8 lists (seen train mean, seen test mean,
+    unseen few-shot train mean, unseen test mean, then the same four as bands = 0.25 x the std over
+    users), each of length len(alpha_list) * len(K_list), alpha-major. `.runs` holds, per (alpha, K):
+    "alpha", "K", "basis_size" (columns of V after pruning), "cosine_to_ref" (cos(V_b, V_ref) per
+    column), and "per_user" {group: [C] accuracies (NaN: no comparison)}."""
+    runs: list
 
 
 def _save_tensor(path: Path, tensor: torch.Tensor, key: str) -> None:
@@ -997,42 +758,41 @@ def lore_file_names(dataset_name: str | None, K: int, alpha) -> tuple[str, str]:
     return f"{prefix}V_lore_K_{K}_alpha_{alpha}.pt", f"{prefix}W_lore_seen_{K}_{alpha}.pt"
 
 
-def _check_groups(N, N_unseen, *groups):
-    train, test, train_unseen, test_unseen = groups
-    for name, group, want in (("train_features", train, N), ("test_features_sparse", test, N),
-                              ("train_features_unseen", train_unseen, N_unseen),
-                              ("test_features_sparse_unseen", test_unseen, N_unseen)):
-        if group.n_users != want:
-            raise ValueError(f"{name} has {group.n_users} users, expected {want} (N = {N}, N_unseen = {N_unseen})")
-    if len({g.d for g in groups}) != 1:
-        raise ValueError(f"every feature group needs the same d, got {[g.d for g in groups]}")
+GROUP_NAMES = ("seen_train", "seen_test", "unseen_train", "unseen_test")
 
 
 def _prepare(V_final, groups, N, N_unseen, device):
+    """The four groups as Comparisons on one device and dtype, checked, and V_final as [d, 1]."""
     device = _resolve_device(device)
     first = as_comparisons(groups[0], device)
-    dtype = first.dtype
-    groups = [first] + [as_comparisons(g, device, dtype) for g in groups[1:]]
-    _check_groups(N, N_unseen, *groups)
+    groups = [first] + [as_comparisons(g, device, first.dtype) for g in groups[1:]]
+    for name, group, want in zip(GROUP_NAMES, groups, (N, N, N_unseen, N_unseen)):
+        if group.n_users != want:
+            raise ValueError(f"{name} has {group.n_users} users, expected {want} (N = {N}, N_unseen = {N_unseen})")
+        if group.d != first.d:
+            raise ValueError(f"every group needs the same d, got {[g.d for g in groups]}")
     if V_final is not None:
-        V_final = _as_basis(V_final, groups[0].d, "V_final").to(device, dtype)
+        V_final = _as_basis(V_final, first.d, "V_final").to(device, first.dtype)
         if V_final.shape[1] != 1:
-            raise ValueError(f"V_final (the reference reward head) must be [{groups[0].d}, 1] or "
-                             f"[{groups[0].d}], got shape {tuple(V_final.shape)}")
+            raise ValueError(f"V_final (the reference head V_ref) must be [{first.d}, 1] or [{first.d}], got "
+                             f"shape {tuple(V_final.shape)}")
     return V_final, groups, device
 
 
+def _reference(V_final, K):
+    if V_final is None:
+        raise ValueError(f"K = {K} evaluates the reference head: pass V_final ([d, 1] or [d])")
+    return V_final
+
+
 def _pipeline(fit, K_list, alpha_list, V_final, groups, N, N_unseen, device, fewshot_iterations,
-              fewshot_learning_rate, seed, results_dir, dataset_name, progress):
+              fewshot_learning_rate, seed, results_dir, dataset_name, progress) -> SweepResults:
     V_final, (train, test, train_unseen, test_unseen), device = _prepare(V_final, groups, N, N_unseen, device)
-    means = [[], [], [], []]
-    bands = [[], [], [], []]
-    runs = [(alpha, K) for alpha in alpha_list for K in K_list]
-    for alpha, K in tqdm(runs, desc="alpha, K", disable=None if progress else True):
+    means, bands, runs = [[], [], [], []], [[], [], [], []], []
+    for alpha, K in tqdm([(a, K) for a in alpha_list for K in K_list], desc="alpha, K",
+                         disable=None if progress else True):
         if K == 0:
-            if V_final is None:
-                raise ValueError("K = 0 evaluates the reference head: pass V_final ([d, 1] or [d])")
-            V, weights_seen = V_final, torch.ones(N, 1, dtype=V_final.dtype, device=device)
+            V, weights_seen = _reference(V_final, K), torch.ones(N, 1, dtype=train.dtype, device=device)
         else:
             weights_seen, V = fit(V_final, alpha, train, K, seed=derived_seed(seed, 0), progress=progress)
             if results_dir is not None:
@@ -1044,30 +804,34 @@ def _pipeline(fit, K_list, alpha_list, V_final, groups, N, N_unseen, device, few
         else:
             weights_unseen = _few_shot_weights(train_unseen, V, fewshot_iterations, fewshot_learning_rate,
                                                seed=derived_seed(seed, 1), progress=progress)
-        for i, (group, weights) in enumerate(((train, weights_seen), (test, weights_seen),
-                                              (train_unseen, weights_unseen), (test_unseen, weights_unseen))):
-            mean, std = eval_multiple(group, V, weights)
+        per_user = {}
+        for i, (name, group, weights) in enumerate(zip(GROUP_NAMES, (train, test, train_unseen, test_unseen),
+                                                       (weights_seen, weights_seen, weights_unseen, weights_unseen))):
+            per_user[name] = per_user_accuracy(group, V, weights)
+            mean, std = _mean_and_std(per_user[name])
             means[i].append(mean)
             bands[i].append(STD_BAND_FACTOR * std)
-    return tuple(means + bands)
+        cosine = None if V_final is None else (F.normalize(V, dim=0) * F.normalize(V_final, dim=0)).sum(0)
+        runs.append({"alpha": alpha, "K": K, "basis_size": int(V.shape[1]), "per_user": per_user,
+                     "cosine_to_ref": None if cosine is None else cosine.cpu().tolist()})
+    out = SweepResults(means + bands)
+    out.runs = runs
+    return out
 
 
 def run(K_list, alpha_list, V_final, train_features, test_features_sparse, train_features_unseen,
         test_features_sparse_unseen, N, N_unseen, device, *, num_iterations=1000, learning_rate=0.5,
         fewshot_iterations=500, fewshot_learning_rate=0.1, seed=0, results_dir=None, dataset_name=None,
-        progress=True):
+        progress=True) -> SweepResults:
     """Sweep alpha x K with the joint `LoRe` trainer; evaluate seen and (few-shot) unseen users.
 
-    Features: lists of per-user tensors [m_i, d] or Comparisons; the two seen groups have N users in
-    the same order, the two unseen groups N_unseen. K = 0: V = V_final ([d, 1] or [d]) and every user
+    Groups: lists of per-user tensors [m_i, d] or Comparisons; the two seen groups have N users in the
+    same order, the two unseen groups N_unseen. K = 0: V = V_final ([d, 1] or [d]) and every user
     weight [1.0]; K >= 1: `solve_regularized` (num_iterations, learning_rate, V_sft = V_final). Unseen
     users: K <= 1 uses w = [1.0], else `PersonalizeBatch` on train_features_unseen (fewshot_iterations,
     fewshot_learning_rate). device None: CUDA when present. Every fit and every K sees the same seeded
     draws. When results_dir is given, V and W of every K >= 1 are saved there (see run_regularized).
-
-    Returns 8 lists, each of length len(alpha_list) * len(K_list), alpha-major (for alpha: for K:):
-    (seen-user train mean, seen-user unseen-prompt test mean, unseen-user few-shot train mean,
-    unseen-user test mean, then the same four as bands = STD_BAND_FACTOR * std over users).
+    Returns a SweepResults: the original's 8 lists (see there), `.runs` with the details per (alpha, K).
     """
     def fit(V_sft, alpha, X, K, seed, progress):
         return solve_regularized(V_sft, alpha, X, K, num_iterations, learning_rate, seed=seed, progress=progress)
@@ -1079,10 +843,10 @@ def run(K_list, alpha_list, V_final, train_features, test_features_sparse, train
 def run_regularized(K_list, alpha_list, V_final, train_features, test_features_sparse, train_features_unseen,
                     test_features_sparse_unseen, N, N_unseen, device, *, num_iterations=20000, learning_rate=0.5,
                     fewshot_iterations=500, fewshot_learning_rate=0.5, seed=0, results_dir=None,
-                    dataset_name=None, progress=True):
+                    dataset_name=None, progress=True) -> SweepResults:
     """`run` with the alternating, cosine-regularised `LoRe_regularized` trainer (the PRISM pipeline).
 
-    Same arguments and the same 8 returned lists as `run`. Saves, for every K >= 1, the pruned basis
+    Same arguments and returns as `run`. Saves, for every K >= 1, the pruned basis
     `<results_dir>/<dataset_name>_V_lore_K_{K}_alpha_{alpha}.pt` [d, B_kept] and the seen-user weights
     `<dataset_name>_W_lore_seen_{K}_{alpha}.pt` [N, B_kept] (plain tensors, loadable with
     weights_only=True), each with a .safetensors sibling (key "V" / "W"). results_dir is required.
@@ -1128,12 +892,10 @@ def _trial_statistics(per_trial_accuracy: list) -> dict:
     """{"mean", "std_trials", "std_users"} of per-trial per-user accuracies (users without comparisons,
     NaN, left out): the mean over trials of each trial's mean over users, the std over trials of those
     means (population form, as np.std), and the mean over trials of each trial's std over users."""
-    means, stds = [], []
-    for accuracy in per_trial_accuracy:
-        accuracy = accuracy[~np.isnan(accuracy)]
-        means.append(accuracy.mean() if len(accuracy) else np.nan)
-        stds.append(accuracy.std() if len(accuracy) else np.nan)
-    return {"mean": float(np.mean(means)), "std_trials": float(np.std(means)), "std_users": float(np.mean(stds))}
+    statistics = [_mean_and_std(accuracy) for accuracy in per_trial_accuracy]
+    means = [mean for mean, _ in statistics]
+    return {"mean": float(np.mean(means)), "std_trials": float(np.std(means)),
+            "std_users": float(np.mean([std for _, std in statistics]))}
 
 
 def run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, train_features, train_features_unseen,
@@ -1158,8 +920,7 @@ def run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, train_feature
         N, N_unseen, device)
     trials = int(trials)
     fit = solve_regularized_simplex if regularized else solve_regularized
-    # the shot draws depend only on (seed, shots, trial): the same for every alpha and K
-    draws = {}
+    draws = {}               # depend only on (seed, shots, trial): the same for every alpha and K
     for s in num_shots:
         index, users = [], []
         for trial in range(trials):
@@ -1174,9 +935,7 @@ def run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, train_feature
     for alpha in alpha_list:
         for K in tqdm(K_list, desc=f"alpha={alpha}: K", disable=None if progress else True):
             if K == 0:
-                if V_final is None:
-                    raise ValueError("K = 0 evaluates the reference head: pass V_final ([d, 1] or [d])")
-                V = V_final
+                V = _reference(V_final, K)
             else:
                 V = fit(V_final, alpha, train, K, num_iterations, learning_rate, seed=derived_seed(seed, 0),
                         progress=progress)[1]
@@ -1199,12 +958,74 @@ def run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, train_feature
     return FewShotCurves.build(runs, num_shots, capped)
 
 
-# -----------------------------------------------------------------------------
-# result files shared by the dataset scripts: JSON (settings, seed, means, raw stds), markdown, PNG
+def sample_shots(X, num_shots: int, seed: int = 0, generator: torch.Generator | None = None):
+    """min(m_i, num_shots) comparisons of each user drawn without replacement (seeded), in their
+    original order. Returns the same kind as X: a Comparisons (same users) or a list of tensors."""
+    comparisons = as_comparisons(X)
+    chosen = comparisons.select(_shot_index(comparisons, num_shots, generator or _generator(seed)))
+    return chosen if isinstance(X, Comparisons) else chosen.user_list()
+
+
+def _shot_index(comparisons: Comparisons, num_shots: int, generator: torch.Generator) -> torch.Tensor:
+    users = comparisons.users.cpu()
+    order = torch.randperm(comparisons.N, generator=generator)       # random order within each user...
+    order = order[torch.argsort(users[order], stable=True)]           # ...grouped by user
+    counts = comparisons.counts().cpu()
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(comparisons.N) - starts[users[order]]
+    return order[rank < num_shots].sort().values.to(comparisons.device)
+
+
+# =============================================================================
+# evaluation: per-user accuracy (correct iff x . V . w > 0, a tie is wrong), mean and std over users
+
+
+def per_user_accuracy(X, V, W) -> torch.Tensor:
+    """[C] fraction of each user's comparisons with x . V . w_user > 0 (NaN for a user with none), on the
+    CPU. X: list of [m_i, d] or Comparisons; V [d, B] (or a head [d]); W [C, B] or C vectors [B]."""
+    comparisons = as_comparisons(X).compact()
+    V = _as_basis(V, comparisons.d).to(comparisons.device, comparisons.dtype)
+    W = _as_user_weights(W, comparisons.n_users, V.shape[1]).to(comparisons.device, comparisons.dtype)
+    with torch.no_grad():
+        return _accuracy_from_projection(comparisons, comparisons.project(V), W)
+
+
+def _accuracy_from_projection(comparisons: Comparisons, P: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """Per-user accuracy [C] (CPU) from P = X @ V [N, B] and user weights W [C, B]."""
+    correct = ((P * W[comparisons.users]).sum(1) > 0).to(P.dtype)
+    hits = torch.zeros(comparisons.n_users, dtype=P.dtype, device=P.device).index_add_(0, comparisons.users, correct)
+    return (hits / comparisons.counts()).cpu()          # 0/0 = NaN for users without comparisons
+
+
+def _mean_and_std(per_user) -> tuple[float, float]:
+    """(mean, std) over the users that have comparisons (population std, as np.std); NaN when none."""
+    accuracy = np.asarray(per_user, dtype=np.float64)
+    accuracy = accuracy[~np.isnan(accuracy)]
+    return (float(accuracy.mean()), float(accuracy.std())) if len(accuracy) else (math.nan, math.nan)
+
+
+def accuracy_mean_std(X, V, W) -> tuple[float, float]:
+    """(mean, std) over users of per-user accuracy (raw std; users without comparisons left out).
+    Multiply the std by STD_BAND_FACTOR for the original's plot band."""
+    return _mean_and_std(per_user_accuracy(X, V, W))
+
+
+def eval_multiple(W_list, V_list, test_features) -> list[float]:
+    """The original's API: per-user accuracies of users test_features[i] with V_list[i] and W_list[i]."""
+    V = V_list[0] if isinstance(V_list, (list, tuple)) else V_list      # the original passed N copies of V
+    return per_user_accuracy(test_features, V, W_list).tolist()
+
+
+def evaluate_model(X, V, w) -> float:
+    """The original's API: accuracy of one user, X [m, d], V [d, B], w [B]."""
+    return float(per_user_accuracy([torch.as_tensor(X)], V, [w])[0])
+
+
+# =============================================================================
+# results and plots: JSON (settings, seed, means, raw stds), markdown tables, PNG plots
 
 RESULT_COLUMNS = ("seen users: train", "seen users: unseen prompts", "unseen users: few-shot train",
                   "unseen users: test")
-_RESULT_KEYS = ("seen_train", "seen_test", "unseen_fewshot_train", "unseen_test")
 
 
 def _json_value(value):
@@ -1212,6 +1033,8 @@ def _json_value(value):
         return None
     if isinstance(value, (np.floating, np.integer)):
         return _json_value(value.item())
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return _json_value(value.tolist())
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, (list, tuple)):
@@ -1221,69 +1044,90 @@ def _json_value(value):
     return value
 
 
-def _percent(mean, std) -> str:
+def percent(mean, std) -> str:
+    """"mean ± std" in % (one decimal), or "n/a"."""
     if mean is None or not math.isfinite(mean):
         return "n/a"
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def _rank_label(K) -> str:
+def rank_label(K) -> str:
     return "ref" if K == 0 else str(K)
 
 
+def selected_K(rows: list, alpha) -> int | None:
+    """The K >= 1 with the best seen-user / unseen-prompt accuracy at `alpha`: LoRe's rank chosen on
+    seen users only, so the unseen-user figure reported at it is not the one it was chosen by."""
+    candidates = [r for r in rows if r["alpha"] == alpha and r["K"] >= 1 and r["seen_test"]["mean"] is not None]
+    return max(candidates, key=lambda r: (r["seen_test"]["mean"], -r["K"]))["K"] if candidates else None
+
+
 def save_results(results_dir, name, settings, K_list, alpha_list, results, *, plot_name=None, title=None,
-                 extra=None) -> dict:
+                 extra=None, reference_lines=None) -> dict:
     """Write the result files of a `run`/`run_regularized` sweep into results_dir (created if missing).
 
-    results: the 8 lists returned by run/run_regularized (4 means, 4 bands = STD_BAND_FACTOR * std,
-    alpha-major over alpha_list x K_list). settings: `script_settings(globals())` (must include seed).
-    Writes
-      `<name>.json`: settings, seed, K_list, alpha_list, std_band_factor and, per (alpha, K), the mean
-                     and RAW std over users (band / STD_BAND_FACTOR) of the four accuracies, + `extra`;
+    results: what run/run_regularized returned (alpha-major over alpha_list x K_list). settings: the
+    script's `configure` snapshot (with seed). reference_lines: {label: accuracy} drawn as horizontal
+    lines (e.g. the planted Bayes-optimal accuracy). Writes
+      `<name>.json`: settings, seed, per (alpha, K) the mean and RAW std over users of the four
+                     accuracies, the basis size and cosines to V_ref, the K chosen on seen users per
+                     alpha, + `extra`;
       `<name>.md`:   per alpha a table, rows K ("ref" for K = 0), columns RESULT_COLUMNS, "mean ± std" %;
-      a PNG per alpha: accuracy vs rank (4 lines, x tick "ref" for K = 0, bands = 0.25 std), named
-                     plot_name.format(alpha=alpha) (default "<name>_alpha_{alpha}.png").
-    Returns {"json": Path, "markdown": Path, "plots": [Path, ...]}.
+      a PNG per alpha: accuracy vs rank (4 lines, x tick "ref" for K = 0, shaded ± 0.25 std as the
+                     original), named plot_name.format(alpha=alpha) (default "<name>_alpha_{alpha}.png").
+    Returns {"json": Path, "markdown": Path, "plots": [Path, ...], "rows": [...]}.
     """
     results_dir = Path(results_dir)
     K_list, alpha_list = list(K_list), list(alpha_list)
     if len(results) != 8 or any(len(r) != len(K_list) * len(alpha_list) for r in results):
         raise ValueError(f"results must be the 8 lists of run()/run_regularized(), each of length "
                          f"len(alpha_list) * len(K_list) = {len(K_list) * len(alpha_list)}")
-    means, bands = [list(map(float, r)) for r in results[:4]], [list(map(float, r)) for r in results[4:]]
+    means, stds = [list(map(float, r)) for r in results[:4]], [[b / STD_BAND_FACTOR for b in r] for r in results[4:]]
+    details = getattr(results, "runs", None) or [{}] * len(means[0])
     rows, markdown = [], [f"# {title or name}", ""]
-    for a, alpha in enumerate(alpha_list):
-        markdown += [f"## alpha = {alpha}", "", "| K | " + " | ".join(RESULT_COLUMNS) + " |",
-                     "|---" * (len(RESULT_COLUMNS) + 1) + "|"]
-        for k, K in enumerate(K_list):
-            i = a * len(K_list) + k
-            entry = {"alpha": alpha, "K": K}
-            cells = []
-            for key, mean, band in zip(_RESULT_KEYS, means, bands):
-                entry[key] = {"mean": mean[i], "std": band[i] / STD_BAND_FACTOR}
-                cells.append(_percent(mean[i], band[i] / STD_BAND_FACTOR))
-            rows.append(entry)
-            markdown.append(f"| {_rank_label(K)} | " + " | ".join(cells) + " |")
+    for i, (alpha, K) in enumerate((a, K) for a in alpha_list for K in K_list):
+        row = {"alpha": alpha, "K": K, **{key: {"mean": means[j][i], "std": stds[j][i]} for j, key in enumerate(GROUP_NAMES)}}
+        cosine = details[i].get("cosine_to_ref")
+        if cosine is not None and K >= 1:
+            row.update(basis_size=details[i]["basis_size"], cosine_to_ref=cosine,
+                       mean_cosine_to_ref=float(np.mean(cosine)))
+        rows.append(row)
+    chosen = {alpha: selected_K(rows, alpha) for alpha in alpha_list}
+    for alpha in alpha_list:
+        show_cosine = any("mean_cosine_to_ref" in r for r in rows if r["alpha"] == alpha)
+        markdown += [f"## alpha = {alpha}", "", "| K | " + " | ".join(RESULT_COLUMNS) + " |"
+                     + (" mean cos(V_b, V_ref) |" if show_cosine else ""),
+                     "|---" * (len(RESULT_COLUMNS) + 1 + show_cosine) + "|"]
+        for row in (r for r in rows if r["alpha"] == alpha):
+            cells = [percent(row[key]["mean"], row[key]["std"]) for key in GROUP_NAMES]
+            if show_cosine:
+                cells.append(f"{row['mean_cosine_to_ref']:.3f}" if "mean_cosine_to_ref" in row else "1")
+            label = rank_label(row["K"]) + (" (chosen on seen users)" if row["K"] == chosen[alpha] else "")
+            markdown.append(f"| {label} | " + " | ".join(cells) + " |")
         markdown.append("")
-    markdown.append(f"Accuracy in %, mean ± std over users (plots shade ± {STD_BAND_FACTOR} std).")
+    markdown.append(f"Accuracy in %, mean ± std over users (plots shade ± {STD_BAND_FACTOR} std, as the "
+                    "original). The chosen K is the best on seen users / unseen prompts.")
     payload = {"name": name, "settings": settings, "seed": settings.get("seed"), "K_list": K_list,
-               "alpha_list": alpha_list, "std_band_factor": STD_BAND_FACTOR, "results": rows, **(extra or {})}
+               "alpha_list": alpha_list, "std_band_factor": STD_BAND_FACTOR, "results": rows,
+               "K_chosen_on_seen_users": {str(a): k for a, k in chosen.items()}, **(extra or {})}
     json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
-    write_text_atomic(json_path, json.dumps(_json_value(payload), indent=1) + "\n")
+    write_json_atomic(json_path, payload)
     write_text_atomic(md_path, "\n".join(markdown) + "\n")
     plots = []
     for a, alpha in enumerate(alpha_list):
         section = slice(a * len(K_list), (a + 1) * len(K_list))
         path = results_dir / (plot_name or f"{name}_alpha_{{alpha}}.png").format(alpha=alpha)
-        _plot_lines(path, [_rank_label(K) for K in K_list],
-                    [(label, m[section], b[section]) for label, m, b in zip(RESULT_COLUMNS, means, bands)],
-                    xlabel="rank K", title=f"{title or name} (alpha = {alpha})")
+        _plot_lines(path, [rank_label(K) for K in K_list],
+                    [(label, m[section], [STD_BAND_FACTOR * s for s in sd[section]])
+                     for label, m, sd in zip(RESULT_COLUMNS, means, stds)],
+                    xlabel="rank K", title=f"{title or name} (alpha = {alpha})",
+                    band=f"± {STD_BAND_FACTOR} std over users", reference_lines=reference_lines)
         plots.append(path)
-    return {"json": json_path, "markdown": md_path, "plots": plots}
+    return {"json": json_path, "markdown": md_path, "plots": plots, "rows": rows}
 
 
 def save_fewshot_results(results_dir, name, settings, num_shots, K_list, alpha_list, results, *, plot_name=None,
-                         title=None, extra=None) -> dict:
+                         title=None, extra=None, reference_lines=None) -> dict:
     """Write the result files of `run_few_shot_vary_shots` (its FewShotCurves) into results_dir.
 
     Writes `<name>.json` (settings, seed, per (alpha, K, shots) the mean, the original's std over
@@ -1303,7 +1147,7 @@ def save_fewshot_results(results_dir, name, settings, num_shots, K_list, alpha_l
     rows, lines, markdown = [], [], [f"# {title or name}", ""]
     for run in runs:
         alpha, K = run["alpha"], run["K"]
-        markdown += [f"## alpha = {alpha}, K = {_rank_label(K)}", "",
+        markdown += [f"## alpha = {alpha}, K = {rank_label(K)}", "",
                      "| shots | " + " | ".join(label for _, label in groups) + " |", "|---|---|---|"]
         for j, s in enumerate(num_shots):
             entry = {"alpha": alpha, "K": K, "shots": s, "capped": s in capped}
@@ -1311,12 +1155,11 @@ def save_fewshot_results(results_dir, name, settings, num_shots, K_list, alpha_l
             for key, _ in groups:
                 figures = {k: run[key][k][j] for k in ("mean", "std_trials", "std_users")}
                 entry[key] = figures
-                cells.append(f"{_percent(figures['mean'], figures['std_trials'])} "
-                             f"({100 * figures['std_users']:.1f})")
+                cells.append(f"{percent(figures['mean'], figures['std_trials'])} ({100 * figures['std_users']:.1f})")
             rows.append(entry)
             markdown.append(f"| {s}{' (capped)' if s in capped else ''} | " + " | ".join(cells) + " |")
         markdown.append("")
-        tag = f"K={_rank_label(K)}" + (f", alpha={alpha}" if len(alpha_list) > 1 else "")
+        tag = f"K={rank_label(K)}" + (f", alpha={alpha}" if len(alpha_list) > 1 else "")
         lines += [(f"{label.split(': ')[1]} ({tag})", run[key]["mean"], run[key]["std_trials"])
                   for key, label in groups]
     markdown.append("Accuracy in %: mean over trials of the mean over users ± the std over trials (the "
@@ -1327,31 +1170,40 @@ def save_fewshot_results(results_dir, name, settings, num_shots, K_list, alpha_l
                "K_list": K_list, "alpha_list": alpha_list, "capped_shots": sorted(capped), "results": rows,
                **(extra or {})}
     json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
-    write_text_atomic(json_path, json.dumps(_json_value(payload), indent=1) + "\n")
+    write_json_atomic(json_path, payload)
     write_text_atomic(md_path, "\n".join(markdown) + "\n")
     plot_path = results_dir / (plot_name or f"{name}.png")
-    _plot_lines(plot_path, num_shots, lines, xlabel="shots per unseen user", title=title or name)
+    _plot_lines(plot_path, [f"{s}*" if s in capped else str(s) for s in num_shots], lines,
+                xlabel="shots per unseen user" + (" (* capped: the whole pool)" if capped else ""),
+                title=title or name, band="± std over trials", reference_lines=reference_lines)
     return {"json": json_path, "markdown": md_path, "plots": [plot_path]}
 
 
-def _plot_lines(path: Path, x_labels, lines, xlabel: str, title: str) -> None:
-    """Accuracy lines with shaded bands: lines = [(label, means, bands)] over the x_labels."""
+def _plot_lines(path: Path, x_labels, lines, xlabel: str, title: str, band: str, reference_lines=None) -> None:
+    """Accuracy lines with shaded bands (lines = [(label, means, band half-widths)]) over the x_labels,
+    dashed horizontal reference lines ({label: accuracy}), the legend outside the axes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     x = np.arange(len(x_labels))
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, mean, band in lines:
-        mean, band = np.asarray(mean, dtype=float), np.asarray(band, dtype=float)
+    fig, ax = plt.subplots(figsize=(8.4, 4.4))
+    for label, mean, half in lines:
+        mean, half = np.asarray(mean, dtype=float), np.asarray(half, dtype=float)
         ax.plot(x, 100 * mean, marker="o", label=label)
-        ax.fill_between(x, 100 * (mean - band), 100 * (mean + band), alpha=0.2)
+        ax.fill_between(x, 100 * (mean - half), 100 * (mean + half), alpha=0.2)
+    for label, value in (reference_lines or {}).items():
+        if value is not None and math.isfinite(value):
+            ax.axhline(100 * value, linestyle="--", color="grey", linewidth=1)
+            ax.annotate(label, (x[-1], 100 * value), textcoords="offset points", xytext=(0, 3), ha="right",
+                        fontsize=7, color="grey")
     ax.set_xticks(x, [str(v) for v in x_labels])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title=f"bands: {band}",
+              title_fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

@@ -59,15 +59,18 @@ def parse_args(argv=None):
     p.add_argument("--top_k", type=int, default=10, help="heads shown in the ranking tables")
     p.add_argument("--verbose_failures", action="store_true", help="print the rows the best head gets wrong")
     p.add_argument("--offline", action="store_true", help="built-in tiny model and generated data, no network")
-    p.add_argument("--results_dir", default="results", help="folder of the default outputs (beside this script)")
-    return p.parse_args(argv)
+    p.add_argument("--results_dir", default="results", help="folder of the default outputs (default: results "
+                   "beside this script, results-offline with --offline)")
+    p.add_argument("--data_dir", default="data/rewardbench2", help="folder of the generated RewardBench 2 file "
+                   "with --offline (default: data/rewardbench2-offline beside this script)")
+    return utils.cli_args(p, argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
 
-    _, results_path = utils.script_dirs(__file__, "data", args.results_dir, args.offline)
+    data_path, results_path = utils.script_dirs(__file__, args.settings)
     if args.model is None:
         if args.offline:
             from offline.tiny_model import tiny_model_path
@@ -75,7 +78,7 @@ def main(argv=None) -> dict:
         else:
             args.model = rb2.DEFAULT_MODEL
     if args.dataset is None:
-        args.dataset = str(rb2.offline_dataset_path()) if args.offline else rb2.HUB_DATASET
+        args.dataset = str(rb2.offline_dataset_path(data_path)) if args.offline else rb2.HUB_DATASET
     mode = args.mode if args.mode != "auto" else ("lmhead" if args.rm_head else "seqclf")
     if mode == "lmhead" and not args.rm_head:
         raise SystemExit("error: --mode lmhead needs --rm_head (a head file); use --mode seqclf for the "
@@ -121,7 +124,7 @@ def main(argv=None) -> dict:
         print("\n".join(lines))
 
     tag = "seqclf" if mode == "seqclf" else f"lmhead_{head_path.stem}"
-    settings = {**vars(args), "mode": mode, "dtype": dtype, "device": device,
+    settings = {**{k: v for k, v in vars(args).items() if k != "settings"}, "mode": mode, "dtype": dtype, "device": device,
                 "rm_head": None if head_path is None else str(head_path)}
     report = {"settings": settings, "seconds": seconds, **figures}
     json_path = Path(args.save_json) if args.save_json else results_path / f"rb2_{tag}.json"

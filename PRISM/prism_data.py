@@ -1,5 +1,5 @@
-"""PRISM data machinery shared by this folder's scripts (prepare, embeddings, train_basis, vary_fewshot)
-and its tests: download, parse, split, comparisons, per-user features (SPEC 2.1).
+"""PRISM data machinery shared by this folder's scripts and its tests: raw files, parsing, the split,
+comparisons and the four (seen, split) comparison groups.
 
 Raw files are those of `HannahRoseKirk/prism-alignment` (survey.jsonl, conversations.jsonl,
 utterances.jsonl), downloaded or written by the offline generator (offline/prism.py) in the same format;
@@ -7,22 +7,17 @@ both go through the same parsing code.
 """
 from __future__ import annotations
 
-import http.client
 import json
-import os
-import socket
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+import embedding
 import utils
 
-HUB_URL = "https://huggingface.co/datasets/HannahRoseKirk/prism-alignment/resolve/main/"
+HUB_DATASET = "HannahRoseKirk/prism-alignment"
 RAW_FILES = ("survey.jsonl", "conversations.jsonl", "utterances.jsonl")
 
 USER_FILE = "prism_data_user.json"
@@ -31,8 +26,6 @@ SPLIT_FILE = "prism_split_ids_50.json"
 COMPARISONS_FILE = "{split}.parquet"                          # train.parquet, test.parquet
 SPLITS = ("train", "test")
 PREPARE_SUMMARY_FILE = "prepare_summary.json"
-EMBEDDINGS_FILE = "conversation_embeddings.safetensors"       # one row per distinct conversation
-INDEX_FILE = "comparison_index.safetensors"                   # {split}_chosen / {split}_rejected rows
 COLUMNS = ["split", "seen", "user_id", "dialog_id", "turn_nb", "total_turn_nb", "prompt", "chosen",
            "rejected"]
 
@@ -43,50 +36,26 @@ PREFERENCE_KEYS = ("values", "creativity", "fluency", "factuality", "diversity",
 DEMOGRAPHIC_KEYS = ("age", "gender", "education", "employment_status", "marital_status",
                     "english_proficiency", "religion", "ethnicity", "location")
 
-OFFLINE_HINT = ("run `python prepare.py --offline` to use the built-in generated PRISM data instead "
-                "(no network needed)")
-
 
 # -----------------------------------------------------------------------------
-# downloading (SPEC 2.1): retries only for rate limiting, atomic writes, valid files reused
-
-
-class DownloadError(SystemExit):
-    """A download that cannot succeed now: exits with the message (catchable in tests)."""
-
-
-class RateLimited(Exception):
-    """HTTP 429, or an HTML page served instead of the JSON lines."""
+# the raw files: downloaded once through huggingface_hub, validated before use
 
 
 def invalid_jsonl_reason(path: Path) -> Optional[str]:
-    """Why `path` is not a complete JSON-lines file, or None when it is.
-
-    Checks that the file is not empty and not an HTML page, and that its first and its last non-empty
-    lines each parse as a JSON object (a truncated download ends mid-line, so its last line fails).
-    """
+    """Why `path` is not a complete JSON-lines file, or None when it is: not empty, not an HTML page,
+    and its first and last non-empty lines each parse as a JSON object (a truncated file ends mid-line)."""
     path = Path(path)
     if not path.exists():
         return "missing"
-    size = path.stat().st_size
-    if size == 0:
+    if path.stat().st_size == 0:
         return "empty"
     with open(path, "rb") as f:
-        head = f.read(1 << 16)
-        if head.lstrip()[:1] == b"<":
+        if f.read(1 << 16).lstrip()[:1] == b"<":
             return "an HTML page, not JSON lines"
         f.seek(0)
-        first = next((line for line in f if line.strip()), b"")   # the first non-empty line
-        # the last non-empty line: read ever larger tails until one holds a newline before it
-        chunk = 1 << 16
-        while True:
-            start = max(0, size - chunk)
-            f.seek(start)
-            tail = f.read(size - start).rstrip(b"\r\n")
-            if b"\n" in tail or start == 0:
-                last = tail.rsplit(b"\n", 1)[-1]
-                break
-            chunk *= 4
+        first = next((line for line in f if line.strip()), b"")
+        f.seek(max(0, path.stat().st_size - (1 << 20)))
+        last = next((line for line in reversed(f.read().splitlines()) if line.strip()), b"")
     for name, line in (("first", first), ("last", last)):
         try:
             row = json.loads(line)
@@ -97,82 +66,27 @@ def invalid_jsonl_reason(path: Path) -> Optional[str]:
     return None
 
 
-def _fetch_once(url: str, tmp: Path, opener, timeout: float) -> None:
-    """One GET of `url` streamed into `tmp`. Raises RateLimited, DownloadError."""
-    request = urllib.request.Request(url, headers={"User-Agent": "LoRe-prepare/1.0"})
-    try:
-        response = opener(request, timeout=timeout)
-    except urllib.error.HTTPError as e:
-        if e.code == 429:
-            raise RateLimited(f"HTTP 429 from {url}")
-        raise DownloadError(f"error: downloading {url} failed with HTTP {e.code} ({e.reason}); "
-                            f"check the URL or try later, or {OFFLINE_HINT}")
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise DownloadError(f"error: cannot reach {url} ({reason}): no network? Nothing here retries a "
-                            f"connection failure; {OFFLINE_HINT}")
-    try:
-        with response:
-            ctype = (response.headers.get("Content-Type") or "") if response.headers else ""
-            expected = response.headers.get("Content-Length") if response.headers else None
-            received = 0
-            with open(tmp, "wb") as f:
-                while True:
-                    block = response.read(1 << 20)
-                    if not block:
-                        break
-                    if received == 0 and block.lstrip()[:1] == b"<":
-                        raise RateLimited(f"an HTML page instead of JSON lines from {url}")
-                    f.write(block)
-                    received += len(block)
-    except (socket.timeout, ConnectionError, OSError, http.client.HTTPException) as e:
-        raise DownloadError(f"error: the download of {url} broke off ({type(e).__name__}: {e}); the "
-                            f"existing file (if any) is untouched; run again, or {OFFLINE_HINT}")
-    if "text/html" in ctype.lower():
-        raise RateLimited(f"an HTML page (Content-Type {ctype}) instead of JSON lines from {url}")
-    if expected is not None and str(expected).isdigit() and int(expected) != received:
-        raise DownloadError(f"error: the download of {url} is truncated ({received} of {expected} bytes); "
-                            f"the existing file (if any) is untouched; run again")
+def download_raw(data_path: Path, repo_id: str, offline_command: str) -> None:
+    """The three raw files into `data_path` with huggingface_hub (it retries rate limits, caches and
+    writes atomically); a valid file already there is reused, a bad download is deleted, not used."""
+    from huggingface_hub import hf_hub_download
 
-
-def download(url: str, dest: Path, retries: int = 10, wait_s: float = 30.0, opener=None,
-             sleep=time.sleep, timeout: float = 60.0) -> str:
-    """Download `url` to `dest` unless a valid file is already there. Returns "reused" or "downloaded".
-
-    Rate limiting (HTTP 429, or an HTML page instead of JSON lines) waits `wait_s` seconds and retries,
-    up to `retries` times; any other failure stops at once (a connection failure names the offline
-    switch). The body goes to a temp file in the same folder and replaces `dest` (os.replace) only
-    once it is valid, so a failed or bad download never replaces a good file.
-    """
-    dest = Path(dest)
-    if invalid_jsonl_reason(dest) is None:
-        print(f"{dest.name}: valid file already present, reused")
-        return "reused"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    opener = opener or urllib.request.urlopen
-    tmp = dest.with_name(f".{dest.name}.download{os.getpid()}")
-    try:
-        for attempt in range(retries + 1):
-            try:
-                print(f"{dest.name}: downloading {url}" + (f" (retry {attempt} of {retries})" if attempt else ""))
-                _fetch_once(url, tmp, opener, timeout)
-            except RateLimited as e:
-                if attempt == retries:
-                    raise DownloadError(f"error: still rate limited after {retries} retries ({e}); "
-                                        f"try again later, or {OFFLINE_HINT}")
-                print(f"{dest.name}: rate limited ({e}); waiting {wait_s:g} s")
-                sleep(wait_s)
-                continue
-            reason = invalid_jsonl_reason(tmp)
-            if reason is not None:
-                raise DownloadError(f"error: the download of {url} is not valid JSON lines ({reason}); "
-                                    f"the existing file (if any) is untouched; run again")
-            os.replace(tmp, dest)
-            return "downloaded"
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    raise AssertionError("unreachable")
+    for name in RAW_FILES:
+        dest = Path(data_path) / name
+        if invalid_jsonl_reason(dest) is None:
+            print(f"{name}: valid file already present, reused")
+            continue
+        if not utils.hub_reachable():
+            raise utils.hub_unreachable(f"{repo_id}/{name}", offline_command)
+        try:
+            hf_hub_download(repo_id, name, repo_type="dataset", local_dir=data_path)
+        except Exception as e:          # network, HTTP and file errors alike: say what to do
+            raise utils.hub_unreachable(f"{repo_id}/{name}", offline_command, e) from None
+        reason = invalid_jsonl_reason(dest)
+        if reason is not None:
+            dest.unlink()
+            raise SystemExit(f"error: the download of {repo_id}/{name} is not valid JSON lines ({reason}); it "
+                             f"was deleted. Run the same command again.")
 
 
 # -----------------------------------------------------------------------------
@@ -254,21 +168,27 @@ class User(BaseModel):
     demographics: dict[str, Any] = {}
 
 
-def read_jsonl(path: Path):
-    """Rows of a JSON-lines file (blank lines skipped), with the line number in errors."""
+def read_rows(path: Path, model: type[BaseModel], remade_by: str = "prepare.py"):
+    """The rows of a JSON-lines file parsed into `model` (blank lines skipped); a line that is not JSON
+    or not such a row exits naming the file and the line."""
+    from pydantic import ValidationError
+
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SystemExit(f"error: {path}:{n} is not valid JSON ({e}); delete the file and run "
-                                     f"prepare.py again")
+            if not line.strip():
+                continue
+            try:
+                yield model.model_validate(json.loads(line))
+            except (json.JSONDecodeError, ValidationError) as e:
+                what = e.msg if isinstance(e, json.JSONDecodeError) else str(e).splitlines()[1:3]
+                raise SystemExit(f"error: {path}, line {n}, is not a valid {model.__name__} ({what}); delete "
+                                 f"the file and run {remade_by} again") from None
 
 
 def top_preferences(stated_prefs: dict, k: int = 3) -> list[str]:
     """The `k` attributes with the highest stated_prefs values (numeric sliders only; ties by the
-    survey's attribute order). Fix of SPEC 2.1: not the first three of order_stated_prefs."""
+    survey's attribute order). The original took the first three of order_stated_prefs, which is the
+    random order the sliders were shown in, not a ranking."""
     rank = {key: i for i, key in enumerate(PREFERENCE_KEYS)}
     scored = [(float(v), key) for key, v in stated_prefs.items()
               if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -309,9 +229,8 @@ def parse_raw(raw_dir: Path) -> tuple[dict, dict, dict]:
               "conversations_of_unknown_users": 0, "dialogs_dropped_no_usable_turn": 0,
               "users_dropped_no_dialog": 0}
     users: dict[str, User] = {}
-    for row in read_jsonl(raw_dir / "survey.jsonl"):
+    for s in read_rows(raw_dir / "survey.jsonl", SurveyRow):
         counts["survey_rows"] += 1
-        s = SurveyRow.model_validate(row)
         if s.num_completed_conversations == 0:
             counts["users_zero_conversations"] += 1
             continue
@@ -322,9 +241,8 @@ def parse_raw(raw_dir: Path) -> tuple[dict, dict, dict]:
             demographics={k: getattr(s, k) for k in DEMOGRAPHIC_KEYS})
     dialogs: dict[str, Dialog] = {}
     lost_dialogs = set()        # users with at least one unusable (deleted) dialog
-    for row in read_jsonl(raw_dir / "conversations.jsonl"):
+    for c in read_rows(raw_dir / "conversations.jsonl", ConversationRow):
         counts["conversations"] += 1
-        c = ConversationRow.model_validate(row)
         if c.user_id not in users:
             counts["conversations_of_unknown_users"] += 1
             continue
@@ -353,7 +271,7 @@ def parse_raw(raw_dir: Path) -> tuple[dict, dict, dict]:
 
 
 # -----------------------------------------------------------------------------
-# the seen/unseen split (SPEC 2.1, reproduced exactly)
+# the seen/unseen split of the original, reproduced exactly
 
 
 def split_users(data_user: dict, seed: int = 123, seen_fraction: float = 0.8, min_dialogs: int = 5,
@@ -432,12 +350,6 @@ def build_comparisons(data_dialog: dict, split_ids: dict) -> dict:
     return out
 
 
-def conversation(prompt, response: str) -> list[dict]:
-    """The conversation embedded for one side of a comparison: the prompt + the response."""
-    return [{"role": m["role"], "content": m["content"]} for m in prompt] + \
-        [{"role": "assistant", "content": response}]
-
-
 def json_key(conversation) -> str:
     """A hashable key of a conversation's content (to embed every distinct conversation once)."""
     return json.dumps(conversation, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -459,7 +371,7 @@ def embedding_inputs(rows: dict) -> tuple[list, dict]:
 
     for split in SPLITS:
         for side in ("chosen", "rejected"):
-            index[f"{split}_{side}"] = torch.tensor([index_of(conversation(r["prompt"], r[side]))
+            index[f"{split}_{side}"] = torch.tensor([index_of(embedding.conversation(r["prompt"], r[side]))
                                                      for r in rows[split]], dtype=torch.long)
     return conversations, index
 
@@ -482,47 +394,22 @@ def write_comparisons(rows: list[dict], path: Path) -> None:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
 
 
-def read_comparisons(path: Path) -> list[dict]:
-    """The rows of train.parquet / test.parquet as plain dicts (prompt: list of {role, content})."""
+def load_prepared(data_path: Path, made_by: str) -> dict:
+    """{"train": rows, "test": rows} written by prepare.py (`made_by`: the command that writes them)."""
     import pyarrow.parquet as pq
-    return pq.read_table(path).to_pylist()
 
-
-def load_prepared(data_path: Path, made_by: str = "python prepare.py") -> dict:
-    """{"train": rows, "test": rows} written by prepare.py."""
-    return {s: read_comparisons(utils.require_file(data_path / COMPARISONS_FILE.format(split=s), made_by))
-            for s in SPLITS}
-
-
-def load_embedded(data_path: Path, made_by: str = "python generate-prism-embeddings.py"):
-    """(rows {split: list}, table [U, d] float32, {split: (chosen [N], rejected [N]) long}, head [d, 1]),
-    after checking that the embeddings were made from the current train/test parquet files."""
-    import embedding
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    index_path = utils.require_file(data_path / INDEX_FILE, made_by)
-    with safe_open(str(index_path), "pt") as f:
-        meta = f.metadata() or {}
-    for s in SPLITS:
-        comp = utils.require_file(data_path / COMPARISONS_FILE.format(split=s), "python prepare.py")
-        if meta.get(f"{s}_sha256") != utils.file_sha256(comp):
-            raise SystemExit(f"error: {index_path.name} was made from another version of {comp.name}; "
-                             f"rerun `{made_by}`")
-    with safe_open(str(utils.require_file(data_path / EMBEDDINGS_FILE, made_by)), "pt") as f:
-        manifest = json.loads((f.metadata() or {}).get("manifest") or "{}")
-    if manifest.get("conversations_sha256") != meta.get("conversations_sha256"):
-        raise SystemExit(f"error: {EMBEDDINGS_FILE} and {INDEX_FILE} come from different runs; rerun `{made_by}`")
-    index = load_file(str(index_path))
-    table = embedding.load_embeddings(data_path / EMBEDDINGS_FILE, made_by).float()
-    head = embedding.load_reward_head(data_path / embedding.REWARD_HEAD_FILE, made_by).float()
-    rows = load_prepared(data_path)
-    pairs = {s: (index[f"{s}_chosen"].long(), index[f"{s}_rejected"].long()) for s in SPLITS}
-    return rows, table, pairs, head.reshape(table.shape[1], -1)
+    rows = {}
+    for split in SPLITS:
+        path = utils.require_file(data_path / COMPARISONS_FILE.format(split=split), made_by)
+        try:
+            rows[split] = pq.read_table(path).to_pylist()
+        except Exception as e:
+            raise SystemExit(f"error: {path} is unreadable ({type(e).__name__}); run `{made_by}`") from None
+    return rows
 
 
 # -----------------------------------------------------------------------------
-# the four (seen, split) groups of train_basis.py
+# the four (seen, split) groups of train_basis.py and vary_fewshot.py
 
 
 GROUPS = {  # name: (seen, split)
@@ -533,30 +420,37 @@ GROUPS = {  # name: (seen, split)
 }
 
 
-def user_groups(data_path: Path, made_by: str = "python generate-prism-embeddings.py"):
-    """The four groups of train_basis.py as dense utils.Comparisons, plus what goes with them.
+def user_groups(data_path: Path, prepare_command: str, embed_command: str):
+    """The four groups as utils.Comparisons over the conversation embeddings, plus what goes with them.
 
-    Seen groups have the split's seen users, unseen groups its unseen users, each sorted by id (as the
-    original); a user with no comparison in a group keeps its index (and counts as no user there).
-    Returns (groups {name: Comparisons}, {"seen": [ids], "unseen": [ids]}, reward head [d, 1]).
+    Seen groups hold the split's seen users, unseen groups its unseen users, each sorted by id (as the
+    original), their rows grouped by user; a user with no comparison in a group keeps its index (and
+    counts as no user there). Returns (groups {name: Comparisons}, {"seen": [ids], "unseen": [ids]},
+    V_ref [d, 1]). The commands name what remakes a missing or stale input.
     """
     import torch
 
-    split_ids = json.loads(utils.require_file(data_path / SPLIT_FILE, "python prepare.py").read_text())
-    rows, table, pairs, head = load_embedded(data_path, made_by)
-    users = {"seen": sorted(split_ids["seen_user_ids"]), "unseen": sorted(split_ids["unseen_user_ids"])}
+    split_path = utils.require_file(data_path / SPLIT_FILE, prepare_command)
+    try:
+        split_ids = json.loads(split_path.read_text())
+        users = {"seen": sorted(split_ids["seen_user_ids"]), "unseen": sorted(split_ids["unseen_user_ids"])}
+    except (ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"error: {split_path} is unreadable ({type(e).__name__}); run `{prepare_command}`") from None
+    rows = load_prepared(data_path, prepare_command)
+    conversations, index = embedding_inputs(rows)
+    table, V_ref = embedding.load_embedded(data_path, conversations, embed_command)
     groups = {}
     for name, (seen, split) in GROUPS.items():
         position = {u: i for i, u in enumerate(users["seen" if seen else "unseen"])}
         picked = [i for i, r in enumerate(rows[split]) if bool(r["seen"]) == seen]
-        for i in picked:
-            if rows[split][i]["user_id"] not in position:
-                raise SystemExit(f"error: {COMPARISONS_FILE.format(split=split)} row {i} has user "
-                                 f"{rows[split][i]['user_id']} outside the {SPLIT_FILE} split; rerun prepare.py")
+        strangers = {rows[split][i]["user_id"] for i in picked} - set(position)
+        if strangers:
+            raise SystemExit(f"error: {COMPARISONS_FILE.format(split=split)} has users outside {SPLIT_FILE} "
+                             f"({sorted(strangers)[:3]}); run `{prepare_command}`")
         user_index = torch.tensor([position[rows[split][i]["user_id"]] for i in picked], dtype=torch.long)
         order = torch.argsort(user_index, stable=True)          # rows grouped by user, in row order
-        idx = torch.tensor(picked, dtype=torch.long)[order]
-        chosen, rejected = pairs[split]
-        features = table[chosen[idx]] - table[rejected[idx]]
-        groups[name] = utils.Comparisons(user_index[order], len(position), features=features)
-    return groups, users, head
+        rows_in_order = torch.tensor(picked, dtype=torch.long)[order]
+        groups[name] = utils.Comparisons(user_index[order], len(position), table,
+                                         index[f"{split}_chosen"][rows_in_order],
+                                         index[f"{split}_rejected"][rows_in_order])
+    return groups, users, V_ref

@@ -1,58 +1,45 @@
-"""Embed every (prompt, response_j) of PersonalLLM with the reward model: one table [P * 8, d] per split.
+"""Embed every (prompt, response_j) of PersonalLLM with the reward model: one table of train then test rows.
 
     cd PersonalLLM && python generate-personalllm-embeddings.py             # Skywork (after prepare.py)
     cd PersonalLLM && python generate-personalllm-embeddings.py --offline   # the built-in tiny model
+    cd PersonalLLM && accelerate launch generate-personalllm-embeddings.py  # data parallel over the GPUs
 
-Reads: <data>/train.parquet, <data>/test.parquet (from prepare.py).
+Reads: <data>/train.parquet, <data>/test.parquet (prepare.py).
 Writes, inside <data> (data/personalllm or data/personalllm-offline; the original wrote to the
 filesystem root by a path-join slip):
-  train_embeddings.safetensors, test_embeddings.safetensors   "embeddings" [P * 8, d] float32, row
-      p * 8 + j = the conversation [user: prompt_p, assistant: response_{j+1} of p] (dataset order);
-  reward_head.safetensors                                     the backbone's head score.weight.T [d, 1].
-The engine (embedding.embed_to_file) writes shards and resumes an interrupted run; under
-`accelerate launch` each process embeds its own shards.
+  conversation_embeddings.safetensors   "embeddings" [(P_train + P_test) * 8, d] float32: row p * 8 + j is
+      the conversation [user: prompt p, assistant: response j + 1] of the train split, then the test
+      split's rows likewise (dataset order), with the hash of those conversations;
+  reward_head.safetensors               the backbone's head score.weight.T [d, 1].
+The engine writes shards and resumes an interrupted run; under `accelerate launch` each process embeds
+its own shards. A run with other settings does not replace existing embeddings unless --overwrite=True.
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import embedding  # noqa: E402
 import utils  # noqa: E402
+import personalllm_simulation as sim  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
 offline = False                  # True: the built-in tiny model and the generated data
 model_name = "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"
-dtype = "bfloat16"               # the 8B backbone in bf16 on a GPU (offline: float32 unless given)
-attn_implementation = None       # None: the library default (sdpa)
 data_dir = "data/personalllm"
-results_dir = "results"          # unused here; kept so every script resolves the same folders
+dtype = "bfloat16"               # bfloat16 | float16 | float32 (offline: float32 unless given)
+attn_implementation: str | None = None  # None: the library default (sdpa)
 batch_size = 32                  # rows per forward pass
-max_tokens = None                # optional cap on rows x longest length per batch (e.g. 32768 on 80 GB)
-max_length = 4096                # tokens per conversation; longer ones lose their oldest tokens (BOS kept)
-device = None                    # None: cuda if available, else cpu
+max_tokens: int | None = None    # padded tokens per forward pass (e.g. 32768 on 80 GB); None: rows only
+max_length: int | None = 4096    # tokens per conversation; longer ones lose their oldest tokens (BOS kept)
+shard_size = 2048                # conversations per resumable shard
+device: str | None = None        # None: cuda if available, else cpu
+overwrite = False                # True: replace embeddings made with other settings or from other data
 # -----------------------------------------------------------------------------
 settings = utils.configure(globals())
-data_path, _ = utils.script_dirs(__file__, data_dir, results_dir, offline)
-if offline and "model_name" not in settings.overridden:
-    from offline.tiny_model import tiny_model_path
-    model_name = str(tiny_model_path())
-if offline and "dtype" not in settings.overridden:
-    dtype = "float32"
+data_path, _ = utils.script_dirs(__file__, settings)
 
-
-def main() -> None:
-    from embedding import embed_to_file
-    from personalllm_simulation import embedding_inputs
-
-    for split in ("train", "test"):
-        convs = embedding_inputs(data_path, split)
-        out = data_path / f"{split}_embeddings.safetensors"
-        print(f"{split}: embedding {len(convs)} (prompt, response) conversations with {model_name}")
-        embed_to_file(model_name, convs, out, dtype=dtype, attn_implementation=attn_implementation,
-                      batch_size=batch_size, max_tokens=max_tokens, max_length=max_length, device=device)
-        print(f"  wrote {out}")
-    print(f"reward head: {data_path / 'reward_head.safetensors'}")
-
-
-if __name__ == "__main__":
-    main()
+conversations, offsets = sim.embedding_inputs(data_path, utils.command_line("prepare.py", settings))
+print(f"train: {offsets['test'] // 8} prompts, test: {(len(conversations) - offsets['test']) // 8} prompts, "
+      f"8 responses each")
+embedding.embed_dataset("generate-personalllm-embeddings.py", settings, data_path, conversations)

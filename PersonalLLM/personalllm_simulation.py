@@ -1,4 +1,4 @@
-"""The simulated PersonalLLM population (SPEC 2.3), vectorised over users, as indices into the tables.
+"""The simulated PersonalLLM population, vectorised over users, as indices into the embedding table.
 
 PersonalLLM has no human labels: a user is a Dirichlet(0.1) mixture w of the 10 reward models, and on
 a prompt p the user prefers the best of the 8 responses over the worst under its scores
@@ -8,9 +8,7 @@ in the split's embedding table [P * 8, d] (response j + 1 of prompt p), never as
 Tie rule: `argmax` / `argmin` take the FIRST response among equal scores. When all 8 scores are equal
 (best == worst) the prompt gives that user no comparison; such cases are skipped and counted.
 
-Also the loader of the inputs both trainers share, and the embedding script's conversations. Used by
-generate-personalllm-embeddings.py, train_basis.py, vary_fewshot.py,
-bench/personalllm_scale.py and tests/test_personalllm.py.
+Also the embedding script's conversations and the loader of what both trainers read (user_groups).
 """
 from __future__ import annotations
 
@@ -35,8 +33,7 @@ def prompts_per_user(fraction: float, n_prompts: int, what: str, setting: str) -
         raise utils.SettingsError(
             f"error: --{setting}={fraction} gives int({fraction} * {n_prompts}) = {count} train prompts per "
             f"{what} user (the split has {n_prompts} prompts); choose a fraction in "
-            f"[{1 / n_prompts:.4g}, 1] (the offline data are small: e.g. --{setting}="
-            f"{'0.3' if what == 'seen' else '0.06'})")
+            f"[{1 / n_prompts:.4g}, 1]")
     return count
 
 
@@ -118,7 +115,7 @@ def best_worst_comparisons(rewards: np.ndarray, user_weights: np.ndarray, prompt
 
 @dataclass
 class Population:
-    """The four groups of SPEC 2.3 plus the users' mixture weights (rows on the simplex)."""
+    """The four groups (seen/unseen x train/test) plus the users' mixture weights (rows on the simplex)."""
     weights_seen: np.ndarray          # [N, M]
     weights_unseen: np.ndarray        # [N_unseen, M]
     seen_train: ComparisonIndex       # rows of the train table
@@ -135,7 +132,7 @@ class Population:
 def simulate_population(rewards_train: np.ndarray, rewards_test: np.ndarray, n_seen: int, n_unseen: int,
                         seen_per_user: int, unseen_per_user: int, concentration: float = 0.1,
                         seed: int = 0) -> Population:
-    """SPEC 2.3: user weights w ~ Dirichlet(concentration * ones(M)), seen users first then unseen;
+    """User weights w ~ Dirichlet(concentration * ones(M)), seen users first then unseen;
     each seen user gets `seen_per_user` random train prompts (without replacement) as training data,
     each unseen user `unseen_per_user` as few-shot data; every user is tested on all test prompts.
     Draw order (one numpy Generator(seed)): seen weights, unseen weights, seen prompts, unseen prompts,
@@ -169,49 +166,77 @@ def per_user_copy_bytes(population: Population, d: int, itemsize: int = 4) -> in
     return n * d * itemsize
 
 
-def load_inputs(data_path: Path, offline: bool):
-    """What train_basis.py / vary_fewshot.py read from the data folder: (rewards {split: [P, 8, M]
-    float64}, tables {split: [P * 8, d] float32}, reward head [d, 1], reward-model names)."""
-    from safetensors import safe_open
-    from safetensors.numpy import load_file
-
-    from embedding import load_embeddings, load_reward_head
-
-    flag = " --offline" if offline else ""
-    made_by = "python generate-personalllm-embeddings.py" + flag
-    rewards_file = utils.require_file(Path(data_path) / "rewards.safetensors", "python prepare.py" + flag)
-    rewards = load_file(str(rewards_file))
-    with safe_open(str(rewards_file), framework="np") as f:
-        reward_models = json.loads((f.metadata() or {}).get("reward_models", "[]"))
-    tables = {split: load_embeddings(Path(data_path) / f"{split}_embeddings.safetensors", made_by)
-              for split in ("train", "test")}
-    for split in ("train", "test"):
-        P, R, _ = rewards[split].shape
-        if tables[split].shape[0] != P * R:
-            raise SystemExit(f"error: {split}_embeddings has {tables[split].shape[0]} rows but rewards.safetensors "
-                             f"has {P} prompts x {R} responses; re-run {made_by} after prepare.py")
-    return rewards, tables, load_reward_head(Path(data_path) / "reward_head.safetensors", made_by), reward_models
+SPLITS = ("train", "test")
+REWARDS_FILE = "rewards.safetensors"
 
 
-def ground_truth_summary(data_path: Path) -> dict:
-    """The offline generator's planted summary, if present (the accuracy ceiling of the planted reward)."""
-    truth = Path(data_path) / "ground_truth.json"
-    if not truth.exists():
-        return {}
-    summary = json.loads(truth.read_text())
-    return {k: summary[k] for k in ("n_directions", "oracle_accuracy_train", "oracle_accuracy_test",
-                                    "oracle_accuracy_note") if k in summary}
-
-
-def embedding_inputs(data_path: Path, split: str) -> list[list[dict]]:
-    """The 8 conversations of every prompt of a prepared split, row-major: index p * 8 + j is
-    [user: prompt p, assistant: response j + 1] (the rows of the split's embedding table)."""
+def embedding_inputs(data_path: Path, made_by: str) -> tuple[list, dict]:
+    """(the 8 conversations of every prompt of the train split, then of the test split, row-major:
+    row offset[split] + p * 8 + j is [user: prompt p, assistant: response j + 1]; {split: offset})."""
     import pandas as pd
 
-    from offline.personalllm import N_RESPONSES, conversation, response_columns
+    import embedding
+    from offline.personalllm import N_RESPONSES, response_columns
 
-    frame = pd.read_parquet(utils.require_file(data_path / f"{split}.parquet", "python prepare.py"),
-                            columns=["prompt"] + response_columns())
-    responses = frame[response_columns()].to_numpy()
-    assert responses.shape[1] == N_RESPONSES
-    return [conversation(prompt, response) for prompt, row in zip(frame["prompt"], responses) for response in row]
+    conversations, offsets = [], {}
+    for split in SPLITS:
+        path = utils.require_file(Path(data_path) / f"{split}.parquet", made_by)
+        try:
+            frame = pd.read_parquet(path, columns=["prompt"] + response_columns())
+        except Exception as e:
+            raise SystemExit(f"error: {path} is unreadable ({type(e).__name__}); run `{made_by}`") from None
+        offsets[split] = len(conversations)
+        responses = frame[response_columns()].to_numpy()
+        conversations += [embedding.conversation(prompt, response)
+                          for prompt, row in zip(frame["prompt"], responses) for response in row]
+        if len(conversations) - offsets[split] != N_RESPONSES * len(frame):
+            raise SystemExit(f"error: {path} does not have {N_RESPONSES} responses per prompt; run `{made_by}`")
+    return conversations, offsets
+
+
+def load_rewards(data_path: Path, made_by: str) -> tuple[dict, list]:
+    """({split: rewards [P, 8, M] float64}, reward-model names) written by prepare.py."""
+    from safetensors import safe_open
+
+    path = utils.require_file(Path(data_path) / REWARDS_FILE, made_by)
+    try:
+        with safe_open(str(path), framework="np") as f:
+            rewards = {split: f.get_tensor(split).astype(np.float64) for split in SPLITS}
+            reward_models = json.loads((f.metadata() or {}).get("reward_models", "[]"))
+    except Exception as e:
+        raise SystemExit(f"error: {path} is unreadable ({type(e).__name__}: {str(e)[:120]}); run `{made_by}`") from None
+    return rewards, reward_models
+
+
+def user_groups(data_path: Path, population_settings: dict, prepare_command: str, embed_command: str):
+    """The simulated population's four groups as utils.Comparisons over the one embedding table.
+
+    population_settings: n_seen, n_unseen, seen_prompt_fraction, unseen_prompt_fraction (int(fraction *
+    P_train) train prompts per user, as the original), concentration, seed (simulate_population).
+    Returns (groups {name: Comparisons}, Population, V_ref [d, 1], reward-model names)."""
+    import embedding
+
+    rewards, reward_models = load_rewards(data_path, prepare_command)
+    conversations, offsets = embedding_inputs(data_path, prepare_command)
+    for split in SPLITS:
+        P, R, _ = rewards[split].shape
+        stored = (offsets["test"] if split == "train" else len(conversations) - offsets["test"]) // R
+        if stored != P:
+            raise SystemExit(f"error: {REWARDS_FILE} has {P} {split} prompts but {split}.parquet {stored}; run "
+                             f"`{prepare_command}`")
+    table, V_ref = embedding.load_embedded(data_path, conversations, embed_command)
+    settings = dict(population_settings)
+    P = rewards["train"].shape[0]
+    seen_per_user = prompts_per_user(settings.pop("seen_prompt_fraction"), P, "seen", "seen_prompt_fraction")
+    unseen_key = "unseen_prompt_fraction" if "unseen_prompt_fraction" in settings else "unseen_pool_fraction"
+    unseen_per_user = prompts_per_user(settings.pop(unseen_key), P, "unseen", unseen_key)
+    population = simulate_population(rewards["train"], rewards["test"], seen_per_user=seen_per_user,
+                                     unseen_per_user=unseen_per_user, **settings)
+    groups = {}
+    for name, split in (("seen_train", "train"), ("seen_test", "test"), ("unseen_train", "train"),
+                        ("unseen_test", "test")):
+        index = getattr(population, name)
+        groups[name] = utils.Comparisons(torch.from_numpy(index.users), index.n_users, table,
+                                         torch.from_numpy(index.chosen) + offsets[split],
+                                         torch.from_numpy(index.rejected) + offsets[split])
+    return groups, population, V_ref, reward_models

@@ -10,7 +10,7 @@ Writes into <data> (data/personalllm, or data/personalllm-offline):
   train.parquet, test.parquet   prompt, subset, prompt_id, response_1..8 (+ models and scores), the
                                 rows kept (in dataset order);
   rewards.safetensors           "train" [P_train, 8, 10], "test" [P_test, 8, 10] float64 raw scores,
-                                last axis in `reward_models` order (the SPEC's order);
+                                last axis in `reward_models` order (the published order);
   prepare.json                  counts, dropped rows, the reward-model order.
 Offline it also writes raw/ and ground_truth.{safetensors,json} (the planted reward structure).
 """
@@ -28,53 +28,43 @@ from offline import personalllm as generated  # noqa: E402  (the published forma
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
 offline = False                  # True: generate the rows locally (tiny planted model), no network
-dataset_name = "namkoong-lab/PersonalLLM"
+dataset = "namkoong-lab/PersonalLLM"
 data_dir = "data/personalllm"
-results_dir = "results"          # unused here; kept so every script resolves the same folders
 reward_models = list(generated.REWARD_MODELS)  # score-column suffixes; this order = the reward tensor's last axis
 seed = 0                         # offline generator seed
-offline_train_prompts = 160      # offline: generated train prompts (real: 9,402)
-offline_test_prompts = 40        # offline: generated test prompts (real: 1,000)
-offline_directions = 3           # offline: latent reward directions behind the 10 generated reward models
+offline_train_prompts = 5000     # offline generator: train prompts (real: 9,402), enough that the real
+offline_test_prompts = 500       # prompt fractions (0.5%, 0.1%) give every user some; test prompts (real: 1,000)
 # -----------------------------------------------------------------------------
 settings = utils.configure(globals())
-data_path, _ = utils.script_dirs(__file__, data_dir, results_dir, offline)
+data_path, _ = utils.script_dirs(__file__, settings)
 
 
 def load_hub(name: str):
-    """The hub dataset (train/test), failing at once with the offline hint when the hub is unreachable."""
+    """The hub dataset (train/test), failing at once with the offline command when the hub is unreachable."""
     import datasets
 
-    hint = ("run `python prepare.py --offline` for the built-in generated data, or, with a copy in the "
-            "local Hugging Face cache, set HF_HUB_OFFLINE=1")
+    offline_command = utils.command_line("prepare.py", settings) + " --offline"
     if not os.environ.get("HF_HUB_OFFLINE") and not utils.hub_reachable():
-        raise SystemExit(f"error: cannot reach the Hugging Face hub to download {name}; {hint}")
+        raise utils.hub_unreachable(name, offline_command)
     try:
         return datasets.load_dataset(name)
     except (ConnectionError, OSError, ValueError) as e:
-        raise SystemExit(f"error: loading {name} failed ({type(e).__name__}: {str(e).splitlines()[0][:300]}); "
-                         f"{hint}") from e
+        raise utils.hub_unreachable(name, offline_command, e) from None
 
 
 def load_generated(path: Path):
     """Write the generated raw parquet files (once; same seed = same bytes) and load them like the hub's."""
     import datasets
 
+    import offline as generator
+
     raw = path / "raw"
     files = {split: raw / generated.RAW_FILES[split] for split in generated.SPLITS}
-    truth = path / (generated.GROUND_TRUTH + ".json")
-    wanted = {"seed": seed, "n_prompts": {"train": offline_train_prompts, "test": offline_test_prompts},
-              "n_directions": offline_directions}
-    current = json.loads(truth.read_text()) if truth.exists() else {}
-    if not all(f.exists() for f in files.values()) or any(current.get(k) != v for k, v in wanted.items()):
-        print(f"generating offline PersonalLLM rows into {raw} ...")
-        summary = generated.write_raw(path, n_train=offline_train_prompts, n_test=offline_test_prompts,
-                                      seed=seed, n_directions=offline_directions)
-        print(f"  planted: {summary['n_directions']} latent directions; best-vs-worst accuracy of the "
-              f"planted linear reward: train {summary['oracle_accuracy_train']:.3f}, "
-              f"test {summary['oracle_accuracy_test']:.3f}")
-    else:
-        print(f"using the generated rows in {raw}")
+    generator.ensure_generated(
+        raw, "personalllm", generated.GENERATOR_VERSION,
+        {"seed": seed, "n_train": offline_train_prompts, "n_test": offline_test_prompts},
+        [f.name for f in files.values()],
+        lambda: generated.write_raw(path, n_train=offline_train_prompts, n_test=offline_test_prompts, seed=seed))
     return datasets.load_dataset("parquet", data_files={s: str(f) for s, f in files.items()},
                                  cache_dir=str(path / ".datasets_cache"))
 
@@ -103,32 +93,27 @@ def split_frame(dataset, split: str):
     return frame[keep].reset_index(drop=True), scores[keep], dropped
 
 
-def main() -> None:
-    from safetensors.numpy import save_file
+from safetensors.numpy import save_file  # noqa: E402
 
-    dataset = load_generated(data_path) if offline else load_hub(dataset_name)
-    for split in generated.SPLITS:
-        if split not in dataset:
-            raise SystemExit(f"error: the dataset has no {split!r} split (it has {list(dataset)})")
-    data_path.mkdir(parents=True, exist_ok=True)
-    rewards, report = {}, {"source": "generated (offline)" if offline else dataset_name,
-                           "reward_models": reward_models, "n_responses": generated.N_RESPONSES, "splits": {}}
-    for split in generated.SPLITS:
-        frame, scores, dropped = split_frame(dataset, split)
-        if len(frame) == 0:
-            raise SystemExit(f"error: no usable rows left in the {split} split (dropped: {dropped})")
-        with utils.atomic_path(data_path / f"{split}.parquet") as tmp:
-            frame.to_parquet(tmp, index=False)
-        rewards[split] = np.ascontiguousarray(scores)
-        report["splits"][split] = {"rows": len(dataset[split]), "kept": len(frame), "dropped": dropped}
-        print(f"{split}: {len(frame)} prompts x {generated.N_RESPONSES} responses kept "
-              f"({len(dataset[split]) - len(frame)} dropped: {dropped})")
-    with utils.atomic_path(data_path / "rewards.safetensors") as tmp:
-        save_file(rewards, str(tmp), metadata={"reward_models": json.dumps(reward_models)})
-    (data_path / "prepare.json").write_text(json.dumps({"settings": utils.script_settings(globals()), **report},
-                                                       indent=1) + "\n")
-    print(f"wrote {data_path}/train.parquet, test.parquet, rewards.safetensors")
-
-
-if __name__ == "__main__":
-    main()
+source = load_generated(data_path) if offline else load_hub(dataset)
+for split in generated.SPLITS:
+    if split not in source:
+        raise SystemExit(f"error: the dataset has no {split!r} split (it has {list(source)})")
+frames, rewards, report = {}, {}, {"source": "generated (offline)" if offline else dataset,
+                                   "reward_models": reward_models, "n_responses": generated.N_RESPONSES, "splits": {}}
+for split in generated.SPLITS:
+    frames[split], scores, dropped = split_frame(source, split)
+    if len(frames[split]) == 0:
+        raise SystemExit(f"error: no usable rows left in the {split} split (dropped: {dropped}); nothing was written")
+    rewards[split] = np.ascontiguousarray(scores)
+    report["splits"][split] = {"rows": len(source[split]), "kept": len(frames[split]), "dropped": dropped}
+    print(f"{split}: {len(frames[split])} prompts x {generated.N_RESPONSES} responses kept "
+          f"({len(source[split]) - len(frames[split])} dropped: {dropped})")
+data_path.mkdir(parents=True, exist_ok=True)
+for split, frame in frames.items():
+    with utils.atomic_path(data_path / f"{split}.parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
+with utils.atomic_path(data_path / "rewards.safetensors") as tmp:
+    save_file(rewards, str(tmp), metadata={"reward_models": json.dumps(reward_models)})
+utils.write_json_atomic(data_path / "prepare.json", {"settings": settings, **report})
+print(f"wrote {data_path}/train.parquet, test.parquet, rewards.safetensors")

@@ -11,6 +11,7 @@ import os
 import random
 from pathlib import Path
 
+import embedding
 import utils
 
 HUB_DATASET = "openai/summarize_from_feedback"
@@ -21,18 +22,12 @@ COLUMNS = ["worker", "post_id", "post", "winning", "losing", "split"]
 
 COMPARISONS_FILE = "comparisons_{split}.parquet"    # written by prepare.py, one per HF split
 PREPARE_SUMMARY_FILE = "prepare_summary.json"
-EMBEDDINGS_FILE = "conversation_embeddings.safetensors"  # one row per distinct (post, summary)
-INDEX_FILE = "comparison_index.safetensors"         # per split: winning/losing rows into the embeddings
-
-
-def conversation(post: str, summary: str) -> list[dict]:
-    """The conversation embedded for one side of a comparison: user = post, assistant = summary."""
-    return [{"role": "user", "content": post}, {"role": "assistant", "content": summary}]
 
 
 def embedding_inputs(frames: dict) -> tuple[list, dict]:
-    """(distinct (post, summary) conversations in first-seen order, train then validation;
-    {"{split}_winning" / "{split}_losing": [N] int64 rows into them, in row order}) of load_comparisons."""
+    """(distinct (post, summary) conversations in first-seen order, train then validation, user = post and
+    assistant = summary; {"{split}_winning" / "{split}_losing": [N] int64 rows into them, in row order})
+    of the prepared comparisons (load_comparisons)."""
     import torch
 
     row_of, conversations, index = {}, [], {}
@@ -42,7 +37,7 @@ def embedding_inputs(frames: dict) -> tuple[list, dict]:
             for post, summary in zip(frames[split]["post"], frames[split][side]):
                 if (post, summary) not in row_of:
                     row_of[post, summary] = len(conversations)
-                    conversations.append(conversation(post, summary))
+                    conversations.append(embedding.conversation(post, summary))
                 rows.append(row_of[post, summary])
             index[f"{split}_{side}"] = torch.tensor(rows, dtype=torch.long)
     return conversations, index
@@ -53,7 +48,7 @@ def embedding_inputs(frames: dict) -> tuple[list, dict]:
 
 
 def load_raw_splits(data_files: dict | None = None, dataset: str = HUB_DATASET, config: str = HUB_CONFIG,
-                    revision: str = HUB_REVISION) -> dict:
+                    revision: str = HUB_REVISION, offline_command: str = "python prepare.py --offline") -> dict:
     """The HF splits {"train", "validation"} as `datasets.Dataset`s.
 
     data_files None: the hub's parquet conversion, `load_dataset(dataset, config, revision=revision)`;
@@ -68,17 +63,14 @@ def load_raw_splits(data_files: dict | None = None, dataset: str = HUB_DATASET, 
             raise SystemExit(f"error: raw TLDR files must be all .parquet or all .json/.jsonl, got {suffixes}")
         loaded = datasets.load_dataset(builder, data_files={s: [str(p) for p in v] for s, v in data_files.items()})
     else:
-        offline_env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on") or \
-            os.environ.get("HF_DATASETS_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-        hint = (f"error: cannot load {dataset} ({config}, revision {revision}) from the Hugging Face hub"
-                " (no network or not cached).\nRun `python prepare.py --offline` for the built-in generated"
-                " data, or set HF_HUB_OFFLINE=1 to use a cached copy.")
-        if not offline_env and not utils.hub_reachable():
-            raise SystemExit(hint)
+        what = f"{dataset} ({config}, revision {revision})"
+        cached_only = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        if not cached_only and not utils.hub_reachable():
+            raise utils.hub_unreachable(what, offline_command)
         try:
             loaded = _load_hub(dataset, config, revision)
-        except ConnectionError as e:
-            raise SystemExit(f"{hint}\n(underlying error: {type(e).__name__}: {str(e).splitlines()[0][:300]})")
+        except (ConnectionError, OSError) as e:
+            raise utils.hub_unreachable(what, offline_command, e) from None
     missing = [s for s in HF_SPLITS if s not in loaded]
     if missing:
         raise SystemExit(f"error: the TLDR data lacks the split(s) {missing}; found {list(loaded)}")
@@ -167,16 +159,25 @@ def write_parquet_atomic(frame, path: Path) -> None:
         frame.to_parquet(tmp, index=False)
 
 
-def load_comparisons(data_path: Path, made_by: str = "python prepare.py") -> dict:
-    """The prepared per-split DataFrames {"train", "validation"} (see prepare.py)."""
+def load_comparisons(data_path: Path, made_by: str) -> dict:
+    """The prepared per-split DataFrames {"train", "validation"} (see prepare.py, the `made_by` command)."""
     import pandas as pd
 
-    return {s: pd.read_parquet(utils.require_file(data_path / COMPARISONS_FILE.format(split=s), made_by))
-            for s in HF_SPLITS}
+    frames = {}
+    for split in HF_SPLITS:
+        path = utils.require_file(data_path / COMPARISONS_FILE.format(split=split), made_by)
+        try:
+            frames[split] = pd.read_parquet(path)
+        except Exception as e:
+            raise SystemExit(f"error: {path} is unreadable ({type(e).__name__}); run `{made_by}`") from None
+        if list(frames[split].columns) != COLUMNS:
+            raise SystemExit(f"error: {path} has the columns {list(frames[split].columns)}, not {COLUMNS}; "
+                             f"run `{made_by}`")
+    return frames
 
 
 # -----------------------------------------------------------------------------
-# the seen/unseen worker split (SPEC 2.2)
+# the seen/unseen worker split
 
 
 def indices_by_user(users) -> dict:
@@ -189,7 +190,7 @@ def indices_by_user(users) -> dict:
 
 def split_users(train_rows: dict, test_rows: dict, seed: int = 0, drop_smallest: int = 2,
                 seen_train_size: int = 150, unseen_train_size: int = 50) -> dict:
-    """GENERIC. The seen/unseen user split of SPEC 2.2 (Reddit TLDR), reproducible across processes.
+    """The seen/unseen user split of Reddit TLDR, reproducible across processes.
 
     train_rows / test_rows: {user: [row indices]} of the train and the test (validation) split.
     Per split, users are sorted by count ascending (ties by id) and the `drop_smallest` smallest are
@@ -236,63 +237,34 @@ def split_users(train_rows: dict, test_rows: dict, seed: int = 0, drop_smallest:
     return out
 
 
-def features_by_user(table, winning, losing, rows_per_user: list) -> list:
-    """GENERIC. Per-user feature tensors [m_i, d] = table[winning[rows]] - table[losing[rows]].
+def user_groups(data_path: Path, split_settings: dict, prepare_command: str, embed_command: str):
+    """The four groups of train_basis.py as utils.Comparisons over the conversation embeddings.
 
-    table [U, d] float32 (one embedding per distinct conversation), winning/losing [N] long row
-    indices into it, rows_per_user: one list of comparison rows per user.
+    The worker split (split_users with `split_settings`: seed, drop_smallest, seen_train_size,
+    unseen_train_size) of the prepared comparisons, printed; seen-train and unseen-train rows come
+    from the train split, the test groups from the validation split. Returns (groups {name:
+    Comparisons}, {"seen": [ids], "unseen": [ids]}, V_ref [d, 1], the split's counts).
     """
     import torch
-    out = []
-    for rows in rows_per_user:
-        idx = torch.as_tensor(rows, dtype=torch.long)
-        out.append(table[winning[idx]] - table[losing[idx]])
-    return out
 
-
-# -----------------------------------------------------------------------------
-# embeddings written by generate-tldr-embeddings.py
-
-
-def load_embedded(data_path: Path, made_by: str = "python generate-tldr-embeddings.py"):
-    """(table [U, d], {split: (winning [N], losing [N])}, reward head [d, 1], metadata) after checking
-    that the embeddings were made from the current prepared comparisons."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    index_path = utils.require_file(data_path / INDEX_FILE, made_by)
-    with safe_open(str(index_path), "pt") as f:
-        meta = f.metadata() or {}
-    index = load_file(str(index_path))
-    for s in HF_SPLITS:
-        comp = utils.require_file(data_path / COMPARISONS_FILE.format(split=s), "python prepare.py")
-        if meta.get(f"{s}_sha256") != utils.file_sha256(comp):
-            raise SystemExit(f"error: {index_path.name} was made from another version of {comp.name}; "
-                             f"rerun `{made_by}`")
-    table, head = load_table_and_head(data_path, made_by)
-    pairs = {s: (index[f"{s}_winning"], index[f"{s}_losing"]) for s in HF_SPLITS}
-    return table, pairs, head, meta
-
-
-def load_table_and_head(data_path: Path, made_by: str):
-    """The conversation embeddings [U, d] and the reward head [d, 1] (float32, no pickle)."""
-    import embedding
-
-    path = utils.require_file(data_path / EMBEDDINGS_FILE, made_by)
-    table = embedding.load_embeddings(path, made_by)
-    head = embedding.load_reward_head(path.parent / embedding.REWARD_HEAD_FILE, made_by)
-    return table.float(), head.float().reshape(table.shape[1], -1)
-
-
-def load_split(data_path: Path, **split_settings) -> dict:
-    """The worker split (split_users) of the prepared comparisons, printed; refuses an empty side."""
-    frames = load_comparisons(data_path)
-    split = split_users(indices_by_user(frames["train"]["worker"]),
-                        indices_by_user(frames["validation"]["worker"]), **split_settings)
+    frames = load_comparisons(data_path, prepare_command)
+    split = split_users(indices_by_user(frames["train"]["worker"]), indices_by_user(frames["validation"]["worker"]),
+                        **split_settings)
     print(split_summary(split))
     if not split["seen"] or not split["unseen"]:
-        raise SystemExit("error: no seen or no unseen workers left after the split; check the prepared data")
-    return split
+        raise SystemExit(f"error: no seen or no unseen workers are left after the split of {data_path}; check "
+                         f"the prepared data (`{prepare_command}`)")
+    conversations, index = embedding_inputs(frames)
+    table, V_ref = embedding.load_embedded(data_path, conversations, embed_command)
+    groups = {}
+    for name, hf_split in (("seen_train", "train"), ("seen_test", "validation"), ("unseen_train", "train"),
+                           ("unseen_test", "validation")):
+        rows_per_user = split[name]
+        users = torch.repeat_interleave(torch.arange(len(rows_per_user)), torch.tensor([len(r) for r in rows_per_user]))
+        rows = torch.tensor([row for user_rows in rows_per_user for row in user_rows], dtype=torch.long)
+        groups[name] = utils.Comparisons(users, len(rows_per_user), table, index[f"{hf_split}_winning"][rows],
+                                         index[f"{hf_split}_losing"][rows])
+    return groups, {"seen": split["seen"], "unseen": split["unseen"]}, V_ref, split["counts"]
 
 
 def split_summary(split: dict) -> str:

@@ -9,10 +9,11 @@ each unseen worker's few-shot pool is min(len, unseen_pool_size) random train co
 on the seen workers per K, then for every shot count `trials` seeded draws of that many comparisons
 per unseen worker, a few-shot fit and the accuracy on the worker's validation comparisons
 (utils.run_few_shot_vary_shots).
-Writes (results folder): vary_fewshot.json (settings, seed, split counts, per (K, shots) means and raw
-stds), vary_fewshot.md (table) and accuracy_vs_shots.png.
+Writes (results folder): vary_fewshot.json (settings, seed, split counts, per (K, shots) mean, std over
+trials and std over users), vary_fewshot.md (table) and fewshot_accuracy_vs_shots.png.
 """
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,7 +27,7 @@ data_dir = "data/tldr"
 results_dir = "results"
 seed = 0                      # worker split and comparison draws, shot draws, fits
 K_list = [5]
-alpha_list = [0]
+alpha_list = [0.0]
 trials = 20                   # shot draws per shot count
 num_shots = [5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
 drop_smallest = 2             # workers dropped per split (the smallest by count)
@@ -36,27 +37,25 @@ num_iterations = 500          # joint fit (LoRe)
 learning_rate = 0.5
 fewshot_iterations = 500      # few-shot fit of every (trial, unseen worker) at once
 fewshot_learning_rate = 0.1
-device = ""                   # "" = cuda if available, else cpu
+device: str | None = None     # None: cuda if available, else cpu
 # -----------------------------------------------------------------------------
 settings = utils.configure(globals())
-data_path, results_path = utils.script_dirs(__file__, data_dir, results_dir, offline)
+data_path, results_path = utils.script_dirs(__file__, settings)
 
-table, pairs, reward_head, meta = tldr_data.load_embedded(data_path)
-split = tldr_data.load_split(data_path, seed=seed, drop_smallest=drop_smallest,
-                             seen_train_size=seen_train_size, unseen_train_size=unseen_pool_size)
-
-train = tldr_data.features_by_user(table, *pairs["train"], split["seen_train"])
-pool_unseen = tldr_data.features_by_user(table, *pairs["train"], split["unseen_train"])
-test_unseen = tldr_data.features_by_user(table, *pairs["validation"], split["unseen_test"])
-results = utils.run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, train, pool_unseen, test_unseen,
-                                        reward_head, len(split["seen"]), len(split["unseen"]),
-                                        device or utils.get_device(), seed=seed, num_iterations=num_iterations,
+groups, users, V_ref, split_counts = tldr_data.user_groups(
+    data_path, dict(seed=seed, drop_smallest=drop_smallest, seen_train_size=seen_train_size,
+                    unseen_train_size=unseen_pool_size),
+    utils.command_line("prepare.py", settings), utils.command_line("generate-tldr-embeddings.py", settings))
+start = time.time()
+results = utils.run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, groups["seen_train"],
+                                        groups["unseen_train"], groups["unseen_test"], V_ref, len(users["seen"]),
+                                        len(users["unseen"]), device, seed=seed, num_iterations=num_iterations,
                                         learning_rate=learning_rate, fewshot_iterations=fewshot_iterations,
                                         fewshot_learning_rate=fewshot_learning_rate)
-extra = {"split": split["counts"], "seen_workers": split["seen"], "unseen_workers": split["unseen"],
-         "embedding_model": meta.get("model")}
-files = utils.save_fewshot_results(results_path, "vary_fewshot", settings, num_shots,
-                                   K_list, alpha_list, results, plot_name="accuracy_vs_shots.png",
+extra = {"seconds": round(time.time() - start, 1), "split": split_counts, "seen_workers": users["seen"],
+         "unseen_workers": users["unseen"]}
+files = utils.save_fewshot_results(results_path, "vary_fewshot", settings, num_shots, K_list, alpha_list, results,
+                                   plot_name="fewshot_accuracy_vs_shots.png",
                                    title="Reddit TLDR: unseen-worker accuracy vs shots", extra=extra)
 print(files["markdown"].read_text())
-print(f"wrote {files['json']}, {files['markdown']}, {files['plots'][0]}")
+print(f"wrote {files['json']}, {files['markdown']}, {files['plots'][0]} ({extra['seconds']} s)")

@@ -49,7 +49,7 @@ peak_tflops = 0.0            # the device's dense bf16 peak; 0 = look up the GPU
 threads = 0                  # torch CPU threads (0: torch's default)
 seed = 0
 # -----------------------------------------------------------------------------
-utils.configure(globals())
+settings = utils.configure(globals())
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0,
                     "A10G": 70.0, "L4": 121.0, "4090": 165.0}
@@ -74,16 +74,14 @@ def offline_workloads() -> dict:
     import tldr_data
 
     def data(folder, name):
-        return utils.script_dirs(str(ROOT / folder / "x.py"), f"data/{name}", "results", offline=True)[0]
+        return ROOT / folder / "data" / f"{name}-offline"
 
     made_by = "bash main.sh (or the folder's `python prepare.py --offline`)"
-    personalllm = data("PersonalLLM", "personalllm")
     return {
         "PRISM": prism_data.embedding_inputs(prism_data.load_prepared(data("PRISM", "prism"), made_by))[0],
         "Reddit TLDR": tldr_data.embedding_inputs(tldr_data.load_comparisons(data("RedditTLDR", "tldr"),
                                                                              made_by))[0],
-        "PersonalLLM": [c for split in ("train", "test")
-                        for c in personalllm_simulation.embedding_inputs(personalllm, split)],
+        "PersonalLLM": personalllm_simulation.embedding_inputs(data("PersonalLLM", "personalllm"), made_by)[0],
     }
 
 

@@ -2,7 +2,7 @@
 
     python bench/lore_speed.py                            # everything, incl. a full 20,000-iteration fit
     python bench/lore_speed.py --full_iterations=2000     # time 2,000 iterations and extrapolate
-    python bench/lore_speed.py --full_iterations=0        # skip the full fit
+    python bench/lore_speed.py --full_fit=False           # skip the full fit
 
 Measures, on a planted population of n_users x comparisons_per_user comparisons in R^d:
 1. seconds per LoRe_regularized iteration (utils) vs the straightforward formulation written below
@@ -10,7 +10,7 @@ Measures, on a planted population of n_users x comparisons_per_user comparisons 
    forward and backward pass for the W step and for the V step): target >= 50x;
 2. the same iteration vs the physical floor: two plain read passes over X (two X.sum()): target <= 3x;
 3. PersonalizeBatch over fewshot_users users vs a per-user Python loop, 500 iterations each: >= 100x;
-4. the wall time of a full LoRe_regularized fit (full_iterations).
+4. the wall time of a full LoRe_regularized fit (full_fit, full_iterations).
 Writes nothing. Timings on a shared CPU vary; each figure is the median of `repeats` measurements.
 """
 import statistics
@@ -23,6 +23,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import utils  # noqa: E402
+from offline.planted import random_population, simulate_comparisons  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -38,10 +39,11 @@ repeats = 3                   # measurements per figure (median reported)
 fewshot_users = 250
 fewshot_iterations = 500
 loop_users = 250              # users fitted one by one for the loop baseline (scaled to fewshot_users)
-full_iterations = 20000       # the full fit; 0 skips it; fewer than 20000 are timed and extrapolated
+full_fit = True               # time a full fit (False: skip it)
+full_iterations = 20000       # its iterations; fewer than 20000 are timed and extrapolated
 seed = 0
 # -----------------------------------------------------------------------------
-utils.configure(globals())
+settings = utils.configure(globals())
 
 
 def median_seconds(fn, repeat=repeats):
@@ -92,38 +94,32 @@ def per_user_few_shot(X_users, V, W0):
 def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu; "
           f"{n_users} users x {comparisons_per_user} comparisons, d = {d}, B = {B}")
-    V_star, W_star = utils.generate_population(n_users, d, B, seed=seed)
-    data, _ = utils.simulate_population(V_star, W_star, comparisons_per_user, seed=seed + 1)
-    X, users = data.features, data.users
+    population = random_population(n_users, d, B, seed=seed)
+    data, _ = simulate_comparisons(population, comparisons_per_user, seed=seed + 1)
+    X, users = data.table[data.chosen], data.users          # the features [N, d] of the straightforward form
+    V_star = torch.tensor(population.directions, dtype=torch.float32)
     V_sft = V_star[:, :1] / V_star[:, :1].norm()
     print(f"X: {tuple(X.shape)} float32, {X.numel() * 4 / 2**20:.0f} MiB")
 
-    # 1-2. one alternating iteration: floor, fast (both BLAS back ends), straightforward
+    # 1-2. one alternating iteration: floor, fast, straightforward
     floor, floor_min = timings(lambda: (X.sum(), X.sum()), repeat=7)
     model = utils.LoRe_regularized(V_sft, alpha, n_users, d, B, fast_iterations, learning_rate, seed=seed,
                                    device="cpu", progress=False)
     W0, V0 = model.W.detach().clone(), model.V.detach().clone()
-    fast = {}
-    for backend in ("numpy", "torch"):
-        utils._CPU_MATMUL = backend
 
-        def fit():
-            m = utils.LoRe_regularized(V_sft, alpha, n_users, d, B, fast_iterations, learning_rate, seed=seed,
-                                       device="cpu", progress=False)
-            m.train(data)
-        fit()  # warm-up (imports, allocator)
-        fast[backend] = [seconds / fast_iterations for seconds in timings(fit)]
-    utils._CPU_MATMUL = "numpy"
-    best = min(fast, key=lambda backend: fast[backend][0])
+    def fit():
+        utils.LoRe_regularized(V_sft, alpha, n_users, d, B, fast_iterations, learning_rate, seed=seed,
+                               device="cpu", progress=False).train(data)
+    fit()  # warm-up (imports, allocator)
+    fast, fastest = [seconds / fast_iterations for seconds in timings(fit)]
     reference = median_seconds(lambda: straightforward_iterations(X, users, V_sft, W0, V0, reference_iterations,
                                                                   20000), repeat=1) / reference_iterations
-    print(f"floor, two X.sum():                 {floor * 1e3:8.1f} ms (min {floor_min * 1e3:.1f})")
-    for backend, (seconds, fastest) in fast.items():
-        print(f"fast iteration ({backend:5s} BLAS):      {seconds * 1e3:8.1f} ms (min {fastest * 1e3:.1f}) "
-              f"= {seconds / floor:.2f}x the floor (min/min {fastest / floor_min:.2f}x)")
-    print(f"straightforward iteration:          {reference * 1e3:8.1f} ms")
-    print(f"==> speed-up vs straightforward: {reference / fast['numpy'][0]:.0f}x (target >= 50x); "
-          f"vs floor: {fast['numpy'][0] / floor:.2f}x (aim <= 3x); default back end numpy, fastest here: {best}")
+    print(f"floor, two X.sum():          {floor * 1e3:8.1f} ms (min {floor_min * 1e3:.1f})")
+    print(f"fast iteration:              {fast * 1e3:8.1f} ms (min {fastest * 1e3:.1f}) "
+          f"= {fast / floor:.2f}x the floor (min/min {fastest / floor_min:.2f}x)")
+    print(f"straightforward iteration:   {reference * 1e3:8.1f} ms")
+    print(f"==> speed-up vs straightforward: {reference / fast:.0f}x (target >= 50x); vs floor: {fast / floor:.2f}x "
+          f"(aim <= 3x)")
 
     # 3. few-shot: batched PersonalizeBatch vs one fit per user
     shots = data.select(users < fewshot_users, n_users=fewshot_users)
@@ -155,7 +151,7 @@ def main():
     print(f"==> few-shot speed-up: {loop_seconds / batched_seconds:.0f}x (target >= 100x)")
 
     # 4. the full fit
-    if full_iterations > 0:
+    if full_fit:
         full = utils.LoRe_regularized(V_sft, alpha, n_users, d, B, full_iterations, learning_rate, seed=seed,
                                       device="cpu", progress=True)
         start = time.perf_counter()

@@ -39,7 +39,7 @@ n_unseen_users = 500
 seen_prompt_fraction = 0.005
 unseen_prompt_fraction = 0.001
 K_list = [0, 1, 2, 3, 4, 5]
-alpha_list = [0]
+alpha_list = [0.0]
 num_iterations = 20              # per LoRe fit (train_basis: 1000); reduced for the shared CPU
 full_iterations = 1000           # the real run's count, for the extrapolated wall time
 fewshot_iterations = 500         # as train_basis (cheap: O(N.B) per iteration after one projection)
@@ -47,7 +47,7 @@ timing_iterations = 10           # extra K = 5 LoRe fit timed alone for the per-
 seed = 0
 out = "results/personalllm_scale.json"  # relative to bench/
 # -----------------------------------------------------------------------------
-utils.configure(globals())
+settings = utils.configure(globals())
 
 GB = 1e9
 
@@ -119,7 +119,7 @@ def main() -> None:
         ("seen_train", population.seen_train), ("seen_test", population.seen_test),
         ("unseen_train", population.unseen_train), ("unseen_test", population.unseen_test))}
     report = {
-        "settings": utils.script_settings(globals()), "seed": seed,
+        "settings": settings, "seed": seed,
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                     "load_average": os.getloadavg()},

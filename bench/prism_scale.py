@@ -3,7 +3,7 @@
     python bench/prism_scale.py                                  # K = 10 and K = 50, 1,000 timed iterations each
     python bench/prism_scale.py --timed_iterations=20000 --ranks=[10]   # one full 20,000-iteration fit
 
-Planted features of the real shape (utils.generate_population / simulate_population): n_seen users x
+Planted features of the real shape (offline.planted.random_population / simulate_comparisons): n_seen users x
 comparisons_per_user training comparisons in R^d (about 1,000 x 20 = 20,000, d = 4096, as the real PRISM
 split), plus seen-user test comparisons and n_unseen new users with few-shot and test comparisons. For
 each rank in `ranks` it times `timed_iterations` iterations of utils.LoRe_regularized (the PRISM
@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import utils  # noqa: E402
+from offline.planted import PlantedPopulation, random_population, simulate_comparisons  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -41,21 +42,23 @@ fewshot_iterations = 500
 fewshot_learning_rate = 0.5
 seed = 0
 # -----------------------------------------------------------------------------
-utils.configure(globals())
+settings = utils.configure(globals())
 
 
 def main():
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu, load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    V_star, W_star = utils.generate_population(n_seen + n_unseen, d, n_directions, seed=seed)
-    seen_w, unseen_w = W_star[:n_seen], W_star[n_seen:]
-    train, _ = utils.simulate_population(V_star, seen_w, comparisons_per_user, seed=seed + 1)
-    test, _ = utils.simulate_population(V_star, seen_w, comparisons_per_user, seed=seed + 2)
-    fewshot, _ = utils.simulate_population(V_star, unseen_w, comparisons_per_user, seed=seed + 3)
-    test_unseen, _ = utils.simulate_population(V_star, unseen_w, comparisons_per_user, seed=seed + 4)
+    population = random_population(n_seen + n_unseen, d, n_directions, seed=seed)
+    seen = PlantedPopulation(population.directions, population.user_weights[:n_seen])
+    unseen = PlantedPopulation(population.directions, population.user_weights[n_seen:])
+    train, _ = simulate_comparisons(seen, comparisons_per_user, seed=seed + 1)
+    test, _ = simulate_comparisons(seen, comparisons_per_user, seed=seed + 2)
+    fewshot, _ = simulate_comparisons(unseen, comparisons_per_user, seed=seed + 3)
+    test_unseen, _ = simulate_comparisons(unseen, comparisons_per_user, seed=seed + 4)
+    V_star = torch.tensor(population.directions, dtype=torch.float32)
     V_ref = V_star[:, :1] + 0.5 * V_star.norm(dim=0).mean() * torch.randn(d, 1) / d ** 0.5  # a related head
-    print(f"train features: {tuple(train.features.shape)} float32 "
-          f"({train.features.numel() * 4 / 2**20:.0f} MiB); {n_unseen} new users x {comparisons_per_user}")
+    print(f"train features: {tuple(train.table.shape)} float32 "
+          f"({train.table.numel() * 4 / 2**20:.0f} MiB); {n_unseen} new users x {comparisons_per_user}")
 
     per_iteration, other = {}, {}
     for K in ranks:
@@ -68,7 +71,7 @@ def main():
         start = time.perf_counter()    # the rest of run_regularized's work for this rank
         weights_unseen = utils.learn_multiple_few_shot(fewshot, V, fewshot_iterations, fewshot_learning_rate,
                                                       seed=seed, progress=False)
-        accuracy = [utils.eval_multiple(group, V, w)[0] for group, w in
+        accuracy = [utils.accuracy_mean_std(group, V, w)[0] for group, w in
                     ((train, weights), (test, weights), (fewshot, weights_unseen), (test_unseen, weights_unseen))]
         other[K] = time.perf_counter() - start
         print(f"K = {K}: {timed_iterations} iterations in {fit_seconds:.1f} s = {per_iteration[K] * 1e3:.1f} ms "

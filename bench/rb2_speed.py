@@ -30,7 +30,7 @@ repeats = 2            # timings per way; the best is reported
 threads = [0, 1]       # torch thread counts to measure (0: torch's default, all cores)
 limit = 0              # first N prompts only (0: all)
 # -----------------------------------------------------------------------------
-utils.configure(globals())
+settings = utils.configure(globals())
 
 
 def best_time(fn, n):

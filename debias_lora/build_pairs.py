@@ -39,13 +39,13 @@ def parse_args(argv=None):
     parser.add_argument("--source", default=HUB_DATASET,
                         help="hub dataset id, a folder with <split>.jsonl, or one .jsonl file (default %(default)s)")
     parser.add_argument("--splits", nargs="+", default=["train", "test"])
-    parser.add_argument("--data_dir", default="data", help="output folder, relative to this script's folder")
+    parser.add_argument("--data_dir", default="data", help="output folder (default: data beside this script, data-offline with --offline)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N questions of each split")
     parser.add_argument("--seed", type=int, default=0, help="seed of the arithmetic slips")
     parser.add_argument("--offline", action="store_true", help="generated GSM8K-style problems, no network")
     parser.add_argument("--offline_questions", type=int, nargs=2, default=None, metavar=("TRAIN", "TEST"),
                         help=f"generated questions per split (default {tuple(OFFLINE_QUESTIONS.values())})")
-    return parser.parse_args(argv)
+    return utils.cli_args(parser, argv)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -65,17 +65,19 @@ def load_rows(source: str, split: str, n_splits: int) -> list[dict]:
     if path.suffix == ".jsonl" or source.startswith((".", "/")):
         raise SystemExit(f"error: {source} does not exist")
     import embedding
+    what = f"{source} (or give a local copy as --source /path/to/gsm8k: a folder with train.jsonl/test.jsonl)"
     if not utils.hub_reachable():
-        raise SystemExit(f"error: cannot download {source} (no network). Give a local copy as "
-                         f"--source /path/to/gsm8k (a folder with train.jsonl/test.jsonl), or run with "
-                         f"--offline for generated problems.")
+        raise utils.hub_unreachable(what, "python build_pairs.py --offline")
     from datasets import load_dataset
-    return [dict(row) for row in load_dataset(source, "main", split=split)]
+    try:
+        return [dict(row) for row in load_dataset(source, "main", split=split)]
+    except (ConnectionError, OSError) as e:
+        raise utils.hub_unreachable(what, "python build_pairs.py --offline", e) from None
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    data_path, _ = utils.script_dirs(__file__, args.data_dir, "results", args.offline)
+    data_path, _ = utils.script_dirs(__file__, args.settings)
     data_path.mkdir(parents=True, exist_ok=True)
     source = args.source
     if args.offline:

@@ -1,7 +1,7 @@
 """Offline demonstration that subtracting a style forget LoRA removes a planted style bias.
 
-    cd debias_lora && python demo_offline.py --offline            # ~1-2 minutes on 2 CPU cores
-    cd debias_lora && python demo_offline.py --offline --smoke    # a few steps: checks it runs
+    cd debias_lora && python demo_offline.py                      # ~1-2 minutes on 2 CPU cores
+    cd debias_lora && python demo_offline.py --smoke              # a few steps: checks it runs
 
 1. Data: generated GSM8K-style problems (offline/gsm8k.py) -> variants and pairs (build_pairs.py).
 2. A style-biased reward model: the built-in tiny reward model fine-tuned (all weights) with the
@@ -40,7 +40,9 @@ CORRECTNESS_WEIGHT = 1      # copies of each correctness pair in the biased mix
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--offline", action="store_true", help="accepted for uniformity: the demo is always offline")
+    parser.add_argument("--data_dir", default="data", help="generated pairs (default: data-offline beside this script)")
+    parser.add_argument("--results_dir", default="results", help="the biased base, the LoRA and the tables "
+                        "(default: results-offline beside this script)")
     parser.add_argument("--smoke", action="store_true", help="a few steps only: checks that it runs")
     parser.add_argument("--questions", type=int, nargs=2, default=(400, 60), metavar=("TRAIN", "TEST"))
     parser.add_argument("--base_correctness_steps", type=int, default=200,
@@ -59,7 +61,7 @@ def parse_args(argv=None):
     parser.add_argument("--lambdas", type=float, nargs="+", default=LAMBDAS)
     parser.add_argument("--rb2_limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    return utils.cli_args(parser, argv)
 
 
 def _swapped(p: dict) -> dict:
@@ -130,14 +132,16 @@ def main(argv=None) -> dict:
         args.questions, args.base_correctness_steps, args.base_bias_steps, args.lora_pairs = (40, 10), 2, 2, 16
         args.lambdas, args.rb2_limit = [0.0, 1.0], 10
     start = time.time()
-    data_path, results_path = utils.script_dirs(__file__, "data", "results", True)
+    args.settings["offline"] = True                     # the demo is always offline
+    data_path, results_path = utils.script_dirs(__file__, args.settings)
     results_path.mkdir(parents=True, exist_ok=True)
 
     print("== 1. generated GSM8K-style pairs")
-    build_pairs.main(["--offline", "--offline_questions", *map(str, args.questions), "--seed", str(args.seed)])
+    build_pairs.main(["--offline", "--offline_questions", *map(str, args.questions), "--seed", str(args.seed),
+                      "--data_dir", str(data_path)])
 
     print("== 2. the style-biased base (tiny reward model, all weights)")
-    base_dir = train_biased_base(data_path / "pairs_train.jsonl", train_forget_lora.offline_base_path(), args)
+    base_dir = train_biased_base(data_path / "pairs_train.jsonl", results_path / "biased_base", args)
 
     print("== 3. the style forget LoRA (direction undesired)")
     lora_dir = results_path / "forget_lora_style_undesired"
@@ -149,8 +153,11 @@ def main(argv=None) -> dict:
         "--log-every", "20", "--output", str(lora_dir)])
 
     print("== 4. the lambda sweep")
+    import rewardbench2
     sweep_args = ["--offline", "--base_model", str(base_dir), "--lora_path", str(lora_dir),
                   "--output_path", str(results_path / "lambda_sweep_style.json"),
+                  "--variants", str(data_path / "variants_test.jsonl"),
+                  "--rb2_dataset", str(rewardbench2.offline_dataset_path(data_path / "rewardbench2")),
                   "--max_length", str(args.max_length), "--batch_size", "32",
                   "--lambdas", *map(str, args.lambdas)]
     if args.rb2_limit:
@@ -159,8 +166,8 @@ def main(argv=None) -> dict:
 
     claim = check_claim(sweep["results"])
     seconds = round(time.time() - start, 1)
-    summary = {"settings": vars(args), "claim": claim, "results": sweep["results"], "seconds": seconds}
-    (results_path / "demo_offline.json").write_text(json.dumps(summary, indent=1))
+    summary = {"settings": args.settings, "claim": claim, "results": sweep["results"], "seconds": seconds}
+    utils.write_json_atomic(results_path / "demo_offline.json", summary)
     verdict = ("hard accuracy rises with lambda while normal accuracy holds"
                if claim["hard_rises"] and claim["normal_holds"] else "NOT SHOWN (see the table)")
     text = (f"Offline debias demo: style-biased tiny RM minus lambda * style forget LoRA "
@@ -170,7 +177,7 @@ def main(argv=None) -> dict:
             f"{claim['hard_at_0']:.3f} -> {claim['hard_at_best']:.3f}, normal {claim['normal_at_0']:.3f} -> "
             f"{claim['normal_at_best']:.3f}, easy {claim['easy_at_0']:.3f} -> {claim['easy_at_best']:.3f}: "
             f"{verdict}.\n")
-    (results_path / "demo_offline.md").write_text(text)
+    utils.write_text_atomic(results_path / "demo_offline.md", text)
     print("\n" + text)
     return summary
 

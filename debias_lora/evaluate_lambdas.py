@@ -222,7 +222,7 @@ def base_and_lora(base_model, lora_path, offline: bool, results_path: Path) -> t
     tiny RM and its style forget LoRA (made by demo_offline.py)."""
     if offline:
         from debias_lora.train_forget_lora import offline_base_path
-        made_by = "python demo_offline.py --offline"
+        made_by = "python demo_offline.py"
         base_model = base_model or str(utils.require_file(offline_base_path(), made_by))
         lora_path = lora_path or str(utils.require_file(results_path / "forget_lora_style_undesired", made_by))
     return base_model or DEFAULT_BASE, lora_path or DEFAULT_LORA
@@ -230,7 +230,7 @@ def base_and_lora(base_model, lora_path, offline: bool, results_path: Path) -> t
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    data_path, results_path = utils.script_dirs(__file__, "data", "results", args.offline)
+    data_path, results_path = utils.script_dirs(__file__, utils.Settings(data_dir="data", results_dir="results", offline=args.offline))
     args.base_model, args.lora_path = base_and_lora(args.base_model, args.lora_path, args.offline, results_path)
     args.lambdas = args.lambdas if args.lambdas is not None else PUBLISHED_LAMBDAS
     output_path = Path(args.output_path) if args.output_path else results_path / "lambda_sweep.json"

@@ -1,7 +1,7 @@
 """Forget-LoRA arithmetic: load a base reward model (merging it first when it is itself a LoRA adapter),
 attach a forget LoRA, and subtract it: debiased = base - lambda * LoRA.
 
-Two equivalent ways to subtract (SPEC 5):
+Two equivalent ways to subtract:
 - scaled adapter: every LoRA layer's scaling set to -lambda * s, with s = alpha / r (alpha / sqrt(r)
   for rsLoRA) the adapter's own scaling; the forward is W x - lambda * s * B A x. Switching lambda is
   free, so one loaded model serves a whole lambda sweep.
@@ -58,12 +58,9 @@ def split_path(name: str) -> tuple[str, str | None]:
 
 def unavailable(name: str, cause: BaseException | None = None) -> SystemExit:
     """The error for a model or adapter that is neither local nor reachable on the hub."""
-    return SystemExit(
-        f"error: cannot load {name!r}: it is neither a local folder nor reachable on the Hugging Face hub "
-        f"(no network, not in the local cache, or a wrong name). Give a local folder (--model / "
-        f"--base_model / --lora_path), or run the script with --offline (the built-in tiny model and "
-        f"generated data)." + (f"\n(underlying error: {type(cause).__name__}: {str(cause).splitlines()[0][:300]})"
-                              if cause is not None and str(cause) else ""))
+    script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "the script"
+    return utils.hub_unreachable(f"{name!r} (neither a local folder nor a reachable hub id; give a local folder "
+                                 f"as --model / --base_model / --lora_path)", f"python {script} --offline", cause)
 
 
 def adapter_config(name: str) -> dict | None:

@@ -8,7 +8,7 @@ displayed result) and a final line `#### <number>`. Per question we render
   x 2 correctness  correct, incorrect (one calculator result is off by a small slip, the slip is
                    carried through every later step that uses it, and the final answer is wrong)
 
-and build about 3 pairs per question per mode (SPEC 5):
+and build about 3 pairs per question per mode:
 
     style        same correctness; chosen = the plainer/shorter style, rejected = the more
                  markdown-rich/verbose one (concise<plain, concise<markdown, plain<markdown; the

@@ -41,7 +41,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    _, results_path = utils.script_dirs(__file__, "data", "results", args.offline)
+    _, results_path = utils.script_dirs(__file__, utils.Settings(data_dir="data", results_dir="results", offline=args.offline))
     args.base_model, args.lora_path = base_and_lora(args.base_model, args.lora_path, args.offline, results_path)
     output = Path(args.output_dir) if args.output_dir else \
         results_path / f"debiased_{Path(args.lora_path).name}_lambda{args.lam:g}"

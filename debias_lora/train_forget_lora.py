@@ -77,16 +77,12 @@ def parse_args(argv=None):
 # data
 
 
-def conversation(prompt: str, response: str) -> list[dict]:
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-
-
 def tokenize_pairs(pairs: list[dict], tokenizer, max_length: int, swap: bool) -> list[tuple[list[int], list[int]]]:
     """(chosen ids, rejected ids) per pair, rendered with the chat template; `swap` exchanges them."""
     out = []
     for p in pairs:
-        chosen = embedding.render_ids(tokenizer, conversation(p["prompt"], p["chosen"]), max_length)
-        rejected = embedding.render_ids(tokenizer, conversation(p["prompt"], p["rejected"]), max_length)
+        chosen = embedding.render_ids(tokenizer, embedding.conversation(p["prompt"], p["chosen"]), max_length)
+        rejected = embedding.render_ids(tokenizer, embedding.conversation(p["prompt"], p["rejected"]), max_length)
         out.append((rejected, chosen) if swap else (chosen, rejected))
     return out
 
@@ -214,9 +210,9 @@ def train_bradley_terry(model, tokenized: list, pad_id: int, *, epochs: float, l
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    data_path, results_path = utils.script_dirs(__file__, "data", "results", args.offline)
+    data_path, results_path = utils.script_dirs(__file__, utils.Settings(data_dir="data", results_dir="results", offline=args.offline))
     if args.model is None:
-        args.model = str(utils.require_file(offline_base_path(), "python demo_offline.py --offline")) \
+        args.model = str(utils.require_file(offline_base_path(), "python demo_offline.py")) \
             if args.offline else DEFAULT_MODEL
     data = Path(args.data) if args.data else utils.require_file(
         data_path / "pairs_train.jsonl", "python build_pairs.py" + (" --offline" if args.offline else ""))

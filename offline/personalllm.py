@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from offline.planted import TEMPERATURE, PlantedPopulation, embed_for_planting
+from embedding import conversation
 from offline.text import sentence
 
 # The published format (SPEC 2.3). The order of REWARD_MODELS defines the reward tensor's last axis.
@@ -38,6 +39,7 @@ RESPONSE_MODELS = ("offline-gen-alpha", "offline-gen-bravo", "offline-gen-charli
 SUBSETS = ("offline_chat", "offline_advice", "offline_code", "offline_facts")
 
 GROUND_TRUTH = "ground_truth"  # .safetensors + .json beside the data
+GENERATOR_VERSION = 2  # bump when the output for a given seed and settings changes
 
 
 def response_columns() -> list[str]:
@@ -57,11 +59,6 @@ def columns() -> list[str]:
     """Every column of a PersonalLLM row (prompt, subset, prompt_id, 8 responses, 8 models, 80 scores)."""
     scores = [c for row in score_columns() for c in row]
     return ["prompt", "subset", "prompt_id"] + response_columns() + model_columns() + scores
-
-
-def conversation(prompt: str, response: str) -> list[dict]:
-    """The 2-message conversation that is embedded for (prompt, response)."""
-    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
 
 
 def _texts(rng: np.random.Generator, n_prompts: int) -> tuple[list[str], list[list[str]]]:
@@ -153,3 +150,24 @@ def write_raw(data_path: Path, n_train: int = 160, n_test: int = 40, seed: int =
     save_file({"directions": planted.directions, "user_weights": planted.user_weights,
                "scales": scales, "offsets": offsets}, str(gt.with_suffix(".safetensors")))
     return json.loads(gt.with_suffix(".json").read_text())
+
+
+def planted_accuracy(data_path: Path, groups: dict, population) -> dict:
+    """{group: accuracy of the planted rewards of the simulated users}, as the LoRe accuracies are
+    computed (per user, then the mean over users). A user mixing the 10 reward models with weights w
+    has the noise-free reward e . U* (sum_r w_r scale_r a_r) / 100: the ceiling of a learned linear
+    reward on the same comparisons. `population`: PersonalLLM's simulated Population."""
+    import torch
+    from safetensors.numpy import load_file
+
+    import utils
+
+    truth = load_file(str(Path(data_path) / (GROUND_TRUTH + ".safetensors")))
+    directions = torch.tensor(truth["directions"])
+    out = {}
+    for name, comparisons in groups.items():
+        w = population.weights_seen if name.startswith("seen") else population.weights_unseen
+        planted = torch.tensor((w * truth["scales"]) @ truth["user_weights"])          # [C, B*]
+        out[name] = utils.accuracy_mean_std(comparisons, directions.to(comparisons.dtype),
+                                            planted.to(comparisons.dtype))[0]
+    return out

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TEMPERATURE = 100.0
+from utils import TEMPERATURE, Comparisons, _generator
 
 
 class PlantedPopulation:
@@ -80,3 +80,65 @@ def embed_for_planting(conversations: list[list[dict]], batch_size: int = 64) ->
     torch.manual_seed(0)
     model, tokenizer = load_reward_model(tiny_model_path(), device="cpu")
     return embed_conversations(model, tokenizer, conversations, batch_size=batch_size).numpy()
+
+
+# -----------------------------------------------------------------------------
+# the same population in a plain feature space (tests and benchmarks): x ~ N(0, I_d), no model
+
+
+def random_population(num_users: int, num_features: int, num_directions: int, *, concentration: float = 0.3,
+                      margin_std: float = 4.0, seed: int = 0) -> PlantedPopulation:
+    """Orthogonal directions U* [d, B*] in R^d, each of norm margin_std * 100, so that a pure user's
+    margin x . U* w / 100 over x ~ N(0, I_d) has std margin_std; users Dirichlet(concentration) rows
+    (small: users differ more)."""
+    rng = np.random.default_rng(seed)
+    directions, _ = np.linalg.qr(rng.standard_normal((num_features, num_directions)))
+    return PlantedPopulation(directions * margin_std * TEMPERATURE,
+                             rng.dirichlet(concentration * np.ones(num_directions), size=num_users))
+
+
+def simulate_comparisons(population: PlantedPopulation, num_comparisons, *, seed: int = 0):
+    """Comparisons of every planted user in feature space: x ~ N(0, I_d), the user prefers x's first side
+    with p = sigmoid(x . U* w_i / 100), and the feature is oriented chosen - rejected. num_comparisons:
+    one int for all users or one per user. Returns (Comparisons, the Bayes-optimal probability of a
+    correct prediction max(p, 1 - p) [N])."""
+    V_star = torch.as_tensor(population.directions, dtype=torch.float32)
+    W_star = torch.as_tensor(population.user_weights, dtype=torch.float32)
+    n_users = len(W_star)
+    counts = torch.as_tensor(num_comparisons).long().reshape(-1).expand(n_users) if np.ndim(num_comparisons) == 0 \
+        else torch.as_tensor(num_comparisons).long()
+    users = torch.repeat_interleave(torch.arange(n_users), counts)
+    g = _generator(seed)
+    x = torch.randn(len(users), V_star.shape[0], generator=g)
+    p = torch.sigmoid((x @ V_star * W_star[users]).sum(1) / TEMPERATURE)
+    first_wins = torch.rand(len(users), generator=g) < p
+    features = torch.where(first_wins[:, None], x, -x)
+    return Comparisons.from_features(users, n_users, features), torch.maximum(p, 1 - p)
+
+
+def bayes_accuracy(comparisons: Comparisons, bayes_probability: torch.Tensor) -> float:
+    """Expected accuracy of the planted (Bayes-optimal) model, averaged per user then over users, as
+    the reported accuracies are."""
+    per_user = torch.zeros(comparisons.n_users, dtype=torch.float64)
+    per_user.index_add_(0, comparisons.users.cpu(), bayes_probability.double().cpu())
+    per_user = per_user / comparisons.counts().cpu()
+    return float(per_user[~per_user.isnan()].mean())
+
+
+def planted_accuracy(truth: Path, ids_key: str, groups: dict, users: dict) -> dict:
+    """The offline report every train_basis.py prints: the accuracy of the planted (true) reward of every
+    user on each comparison group, computed as the LoRe accuracies are (per user, then the mean over
+    users), {group: mean}: the ceiling a learned reward can reach on the same comparisons. `truth`: a
+    saved PlantedPopulation whose JSON lists the user ids under `ids_key` in its row order; `groups`
+    {name: Comparisons}; `users` {"seen" | "unseen": [ids]} in the groups' user order (group names start
+    with "seen" or "unseen")."""
+    import utils
+
+    population = PlantedPopulation.load(truth)
+    position = {u: i for i, u in enumerate(json.loads(Path(truth).with_suffix(".json").read_text())[ids_key])}
+    out = {}
+    for name, comparisons in groups.items():
+        weights = population.user_weights[[position[u] for u in users["seen" if name.startswith("seen") else "unseen"]]]
+        out[name] = utils.accuracy_mean_std(comparisons, torch.tensor(population.directions, dtype=comparisons.dtype),
+                                            torch.tensor(weights, dtype=comparisons.dtype))[0]
+    return out

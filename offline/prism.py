@@ -297,25 +297,10 @@ def generate(out_dir: Path, seed: int = 0, n_users: int = 240, zero_fraction: fl
     return summary
 
 
-def planted_accuracy(truth_dir: Path, groups: dict, users: dict) -> dict:
-    """Accuracy of the planted (true) reward of every user on each comparison group, computed as the
-    LoRe accuracies are (per user, then mean over users): {group: mean}. `groups` {name: Comparisons},
-    `users` {"seen"|"unseen": [user ids]} (the groups' user order, names starting with that key)."""
-    import torch
-
-    import utils
-    from offline.planted import PlantedPopulation
-
-    truth = Path(truth_dir) / GROUND_TRUTH
-    population = PlantedPopulation.load(truth)
-    position = {u: i for i, u in enumerate(json.loads(truth.with_suffix(".json").read_text())["user_ids"])}
-    out = {}
-    for name, comparisons in groups.items():
-        ids = users["seen" if name.startswith("seen") else "unseen"]
-        weights = population.user_weights[[position[u] for u in ids]]
-        out[name] = utils.eval_multiple(comparisons, torch.tensor(population.directions, dtype=comparisons.dtype),
-                                        torch.tensor(weights, dtype=comparisons.dtype))[0]
-    return out
+def planted_accuracy(data_path: Path, groups: dict, users: dict) -> dict:
+    """{group: accuracy of the planted user rewards} (see offline.planted.planted_accuracy)."""
+    from offline.planted import planted_accuracy as accuracy
+    return accuracy(Path(data_path) / GROUND_TRUTH, "user_ids", groups, users)
 
 
 if __name__ == "__main__":

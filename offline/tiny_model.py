@@ -14,7 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-BUILD_DIR = Path(__file__).resolve().parent / "build"
+# Where the model is built on first use; LORE_OFFLINE_BUILD moves it (the tests build into a temporary folder)
+BUILD_DIR = Path(os.environ.get("LORE_OFFLINE_BUILD") or Path(__file__).resolve().parent / "build")
 MODEL_DIR = BUILD_DIR / "tiny-reward-model"
 SEED = 0
 HIDDEN_SIZE = 128

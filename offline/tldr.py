@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import utils
+from embedding import conversation
 from offline.text import paragraph, sentence
 
 SUBREDDITS = ["relationships", "AskReddit", "relationship_advice", "tifu", "dating_advice",
@@ -32,6 +33,7 @@ SUBREDDITS = ["relationships", "AskReddit", "relationship_advice", "tifu", "dati
 POLICIES = ["ref", "sup2", "sup4_ppo_rm3_kl10", "sup4_6b_ppo_rm4_6b_kl14", "pretrain_6b_t.7",
             "sup4_t.7", "sup1", "bo8_rm3"]
 HF_SPLITS = ("train", "validation")
+GENERATOR_VERSION = 2  # bump when the output for a given seed and settings changes
 
 # Layout of the extra (non-regular) workers: counts per HF split; 0 = absent from that split.
 TINY_WORKERS = [{"train": 2, "validation": 1}, {"train": 3, "validation": 2}]   # dropped as smallest
@@ -56,11 +58,6 @@ def _schema():
 
 def _token(rng: np.random.Generator, n: int, alphabet: str) -> str:
     return "".join(alphabet[i] for i in rng.integers(0, len(alphabet), n))
-
-
-def _conversation(post: str, summary: str) -> list[dict]:
-    """The conversation that is embedded for a comparison side: user = post, assistant = summary."""
-    return [{"role": "user", "content": post}, {"role": "assistant", "content": summary}]
 
 
 def _write_parquet_atomic(rows: list[dict], path: Path) -> None:
@@ -118,7 +115,7 @@ def generate(out_dir: Path, seed: int = 0, n_workers: int = 60, train_posts: int
     for split in HF_SPLITS:
         for p, post in enumerate(posts[split]):
             for text, _ in post["summaries"]:
-                conversations.append(_conversation(post["post"], text))
+                conversations.append(conversation(post["post"], text))
                 post_of.append((split, p))
     print(f"offline TLDR: embedding {len(conversations)} (post, summary) conversations to plant labels")
     emb = embed_for_planting(conversations)
@@ -189,6 +186,12 @@ def generate(out_dir: Path, seed: int = 0, n_workers: int = 60, train_posts: int
     population.save(out_dir / "ground_truth", **summary)
     summary["data_files"] = data_files
     return summary
+
+
+def planted_accuracy(data_path: Path, groups: dict, users: dict) -> dict:
+    """{group: accuracy of the planted worker rewards} (see offline.planted.planted_accuracy)."""
+    from offline.planted import planted_accuracy as accuracy
+    return accuracy(Path(data_path) / "raw" / "ground_truth", "workers", groups, users)
 
 
 if __name__ == "__main__":

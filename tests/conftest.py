@@ -1,6 +1,9 @@
 """Tests import the project's flat modules from the repository root, and run on one CPU thread."""
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,14 @@ sys.path.insert(0, str(ROOT))
 # Scripts the tests start as subprocesses inherit this: their problems are tiny, and spinning OpenMP
 # threads made them 10-50x slower whenever the machine's two cores were shared.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The tiny offline model is built once per test session in a temporary folder, not in the checkout.
+if "LORE_OFFLINE_BUILD" not in os.environ:
+    os.environ["LORE_OFFLINE_BUILD"] = tempfile.mkdtemp(prefix="lore-offline-build-")
+    atexit.register(shutil.rmtree, os.environ["LORE_OFFLINE_BUILD"], True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs a whole folder or the main job (pytest -m 'not slow' skips them)")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -258,15 +258,13 @@ def test_score_conversations_peft_model(tiny, convs):
     assert not torch.allclose(expected, base_scores, atol=1e-3)  # the adapter really changed the scores
 
 
-def test_embed_to_file_resumes_after_kill(tiny, convs, tmp_path, monkeypatch):
+def test_embed_to_file_resumes_after_kill(tiny, convs, tmp_path, monkeypatch, capsys):
     model_path = tiny_model_path()
     reference = embed_to_file(model_path, convs, tmp_path / "ref" / "emb.safetensors", shard_size=4,
                               batch_size=3, progress=False)
     ref = load_embeddings(reference)
     model, tok = tiny
     torch.testing.assert_close(ref, embed_conversations(model, tok, convs), atol=1e-5, rtol=1e-5)
-    assert torch.equal(load_reward_head(reference.parent / REWARD_HEAD_FILE), reward_head(model))
-    assert embedding._metadata(reference.parent / REWARD_HEAD_FILE)["model"] == model_path
 
     out = tmp_path / "run" / "emb.safetensors"
     done = []
@@ -285,14 +283,21 @@ def test_embed_to_file_resumes_after_kill(tiny, convs, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="resumes"):
         load_embeddings(out)
 
-    # other inputs must not be mixed with the old shards
-    with pytest.raises(SystemExit, match="rm -r"):
+    # other inputs must not be mixed with the old shards, nor replace them unless asked
+    with pytest.raises(SystemExit, match=r"conversations: 9 -> 8.*--overwrite=True"):
         embed_to_file(model_path, convs[:-1], out, shard_size=4, batch_size=3, progress=False)
+    assert len(list(shards.glob("shard-*.safetensors"))) == 2
 
+    # a damaged shard is embedded again; the run resumes with one progress bar over all its work
+    (shards / "shard-00001.safetensors").write_bytes(b"not a safetensors file")
     done.clear()
     monkeypatch.setattr(embedding, "_after_shard_hook", done.append)
-    embed_to_file(model_path, convs, out, shard_size=4, batch_size=3, progress=False)
-    assert done == list(range(2, (len(convs) + 3) // 4))  # only the missing shards
+    capsys.readouterr()
+    embed_to_file(model_path, convs, out, shard_size=4, batch_size=3, progress=True)
+    captured = capsys.readouterr()
+    assert "resuming: 1 of 3 shards done" in captured.out
+    assert "5/5" in captured.err.replace(" ", "")                    # one bar to the end, not 4/5
+    assert done == [1, 2]
     assert torch.equal(load_embeddings(out), ref)  # identical to the uninterrupted run
     assert embedding._metadata(out)["manifest"] == embedding._metadata(reference)["manifest"]
     assert not shards.exists()
@@ -300,7 +305,15 @@ def test_embed_to_file_resumes_after_kill(tiny, convs, tmp_path, monkeypatch):
     embed_to_file(model_path, convs, out, shard_size=4, batch_size=3, progress=False)
     assert done == []  # complete: nothing recomputed
 
+    # a finished file made with other settings is kept unless overwrite
+    with pytest.raises(SystemExit, match=r"max_length: None -> 16.*--overwrite=True"):
+        embed_to_file(model_path, convs, out, shard_size=4, batch_size=3, max_length=16, progress=False)
+    assert torch.equal(load_embeddings(out), ref)
+    embed_to_file(model_path, convs, out, shard_size=4, batch_size=3, max_length=16, progress=False, overwrite=True)
+    assert not torch.equal(load_embeddings(out), ref)
 
+
+@pytest.mark.slow
 def test_accelerate_two_processes_equal_one(convs, tmp_path):
     import json
 
@@ -335,7 +348,7 @@ def test_bad_model_path_is_clear(monkeypatch, tmp_path):
     for name in ["no-such-org/no-such-reward-model", str(tmp_path / "missing-folder")]:
         with pytest.raises(ModelNotAvailable, match="--offline") as err:
             load_reward_model(name)
-        assert "neither a local folder nor reachable" in str(err.value)
+        assert "neither a local folder nor a reachable hub id" in str(err.value)
     with pytest.raises(OSError, match="--offline"):
         embed_to_file("no-such-org/no-such-reward-model", [[{"role": "user", "content": "hi"}]],
                       tmp_path / "e.safetensors", progress=False)
@@ -372,12 +385,17 @@ def test_tiny_model_builds_byte_identical(tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
 
 
-def test_a_head_exported_from_another_model_is_replaced(convs, tmp_path):
+def test_a_head_exported_from_another_model_or_unreadable_is_replaced(tmp_path):
     """The head beside the embeddings must come from the model that made them."""
     from safetensors.torch import save_file
     model_path = tiny_model_path()
     head_file = tmp_path / REWARD_HEAD_FILE
     save_file({"reward_head": torch.zeros(8, 1)}, str(head_file), metadata={"model": "another/model"})
-    embed_to_file(model_path, convs[:3], tmp_path / "e.safetensors", progress=False)
+    export_reward_head(model_path, head_file)
     assert embedding._metadata(head_file)["model"] == model_path
     assert load_reward_head(head_file).shape[0] != 8
+    head_file.write_bytes(b"")
+    with pytest.raises(SystemExit, match="empty"):
+        load_reward_head(head_file, "python make_it.py")
+    export_reward_head(model_path, head_file)
+    assert load_reward_head(head_file).shape[1] == 1

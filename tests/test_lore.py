@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import utils
+from offline.planted import bayes_accuracy, random_population, simulate_comparisons
 
 
 
@@ -126,27 +127,23 @@ def straightforward_regularized(X_all, users, V_sft, alpha, W0, V0, T, lr):
 
 
 @pytest.mark.parametrize("indexed", [False, True])
-@pytest.mark.parametrize("numpy_blas", [False, True])
-def test_fast_regularized_iteration_equals_straightforward(indexed, numpy_blas, monkeypatch):
-    if numpy_blas:   # the CPU path of large inputs: NumPy's BLAS, X streamed by 2 workers in 4-row blocks
-        monkeypatch.setattr(utils, "_NUMPY_MIN_ELEMENTS", 0)
-        monkeypatch.setattr(utils, "_STREAM_ROWS", 4)
-        torch.set_num_threads(2)
+def test_fast_regularized_iteration_equals_straightforward(indexed):
     d, C, B, T = 7, 5, 3, 12
     X = random_users([4, 6, 3, 5, 7], d, seed=1)
-    dense = utils.as_comparisons(X)
-    if indexed:   # the same features as table rows: x_n = table[2n] - table[2n+1]
-        table = torch.stack([dense.features, torch.zeros_like(dense.features)], 1).reshape(-1, d)
-        data = utils.Comparisons(dense.users, C, table=table, chosen=torch.arange(0, 2 * dense.N, 2),
-                                 rejected=torch.arange(1, 2 * dense.N, 2))
+    X_all = torch.cat(X)
+    users = torch.repeat_interleave(torch.arange(C), torch.tensor([len(x) for x in X]))
+    if indexed:   # the same features from embedding rows: x_n = table[2n] - table[2n+1], shuffled rows
+        rows = torch.randperm(2 * len(X_all), generator=torch.Generator().manual_seed(4))
+        table = torch.empty(2 * len(X_all), d, dtype=X_all.dtype)
+        table[rows[0::2]], table[rows[1::2]] = 2 * X_all, X_all
+        data = utils.Comparisons(users, C, table, rows[0::2], rows[1::2])
     else:
         data = X
     V_sft = torch.randn(d, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     model = utils.LoRe_regularized(V_sft, 3.0, C, d, B, T, 0.3, seed=5, dtype=torch.float64, device="cpu")
     W0, V0 = model.W.detach().clone(), model.V.detach().clone()
     model.train(data)
-    torch.set_num_threads(1)
-    W_ref, V_ref = straightforward_regularized(dense.features, dense.users, V_sft, 3.0, W0, V0, T, 0.3)
+    W_ref, V_ref = straightforward_regularized(X_all, users, V_sft, 3.0, W0, V0, T, 0.3)
     assert torch.allclose(model.W.detach(), W_ref, rtol=1e-9, atol=1e-10)
     assert torch.allclose(model.V.detach(), V_ref, rtol=1e-9, atol=1e-10)
     assert not torch.equal(model.V.detach(), V0)
@@ -158,13 +155,15 @@ def test_joint_lore_gradient_through_indexed_projection_matches_dense():
     table = torch.randn(9, d, generator=g, dtype=torch.float64)
     chosen, rejected = torch.tensor([0, 3, 3, 8, 1, 2]), torch.tensor([1, 4, 5, 0, 7, 7])
     users = torch.tensor([0, 0, 1, 1, 1, 2])
-    indexed = utils.Comparisons(users, 3, table=table, chosen=chosen, rejected=rejected)
-    dense = utils.Comparisons(users, 3, features=table[chosen] - table[rejected])
+    indexed = utils.Comparisons(users, 3, table, chosen, rejected)
+    features = table[chosen] - table[rejected]
+    dense = utils.Comparisons.from_features(users, 3, features)
     V = torch.randn(d, 2, generator=g, dtype=torch.float64, requires_grad=True)
     G = torch.randn(6, 2, generator=g, dtype=torch.float64)
     (grad_indexed,) = torch.autograd.grad((indexed.project(V) * G).sum(), V)
-    (grad_dense,) = torch.autograd.grad(((dense.features @ V) * G).sum(), V)
-    assert torch.allclose(indexed.project(V), dense.features @ V) and torch.allclose(grad_indexed, grad_dense)
+    (grad_dense,) = torch.autograd.grad(((features @ V) * G).sum(), V)
+    assert torch.allclose(indexed.project(V), features @ V) and torch.allclose(grad_indexed, grad_dense)
+    assert torch.allclose(indexed.project_T(G), features.T @ G) and torch.allclose(dense.project_T(G), features.T @ G)
     a = utils.solve_regularized(None, 0.0, indexed, 2, 20, 0.5, seed=1, progress=False)
     b = utils.solve_regularized(None, 0.0, dense, 2, 20, 0.5, seed=1, progress=False)
     assert all(torch.allclose(x, y) for x, y in zip(a, b))
@@ -225,7 +224,7 @@ def test_bad_shapes_raise_value_errors_naming_the_shape():
         utils.run([0], [0.0], torch.zeros(5, 2), X, X, X, X, 2, 2, "cpu", progress=False)
     with pytest.raises(ValueError, match=r"\(4,\)"):
         utils.Comparisons.from_user_list([torch.zeros(3, 5), torch.zeros(4)])
-    with pytest.raises(ValueError, match=r"d = 6"):
+    with pytest.raises(ValueError, match=r"\(2, 6\)"):
         utils.Comparisons.from_user_list([torch.zeros(3, 5), torch.zeros(2, 6)])
     with pytest.raises(ValueError, match="users"):
         utils.run([0], [0.0], torch.zeros(5), X, X, X, X, 3, 2, "cpu", progress=False)
@@ -240,14 +239,18 @@ def planted():
     """B* = 3 orthogonal directions in R^16, Dirichlet(0.3) users (most lean on one direction):
     150 seen users x 40 train / 40 test comparisons, 100 unseen users x 20 shots / 40 test."""
     d, B_star, C, C_unseen = 16, 3, 150, 100
-    V_star, W_star = utils.generate_population(C + C_unseen, d, B_star, seed=0)
-    train, _ = utils.simulate_population(V_star, W_star[:C], 40, seed=1)
-    test, bayes_test = utils.simulate_population(V_star, W_star[:C], 40, seed=2)
-    shots, _ = utils.simulate_population(V_star, W_star[C:], 20, seed=3)
-    test_unseen, bayes_unseen = utils.simulate_population(V_star, W_star[C:], 40, seed=4)
+    population = random_population(C + C_unseen, d, B_star, seed=0)
+    seen = population_rows(population, slice(0, C))
+    unseen = population_rows(population, slice(C, None))
+    train, _ = simulate_comparisons(seen, 40, seed=1)
+    test, bayes_test = simulate_comparisons(seen, 40, seed=2)
+    shots, _ = simulate_comparisons(unseen, 20, seed=3)
+    test_unseen, bayes_unseen = simulate_comparisons(unseen, 40, seed=4)
+    V_star, W_star = torch.tensor(population.directions, dtype=torch.float32), \
+        torch.tensor(population.user_weights, dtype=torch.float32)
     return dict(d=d, B_star=B_star, C=C, C_unseen=C_unseen, V_star=V_star, W_star=W_star, train=train,
-                test=test, shots=shots, test_unseen=test_unseen, bayes_seen=utils.bayes_accuracy(test, bayes_test),
-                bayes_unseen=utils.bayes_accuracy(test_unseen, bayes_unseen))
+                test=test, shots=shots, test_unseen=test_unseen, bayes_seen=bayes_accuracy(test, bayes_test),
+                bayes_unseen=bayes_accuracy(test_unseen, bayes_unseen))
 
 
 def test_planted_population_bayes_accuracy_is_what_the_truth_achieves(planted):
@@ -256,7 +259,7 @@ def test_planted_population_bayes_accuracy_is_what_the_truth_achieves(planted):
     assert torch.allclose(p["W_star"].sum(1), torch.ones(p["C"] + p["C_unseen"]))
     # the truth itself scores its Bayes accuracy up to sampling error: 6,000 comparisons,
     # std error sqrt(0.84 * 0.16 / 6000) = 0.5 points, so 2 points is > 4 standard errors
-    mean, _ = utils.eval_multiple(p["test"], p["V_star"], p["W_star"][: p["C"]])
+    mean, _ = utils.accuracy_mean_std(p["test"], p["V_star"], p["W_star"][: p["C"]])
     assert abs(mean - p["bayes_seen"]) < 0.02
 
 
@@ -279,11 +282,18 @@ def test_lore_recovers_planted_population_and_beats_a_single_reward_on_unseen_us
 
 # --- pipelines: lengths, files, seeding --------------------------------------------------------------
 
+def population_rows(population, users):
+    """The planted population restricted to some of its users."""
+    from offline.planted import PlantedPopulation
+    return PlantedPopulation(population.directions, population.user_weights[users])
+
+
 def small_groups():
-    V_star, W_star = utils.generate_population(30, 8, 2, seed=5)
-    groups = [utils.simulate_population(V_star, W_star[:20], 10, seed=s)[0] for s in (1, 2)]
-    groups += [utils.simulate_population(V_star, W_star[20:], 6, seed=s)[0] for s in (3, 4)]
-    return V_star[:, :1] / 400, groups
+    population = random_population(30, 8, 2, seed=5)
+    seen, unseen = population_rows(population, slice(0, 20)), population_rows(population, slice(20, None))
+    groups = [simulate_comparisons(seen, 10, seed=s)[0] for s in (1, 2)]
+    groups += [simulate_comparisons(unseen, 6, seed=s)[0] for s in (3, 4)]
+    return torch.tensor(population.directions[:, :1], dtype=torch.float32) / 400, groups
 
 
 def test_run_regularized_returns_eight_lists_and_saves_loadable_files(tmp_path):
@@ -422,5 +432,6 @@ def test_save_results_writes_json_with_raw_std_markdown_and_plot(tmp_path):
     assert payload["results"][1]["seen_train"] == {"mean": 0.8, "std": pytest.approx(0.2)}
     assert payload["results"][1]["unseen_test"]["std"] is None
     table = paths["markdown"].read_text()
-    assert "| ref | 90.0 ± 10.0 |" in table and "| 5 |" in table
+    assert "| ref | 90.0 ± 10.0 |" in table and "| 5 (chosen on seen users) |" in table
+    assert payload["K_chosen_on_seen_users"] == {"10000.0": 5}
     assert paths["plots"] == [tmp_path / "acc_alpha_10000.0.png"] and paths["plots"][0].stat().st_size > 0

@@ -1,7 +1,10 @@
-"""The README's two commands: the main job (run here in its fast form) and the test command."""
+"""The README's two commands, and the main job itself (its smoke form) into a temporary folder."""
 import re
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,18 +27,34 @@ def test_readme_gives_the_install_and_run_commands_that_ci_and_the_main_job_use(
     assert "pip install -q -r requirements.txt" in main and "main_job.py" in main
 
 
+@pytest.mark.slow
 def test_main_job_runs_every_folder_in_order_and_prints_the_tables(tmp_path):
-    """`bash main.sh --smoke`: the README's main-job command with tiny iteration counts."""
-    done = subprocess.run(["bash", "main.sh", "--smoke", f"--results_dir={tmp_path}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1200)
+    """`python main_job.py --smoke`: the main job with tiny iteration counts, data and results in tmp_path."""
+    before = sorted(p for p in ROOT.rglob("*") if ".git" not in p.parts and "__pycache__" not in p.parts)
+    stale = tmp_path / "results" / "PRISM" / "stale_table.md"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("| a table of an earlier run |\n")
+    done = subprocess.run([sys.executable, "main_job.py", "--smoke", f"--results_dir={tmp_path / 'results'}",
+                           f"--data_dir={tmp_path / 'data'}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    steps = re.findall(r"\] (\S+)/(\S+) \.\.\.", out)
+    steps = re.findall(r"\] (\S+)/(\S+) ", out)
     assert [f for f in dict.fromkeys(folder for folder, _ in steps)] == list(FOLDERS)
     assert steps[:4] == [("PRISM", "prepare.py"), ("PRISM", "generate-prism-embeddings.py"),
                          ("PRISM", "train_basis.py"), ("PRISM", "vary_fewshot.py")]
     for folder in FOLDERS:
         assert f"## {folder}: " in out
-        assert list((tmp_path / folder).glob("*.md")) and list((tmp_path / folder).glob("*.json"))
+        assert list((tmp_path / "results" / folder).glob("*.json"))
     assert "| K | seen users: train | seen users: unseen prompts | unseen users: few-shot train" in out
     assert "RewardBench 2 (official scoring)" in out and "| lambda | hard | normal | easy" in out
+    assert "a table of an earlier run" not in out                      # only this run's tables
+    assert all(t.read_text().startswith("> SMOKE run") for f in FOLDERS
+               for t in (tmp_path / "results" / f).glob("*.md") if t != stale)
+    after = sorted(p for p in ROOT.rglob("*") if ".git" not in p.parts and "__pycache__" not in p.parts)
+    assert after == before                                             # nothing written into the checkout
+
+
+def test_main_job_refuses_an_unknown_folder():
+    done = subprocess.run([sys.executable, "main_job.py", "--only=PRISMA"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0 and "PRISMA" in done.stderr and "RedditTLDR" in done.stderr

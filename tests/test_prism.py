@@ -1,13 +1,10 @@
-"""PRISM: downloads (retry policy, validation, atomic writes), parsing, the seed-123 split, comparisons,
-the offline generator, and the whole PRISM folder run in order on the offline default."""
-import http.server
+"""PRISM: raw-file validation, parsing, the seed-123 split, comparisons, the offline generator, and the
+whole PRISM folder run in order on the offline default."""
 import json
 import os
 import socket
 import subprocess
 import sys
-import threading
-import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -217,7 +214,8 @@ def test_turns_and_comparisons_of_the_special_dialog(parsed):
     assert rows[3]["prompt"] == [{"role": "user", "content": "su0"}, {"role": "assistant", "content": "sc0"},
                                  {"role": "user", "content": "su1"}, {"role": "assistant", "content": "sc1"},
                                  {"role": "user", "content": "su2"}]
-    assert prism_data.conversation(rows[3]["prompt"], "x")[-1] == {"role": "assistant", "content": "x"}
+    import embedding
+    assert embedding.conversation(rows[3]["prompt"], "x")[-1] == {"role": "assistant", "content": "x"}
 
 
 def test_users_and_split_match_the_original(parsed):
@@ -253,7 +251,8 @@ def test_comparison_counts_equal_rejected_responses_of_qualifying_turns(parsed):
         seen = [r["user_id"] in split["seen_user_ids"] for r in comparisons[s]]
         assert [r["seen"] for r in comparisons[s]] == seen
     prism_data.write_comparisons(comparisons["train"], folder / "train.parquet")
-    assert prism_data.read_comparisons(folder / "train.parquet") == comparisons["train"]
+    prism_data.write_comparisons(comparisons["test"], folder / "test.parquet")
+    assert prism_data.load_prepared(folder, "python prepare.py")["train"] == comparisons["train"]
 
 
 def test_top_preferences_ignore_text_and_key_order():
@@ -283,120 +282,23 @@ def test_jsonl_validation(tmp_path, content, reason):
     assert (got is None) if reason is None else (reason in got)
 
 
-class FakeResponse:
-    def __init__(self, body: bytes, content_type="application/json", length=None):
-        self._body, self.headers = body, {"Content-Type": content_type}
-        if length is not None:
-            self.headers["Content-Length"] = str(length)
-
-    def read(self, n=-1):
-        out, self._body = (self._body, b"") if n < 0 else (self._body[:n], self._body[n:])
-        return out
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def scripted_opener(*answers):
+def test_a_valid_raw_file_is_reused_and_a_bad_download_is_deleted(tmp_path, monkeypatch):
+    import huggingface_hub
     calls = []
 
-    def opener(request, timeout=None):
-        calls.append(request.full_url)
-        answer = answers[min(len(calls), len(answers)) - 1]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-    return opener, calls
+    def fake_download(repo_id, filename, repo_type=None, local_dir=None):
+        calls.append(filename)
+        (Path(local_dir) / filename).write_bytes(b"<!DOCTYPE html><html>Too Many Requests</html>")
+        return str(Path(local_dir) / filename)
 
-
-def http_error(code):
-    return urllib.error.HTTPError("http://x/f.jsonl", code, "status", {}, None)
-
-
-def test_rate_limits_are_retried_then_the_file_is_written(tmp_path):
-    opener, calls = scripted_opener(http_error(429), FakeResponse(b"<html>slow down</html>", "text/html"),
-                                    FakeResponse(GOOD, length=len(GOOD)))
-    waits = []
-    dest = tmp_path / "survey.jsonl"
-    assert prism_data.download("http://x/f.jsonl", dest, retries=10, wait_s=30, opener=opener,
-                               sleep=waits.append) == "downloaded"
-    assert dest.read_bytes() == GOOD and len(calls) == 3 and waits == [30, 30]
-    assert list(tmp_path.iterdir()) == [dest]                      # no temp file left behind
-
-
-def test_retries_stop_after_the_limit(tmp_path):
-    opener, calls = scripted_opener(http_error(429))
-    with pytest.raises(prism_data.DownloadError, match="still rate limited after 3 retries"):
-        prism_data.download("http://x/f.jsonl", tmp_path / "f.jsonl", retries=3, wait_s=0, opener=opener,
-                            sleep=lambda s: None)
-    assert len(calls) == 4 and not list(tmp_path.iterdir())
-
-
-@pytest.mark.parametrize("error", [urllib.error.URLError(socket.gaierror(-2, "Name or service not known")),
-                                   ConnectionRefusedError(111, "refused"), http_error(404)])
-def test_other_failures_stop_at_once(tmp_path, error):
-    opener, calls = scripted_opener(error)
-    with pytest.raises(prism_data.DownloadError) as err:
-        prism_data.download("http://x/f.jsonl", tmp_path / "f.jsonl", retries=10, wait_s=0, opener=opener,
-                            sleep=lambda s: pytest.fail("must not wait"))
-    assert len(calls) == 1 and "--offline" in str(err.value)
-
-
-@pytest.mark.parametrize("response", [FakeResponse(GOOD[:-10], length=len(GOOD)),      # cut short
-                                      FakeResponse(GOOD + b'{"half": '),                 # ends mid-line
-                                      FakeResponse(b"not json at all\n")])
-def test_a_bad_download_never_replaces_a_file(tmp_path, response):
-    dest = tmp_path / "f.jsonl"
-    dest.write_bytes(b'{"old": 1}\n{"old": ')                      # an earlier truncated download
-    before = dest.read_bytes()
-    opener, _ = scripted_opener(response)
-    with pytest.raises(prism_data.DownloadError, match="untouched"):
-        prism_data.download("http://x/f.jsonl", dest, retries=10, wait_s=0, opener=opener, sleep=lambda s: None)
-    assert dest.read_bytes() == before and list(tmp_path.iterdir()) == [dest]
-    opener, _ = scripted_opener(FakeResponse(GOOD))                 # a good download replaces the bad file
-    assert prism_data.download("http://x/f.jsonl", dest, opener=opener) == "downloaded"
-    assert dest.read_bytes() == GOOD
-
-
-def test_a_valid_file_is_reused_without_a_request(tmp_path):
-    dest = tmp_path / "f.jsonl"
-    dest.write_bytes(GOOD)
-    opener, calls = scripted_opener(FakeResponse(b"<html></html>", "text/html"))
-    assert prism_data.download("http://x/f.jsonl", dest, opener=opener) == "reused"
-    assert calls == [] and dest.read_bytes() == GOOD
-
-
-def test_download_from_a_local_http_server(tmp_path):
-    """The real urllib path against a server on 127.0.0.1: 429, then an HTML page, then the file."""
-    answers = [(429, "text/plain", b"slow"), (200, "text/html", b"<html>rate limited</html>"),
-               (200, "application/json", GOOD)]
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            code, ctype, body = answers.pop(0) if answers else (500, "text/plain", b"")
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/survey.jsonl"
-        dest = tmp_path / "survey.jsonl"
-        assert prism_data.download(url, dest, retries=5, wait_s=0) == "downloaded"
-        assert dest.read_bytes() == GOOD and answers == []
-    finally:
-        server.shutdown()
-        server.server_close()
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(prism_data.utils, "hub_reachable", lambda: True)
+    for name in prism_data.RAW_FILES[:1]:
+        (tmp_path / name).write_bytes(GOOD)
+    with pytest.raises(SystemExit, match="conversations.jsonl is not valid JSON lines.*deleted"):
+        prism_data.download_raw(tmp_path, "org/data", "python prepare.py --offline")
+    assert calls == ["conversations.jsonl"]                 # survey.jsonl was valid: reused, not fetched
+    assert not (tmp_path / "conversations.jsonl").exists() and (tmp_path / "survey.jsonl").read_bytes() == GOOD
 
 
 def _closed_port() -> int:
@@ -406,11 +308,11 @@ def _closed_port() -> int:
 
 
 def test_prepare_without_network_fails_at_once_naming_offline(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "prepare.py", f"--data_dir={tmp_path / 'data'}",
-         f"--base_url=http://127.0.0.1:{_closed_port()}/"],
-        cwd=PRISM, capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0 and "--offline" in result.stderr
+    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}")
+    result = subprocess.run([sys.executable, "prepare.py", f"--data_dir={tmp_path / 'data'}"], cwd=PRISM,
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"python prepare.py --data_dir={tmp_path / 'data'} --offline" in result.stderr
     assert not any((tmp_path / "data").glob("*.jsonl"))
 
 
@@ -450,7 +352,7 @@ def offline_run(tmp_path_factory):
     overrides for speed; one thread, so a busy machine does not slow the tiny products to a crawl)."""
     base = tmp_path_factory.mktemp("prism_offline")
     common = ["--offline", f"--data_dir={base / 'data' / 'prism'}"]
-    results = ["--results_dir=" + str(base / "results"), "--num_iterations=500"]
+    results = ["--results_dir=" + str(base / "results"), "--num_iterations=500", "--alpha_list=[0.0,10000.0]"]
     steps = [["prepare.py", *common, f"--offline_users={OFFLINE_USERS}"],
              ["generate-prism-embeddings.py", *common],
              ["train_basis.py", *common, *results, "--K_list=[0,1,5,10]"],
@@ -461,9 +363,10 @@ def offline_run(tmp_path_factory):
     assert result.returncode == 0, f"the offline PRISM pipeline failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     logs = result.stdout.split("=== ")[1:]
     assert [log.split()[0] for log in logs] == [step[0] for step in steps]
-    return base / "data" / "prism-offline", base / "results-offline", logs
+    return base / "data" / "prism", base / "results", logs
 
 
+@pytest.mark.slow
 def test_offline_prepare_outputs(offline_run):
     data, _, logs = offline_run
     for name in ("survey.jsonl", "conversations.jsonl", "utterances.jsonl", prism_data.USER_FILE,
@@ -479,7 +382,7 @@ def test_offline_prepare_outputs(offline_run):
     assert split["train_dialog_ids"] == train and split["test_dialog_ids"] == test
     assert list(split["seen_user_ids"]) == seen and list(split["unseen_user_ids"]) == unseen
     assert len(seen) >= 30 and len(unseen) >= 8
-    rows = prism_data.load_prepared(data)
+    rows = prism_data.load_prepared(data, "python prepare.py")
     for s in prism_data.SPLITS:
         assert len(rows[s]) == count_comparisons(data / "conversations.jsonl", split[f"{s}_dialog_ids"])
     assert any(r["rejected"] == "EMPTY STRING" or r["chosen"] == "EMPTY STRING" for s in rows for r in rows[s])
@@ -487,25 +390,31 @@ def test_offline_prepare_outputs(offline_run):
     assert '"if_chosen": true' in raw and '"within_turn_id"' in raw and '"model_provider"' in raw
 
 
+@pytest.mark.slow
 def test_offline_embeddings_index_every_side(offline_run):
     data, _, _ = offline_run
-    from safetensors.torch import load_file
-    rows = prism_data.load_prepared(data)
-    _, table, pairs, head = prism_data.load_embedded(data)
-    assert head.shape == (table.shape[1], 1) and table.dtype == torch.float32
+    import embedding
+    rows = prism_data.load_prepared(data, "python prepare.py")
+    conversations, index = prism_data.embedding_inputs(rows)
+    table, head = embedding.load_embedded(data, conversations, "python generate-prism-embeddings.py")
+    assert head.shape == (table.shape[1], 1) and table.dtype == torch.float32 and len(table) == len(conversations)
     for s in prism_data.SPLITS:
-        assert pairs[s][0].shape == pairs[s][1].shape == (len(rows[s]),)
+        chosen, rejected = index[f"{s}_chosen"], index[f"{s}_rejected"]
+        assert chosen.shape == rejected.shape == (len(rows[s]),)
         same_text = torch.tensor([r["chosen"] == r["rejected"] for r in rows[s]])   # e.g. two "EMPTY STRING"
-        assert torch.equal(pairs[s][0] == pairs[s][1], same_text)
-    index = load_file(str(data / prism_data.INDEX_FILE))
+        assert torch.equal(chosen == rejected, same_text)
     assert int(torch.cat(list(index.values())).max()) == table.shape[0] - 1   # every row used, none missing
+    # embeddings of other data are refused, naming the command that remakes them
+    with pytest.raises(SystemExit, match="made from other inputs.*--overwrite=True"):
+        embedding.load_embedded(data, conversations[:-1], "python generate-prism-embeddings.py")
 
 
+@pytest.mark.slow
 def test_offline_lore_beats_ref_and_single_reward_on_unseen_users(offline_run):
     _, results, logs = offline_run
-    payload = json.loads((results / "prism_lore_results.json").read_text())
+    payload = json.loads((results / "train_basis.json").read_text())
     assert payload["seed"] == 0 and payload["settings"]["num_iterations"] == 500
-    assert payload["alpha_list"] == [0.0, 1e4]                     # the offline default
+    assert payload["alpha_list"] == [0.0, 1e4]
     unseen = {r["K"]: r["unseen_test"]["mean"] for r in payload["results"] if r["alpha"] == 0.0}
     print(logs[2])
     for K in (5, 10):
@@ -523,17 +432,21 @@ def test_offline_lore_beats_ref_and_single_reward_on_unseen_users(offline_run):
     for alpha in ("0.0", "10000.0"):
         assert (results / f"generalization_accuracy_vs_rank_lore_alpha_{alpha}.png").stat().st_size > 0
         assert (results / f"PRISM_V_lore_K_5_alpha_{alpha}.safetensors").exists()
-    assert "| ref |" in (results / "prism_lore_results.md").read_text()
-    fewshot = json.loads((results / "prism_fewshot_results.json").read_text())
+    assert "| ref |" in (results / "train_basis.md").read_text()
+    fewshot = json.loads((results / "vary_fewshot.json").read_text())
     assert {(r["K"], r["shots"]) for r in fewshot["results"]} == {(1, 2), (1, 10), (5, 2), (5, 10)}
-    assert (results / "prism_fewshot_accuracy_vs_shots.png").exists()
+    assert (results / "fewshot_accuracy_vs_shots.png").exists()
 
 
+@pytest.mark.slow
 def test_real_model_without_network_fails_at_once_and_keeps_the_head(offline_run):
     data, _, _ = offline_run
     head = (data / "reward_head.safetensors").read_bytes()
-    result = subprocess.run([sys.executable, "generate-prism-embeddings.py", f"--data_dir={data}"], cwd=PRISM,
+    embeddings = (data / "conversation_embeddings.safetensors").read_bytes()
+    result = subprocess.run([sys.executable, "generate-prism-embeddings.py", f"--data_dir={data}", "--overwrite=True"],
+                            cwd=PRISM,
                             capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
     assert result.returncode != 0 and "--offline" in result.stderr and "Traceback" not in result.stderr
     assert (data / "reward_head.safetensors").read_bytes() == head
+    assert (data / "conversation_embeddings.safetensors").read_bytes() == embeddings

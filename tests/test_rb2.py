@@ -405,7 +405,7 @@ def test_each_pair_scored_once_in_one_batched_call(seqclf, data, monkeypatch):
     scores = rb2.score_rows(model, tok, rows, batch_size=16)
     assert calls == [sum(len(r["chosen"]) + len(r["rejected"]) for r in rows[:-1])]
     np.testing.assert_array_equal(scores[-1], scores[0])
-    ids = embedding.render_ids(tok, rb2.conversation(rows[0]["prompt"], rows[0]["chosen"][0]))
+    ids = embedding.render_ids(tok, embedding.conversation(rows[0]["prompt"], rows[0]["chosen"][0]))
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1  # messages, never re-tokenised text
 
 

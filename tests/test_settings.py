@@ -1,32 +1,48 @@
-"""The strict --name=value settings override shared by every script."""
+"""The strict --name=value settings override shared by every script, and the folders it resolves."""
+import os
+from pathlib import Path
+
 import pytest
 
 import utils
 
 
 def settings():
-    return {"K_list": [0, 1, 5], "alpha": 1e4, "iters": 100, "offline": False, "model_name": "Skywork/x",
-            "limit": None, "__doc__": "doc", "_private": 1, "utils": utils}
+    return {"K_list": [0, 1, 5], "alpha_list": [1e4], "num_iterations": 100, "offline": False,
+            "model_name": "Skywork/x", "limit": None, "max_length": 4096, "device": None,
+            "__annotations__": {"limit": "int | None", "device": "str | None"},
+            "__doc__": "doc", "_private": 1, "CONSTANT": 3, "utils": utils}
 
 
 def test_override_parses_literals_and_keeps_types():
     s = settings()
-    changed = utils.configure(s, ["--K_list=[0,2]", "--alpha=10", "--iters=5", "--offline", "--limit=3",
-                                  "--model_name=/tmp/m"])
-    assert s["K_list"] == [0, 2] and s["alpha"] == 10.0 and isinstance(s["alpha"], float)
-    assert s["iters"] == 5 and s["offline"] is True and s["limit"] == 3 and s["model_name"] == "/tmp/m"
-    assert changed.overridden == {"K_list", "alpha", "iters", "offline", "limit", "model_name"}
-    assert changed == {"K_list": [0, 2], "alpha": 10.0, "iters": 5, "offline": True, "model_name": "/tmp/m",
-                       "limit": 3}     # the snapshot: settings only (no __doc__, _private or modules)
+    snapshot = utils.configure(s, ["--K_list=[0,2]", "--alpha_list=[10]", "--num_iterations=5", "--offline",
+                                   "--limit=3", "--model_name=/tmp/m"])
+    assert s["K_list"] == [0, 2] and s["alpha_list"] == [10.0] and isinstance(s["alpha_list"][0], float)
+    assert s["num_iterations"] == 5 and s["offline"] is True and s["limit"] == 3 and s["model_name"] == "/tmp/m"
+    assert snapshot.overridden == {"K_list", "alpha_list", "num_iterations", "offline", "limit", "model_name"}
+    # the snapshot: settings only (no docstring, private names, constants or modules)
+    assert snapshot == {"K_list": [0, 2], "alpha_list": [10.0], "num_iterations": 5, "offline": True,
+                        "model_name": "/tmp/m", "limit": 3, "max_length": 4096, "device": None}
+    assert utils.configure(settings(), ["--limit=None"])["limit"] is None
 
 
 @pytest.mark.parametrize("arg, message", [
     ("--nope=1", "unknown setting --nope"),
-    ("--iters=1.5", "--iters takes a int"),
-    ("--offline=maybe", "--offline takes True or False"),
-    ("--iters", "--iters needs a value"),
-    ("iters=3", "expected --name=value"),
+    ("--num_iterations=1.5", "--num_iterations takes int"),
+    ("--offline=maybe", "--offline takes bool"),
+    ("--num_iterations", "--num_iterations needs a value"),
+    ("num_iterations=3", "expected --name=value"),
     ("--_private=2", "unknown setting"),
+    ("--CONSTANT=2", "unknown setting"),
+    ("--limit=abc", "--limit takes int or None"),         # a None default has a declared type
+    ("--K_list=[0,1.5]", "--K_list takes a list of int"),
+    ("--K_list=[-1,2]", "K >= 0"),
+    ("--K_list=[]", "non-empty"),
+    ("--alpha_list=[-1.0]", "alpha >= 0"),
+    ("--num_iterations=0", "at least 1"),
+    ("--device=cuda:99", "use --device=cpu"),
+    ("--device=gpu", "not a device"),
 ])
 def test_bad_settings_are_refused_with_a_message(arg, message):
     with pytest.raises(utils.SettingsError) as err:
@@ -34,9 +50,31 @@ def test_bad_settings_are_refused_with_a_message(arg, message):
     assert message in str(err.value)
 
 
-def test_offline_dirs_never_mix_with_real_ones(tmp_path):
+def test_a_none_default_without_a_declared_type_is_a_developer_error():
+    with pytest.raises(TypeError, match="declare their type"):
+        utils.configure({"max_length": None}, [])
+
+
+def test_default_folders_live_beside_the_script_and_given_ones_are_used_as_given(tmp_path, monkeypatch):
     script = tmp_path / "PRISM" / "train_basis.py"
-    data, results = utils.script_dirs(str(script), "data/prism", "results", offline=True)
-    assert data == tmp_path / "PRISM" / "data" / "prism-offline"
-    assert results == tmp_path / "PRISM" / "results-offline"
-    assert utils.script_dirs(str(script), "data/prism", "results", offline=False)[0].name == "prism"
+    defaults = {"data_dir": "data/prism", "results_dir": "results", "offline": False}
+    offline = utils.configure(dict(defaults), ["--offline"])
+    assert utils.script_dirs(str(script), offline) == (tmp_path / "PRISM" / "data" / "prism-offline",
+                                                        tmp_path / "PRISM" / "results-offline")
+    assert utils.script_dirs(str(script), utils.configure(dict(defaults), []))[0].name == "prism"
+    given = utils.configure(dict(defaults), ["--offline", f"--data_dir={tmp_path / 'mine'}", "--results_dir=out"])
+    monkeypatch.chdir(tmp_path / "PRISM" if (tmp_path / "PRISM").mkdir() is None else tmp_path)
+    data, results = utils.script_dirs(str(script), given)
+    assert data == tmp_path / "mine"                                  # no -offline appended to a given folder
+    assert results == Path(os.getcwd()) / "out"                       # relative: to the working directory
+    assert utils.command_line("prepare.py", given) == f"python prepare.py --offline --data_dir={tmp_path / 'mine'} " \
+                                                      f"--results_dir=out"
+
+
+def test_atomic_writes_keep_the_umask_permissions(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        utils.write_text_atomic(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644     # mkstemp alone gives 0600
