@@ -443,6 +443,10 @@ def engine(model, tokenizer, conversations, bs=None, mt=None) -> torch.Tensor:
                                          max_tokens=(mt if mt is not None else max_tokens) or None)
 
 
+def error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+
 def relative_differences(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """||a_i - b_i|| / ||b_i|| per row, in float64."""
     a, b = a.double(), b.double()
@@ -483,6 +487,42 @@ def section_device(context, table):
     return out
 
 
+def embed_one(context, table, implementation, conversations, loop_conversations, real_tokens, flops) -> dict:
+    """Time the engine and the one-per-forward loop with one attention implementation."""
+    dev, model, tokenizer = context["device"], context["model"], context["tokenizer"]
+    counts, peak, loop_n = context["params"], context["peaks"]["peak_bf16_tflops"], len(loop_conversations)
+    set_attention(model, implementation)
+    engine(model, tokenizer, conversations[:4], bs=2)            # warm-up: kernels, allocator
+    one_at_a_time(model, tokenizer, conversations[:1], dev)
+    reset_peak_memory(dev)
+    t_engine, e_engine = timed(lambda: engine(model, tokenizer, conversations), dev)
+    allocated, reserved = peak_memory_gib(dev)
+    t_loop, e_loop = timed(lambda: one_at_a_time(model, tokenizer, loop_conversations, dev), dev)
+    rate = {"engine": real_tokens["engine"] / t_engine, "loop": real_tokens["loop"] / t_loop}
+    tflops = {"engine": flops["engine"] / t_engine / 1e12, "loop": flops["loop"] / t_loop / 1e12}
+    difference = relative_differences(e_engine[:loop_n], e_loop)
+    row = {"engine_seconds": t_engine, "loop_seconds": t_loop,
+           "engine_tokens_per_s": rate["engine"], "loop_tokens_per_s": rate["loop"],
+           "speedup": rate["engine"] / rate["loop"],
+           "engine_tflops": tflops["engine"], "loop_tflops": tflops["loop"],
+           "engine_peak_fraction": tflops["engine"] / peak if peak else None,
+           "loop_peak_fraction": tflops["loop"] / peak if peak else None,
+           "engine_peak_memory_gib": allocated, "engine_peak_reserved_gib": reserved,
+           "max_relative_difference": float(difference.max()),
+           "finite": bool(torch.isfinite(e_engine).all() and torch.isfinite(e_loop).all())}
+    share = (lambda f: f" = {100 * f:.1f}% of {peak:g}") if peak else (lambda f: "")
+    table.append((f"embed, {implementation}", "one conversation per forward",
+                  f"{rate['loop']:,.0f} tokens/s, {tflops['loop']:.3g} TFLOP/s{share(row['loop_peak_fraction'])}"))
+    table.append((f"embed, {implementation}", "engine",
+                  f"{rate['engine']:,.0f} tokens/s (**{row['speedup']:.2f}x**), {tflops['engine']:.3g} TFLOP/s"
+                  f"{share(row['engine_peak_fraction'])} (work done, counted)"))
+    if allocated is not None:
+        table.append((f"embed, {implementation}", f"engine peak GPU memory (batch_size {batch_size}, "
+                      f"max_tokens {max_tokens})", f"{allocated:.1f} GiB allocated, {reserved:.1f} GiB reserved "
+                      f"(weights {counts['weights_gib']:.1f} GiB)"))
+    return row
+
+
 def section_embed(context, table):
     dev, model, tokenizer = context["device"], context["model"], context["tokenizer"]
     counts, config = context["params"], model.config
@@ -505,41 +545,17 @@ def section_embed(context, table):
     table.append(("embed", "conversations", f"{len(conversations)} ({embed_prompts} prompts x 2 responses), "
                   f"{min(lengths)}-{max(lengths)} tokens, mean {np.mean(lengths):.0f}; the engine computes "
                   f"{engine_tokens} of {sum(lengths)} tokens ({n_groups} shared prompts)"))
-    peak = context["peaks"]["peak_bf16_tflops"]
     for implementation in embed_attn_implementations:
-        set_attention(model, implementation)
-        engine(model, tokenizer, conversations[:4], bs=2)            # warm-up: kernels, allocator
-        one_at_a_time(model, tokenizer, conversations[:1], dev)
-        reset_peak_memory(dev)
-        t_engine, e_engine = timed(lambda: engine(model, tokenizer, conversations), dev)
-        allocated, reserved = peak_memory_gib(dev)
-        t_loop, e_loop = timed(lambda: one_at_a_time(model, tokenizer, loop_conversations, dev), dev)
-        rate = {"engine": real_tokens["engine"] / t_engine, "loop": real_tokens["loop"] / t_loop}
-        tflops = {"engine": flops["engine"] / t_engine / 1e12, "loop": flops["loop"] / t_loop / 1e12}
-        difference = relative_differences(e_engine[:loop_n], e_loop)
-        row = {"engine_seconds": t_engine, "loop_seconds": t_loop,
-               "engine_tokens_per_s": rate["engine"], "loop_tokens_per_s": rate["loop"],
-               "speedup": rate["engine"] / rate["loop"],
-               "engine_tflops": tflops["engine"], "loop_tflops": tflops["loop"],
-               "engine_peak_fraction": tflops["engine"] / peak if peak else None,
-               "loop_peak_fraction": tflops["loop"] / peak if peak else None,
-               "engine_peak_memory_gib": allocated, "engine_peak_reserved_gib": reserved,
-               "max_relative_difference": float(difference.max()),
-               "finite": bool(torch.isfinite(e_engine).all() and torch.isfinite(e_loop).all())}
-        out["by_attention"][implementation] = row
-        share = (lambda f: f" = {100 * f:.1f}% of {peak:g}") if peak else (lambda f: "")
-        table.append((f"embed, {implementation}", "one conversation per forward",
-                      f"{rate['loop']:,.0f} tokens/s, {tflops['loop']:.3g} TFLOP/s{share(row['loop_peak_fraction'])}"))
-        table.append((f"embed, {implementation}", "engine",
-                      f"{rate['engine']:,.0f} tokens/s (**{row['speedup']:.2f}x**), {tflops['engine']:.3g} TFLOP/s"
-                      f"{share(row['engine_peak_fraction'])} (work done, counted)"))
-        if allocated is not None:
-            table.append((f"embed, {implementation}", f"engine peak GPU memory (batch_size {batch_size}, "
-                          f"max_tokens {max_tokens})", f"{allocated:.1f} GiB allocated, {reserved:.1f} GiB reserved "
-                          f"(weights {counts['weights_gib']:.1f} GiB)"))
-        del e_engine, e_loop
+        try:  # one implementation failing (memory, an unsupported path) leaves the others their result
+            out["by_attention"][implementation] = embed_one(context, table, implementation, conversations,
+                                                            loop_conversations, real_tokens, flops)
+        except Exception as e:
+            traceback.print_exc()
+            out["by_attention"][implementation] = {"error": error_text(e)}
+            table.append((f"embed, {implementation}", "ERROR", error_text(e)))
         reset_peak_memory(dev)
     set_attention(model, context["attn_implementation"])
+    out["passed"] = all("error" not in row and row["finite"] for row in out["by_attention"].values())
     return out
 
 
@@ -559,13 +575,17 @@ def parameters_in(model, dt: torch.dtype):
 
 @contextlib.contextmanager
 def full_float32_matmuls():
-    """float32 products in float32 (no TF32, whatever the environment set) inside the block."""
+    """float32 arithmetic in float32 inside the block: no TF32 in products (whatever the environment set),
+    and SDPA on its math back end (plain products and softmax; its fused float32 kernels may use TF32)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
              torch.get_float32_matmul_precision())
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
     try:
-        yield
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
         torch.set_float32_matmul_precision(saved[2])
@@ -581,49 +601,62 @@ def section_equality(context, table):
            "tokens_mean": float(np.mean([len(x) for x in ids])),
            "shared_prefix_groups": len(embedding.shared_prefix_groups(ids)), "dtype": dtype,
            "tolerance": tol, "tolerance_fp32": TOLERANCE_FP32, "by_attention": {}}
-    runnable, bf16 = [], {}
+    rows, bf16 = out["by_attention"], {}
     for implementation in equality_attn_implementations:
-        missing = flash_attention_missing(dev) if implementation == "flash_attention_2" else None
-        if missing is None:
+        optional = implementation == "flash_attention_2"  # only it may be absent; a typo is an error
+        missing = flash_attention_missing(dev) if optional else None
+        if missing is None and optional:
             try:
                 set_attention(model, implementation)
             except (ImportError, ValueError) as e:
-                missing = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                missing = error_text(e)
         if missing is not None:
-            out["by_attention"][implementation] = {"skipped": missing}
+            rows[implementation] = {"skipped": missing}
             continue
-        runnable.append(implementation)
-        batched = engine(model, tokenizer, conversations)
-        alone = one_at_a_time(model, tokenizer, conversations, dev)
+        try:  # one implementation failing (an unsupported path, memory) leaves the others their result
+            set_attention(model, implementation)
+            batched = engine(model, tokenizer, conversations)
+            alone = one_at_a_time(model, tokenizer, conversations, dev)
+        except Exception as e:
+            traceback.print_exc()
+            rows[implementation] = {"error": error_text(e), "passed": False}
+            continue
         bf16[implementation] = (batched, alone)
         difference = relative_differences(batched, alone)
         between = relative_differences(alone[0::2], alone[1::2])  # the two responses of one prompt
         finite = bool(torch.isfinite(batched).all() and torch.isfinite(alone).all())
-        out["by_attention"][implementation] = {
+        rows[implementation] = {
             "max_relative_difference": float(difference.max()),
             "median_relative_difference": float(difference.median()),
             "between_responses_median": float(between.median()), "finite": finite,
             "passed": finite and float(difference.max()) <= tol}
 
     # float32: the sharp check, and the reference for both bf16 ways (flash attention has no float32)
-    fp32_kinds = [k for k in runnable if k != "flash_attention_2"]
     reference = None
     with parameters_in(model, torch.float32), full_float32_matmuls():
-        for implementation in fp32_kinds:
-            set_attention(model, implementation)
-            subset = conversations[:n_fp32]
-            batched = engine(model, tokenizer, subset)
-            alone = one_at_a_time(model, tokenizer, subset, dev)
+        for implementation in [k for k in bf16 if k != "flash_attention_2"]:
+            row = rows[implementation]
+            try:
+                set_attention(model, implementation)
+                subset = conversations[:n_fp32]
+                batched = engine(model, tokenizer, subset)
+                alone = one_at_a_time(model, tokenizer, subset, dev)
+            except Exception as e:
+                traceback.print_exc()
+                row["fp32_error"], row["fp32_passed"] = error_text(e), False
+                continue
             reference = alone if reference is None else reference
             difference = relative_differences(batched, alone)
-            row = out["by_attention"][implementation]
             row["fp32_max_relative_difference"] = float(difference.max())
             row["fp32_passed"] = bool(torch.isfinite(batched).all()) and float(difference.max()) <= TOLERANCE_FP32
     set_attention(model, context["attn_implementation"])
     for implementation in equality_attn_implementations:
-        row = out["by_attention"][implementation]
+        row = rows[implementation]
         if "skipped" in row:
             table.append(("equality", implementation, f"skipped ({row['skipped']})"))
+            continue
+        if "error" in row:
+            table.append(("equality", implementation, f"FAIL: {row['error']}"))
             continue
         if reference is not None:
             batched, alone = bf16[implementation]
@@ -634,12 +667,14 @@ def section_equality(context, table):
                 f"(median {row['median_relative_difference']:.1e}, tolerance {tol:.0e})")
         if "fp32_max_relative_difference" in row:
             text += f"; float32 max {row['fp32_max_relative_difference']:.1e} (tolerance {TOLERANCE_FP32:.0e})"
+        if "fp32_error" in row:
+            text += f"; float32: {row['fp32_error']}"
         if "engine_vs_fp32_max" in row:
             text += (f"; vs the float32 result: engine {row['engine_vs_fp32_max']:.1e}, one at a time "
                      f"{row['alone_vs_fp32_max']:.1e}")
         text += f"; two responses of one prompt differ by {row['between_responses_median']:.1e}"
         table.append(("equality", f"{implementation}: ||engine - one at a time|| / ||one at a time||", text))
-    out["passed"] = all(v.get("passed", True) for v in out["by_attention"].values())
+    out["passed"] = all(v.get("passed", True) for v in rows.values())
     return out
 
 
@@ -700,8 +735,8 @@ def section_lore(context, table):
                 "cpu_check_passed": cpu_difference <= LORE_CHECK_TOLERANCE})
     table.append(("lore", f"LoRe_regularized, {lore_users} users x {lore_comparisons_per_user}, d = {lore_d}, "
                   f"K = {lore_K}, float32 on {dev}", f"{1e3 * per_iteration:.2f} ms per iteration "
-                  f"({lore_iterations} timed; W-step NLL {out['loss_first']:.3f} at the first, {out['loss_last']:.3f} at the "
-                  f"last)"))
+                  f"({lore_iterations} timed; W-step NLL {out['loss_first']:.3f} at the first, "
+                  f"{out['loss_last']:.3f} at the last)"))
     table.append(("lore", f"floor: two reads of the features ({nbytes / 2 ** 20:.0f} MiB)",
                   (f"{1e3 * floor:.3f} ms at {bandwidth} TB/s: **{per_iteration / floor:.1f}x** the floor; "
                    if floor else "bandwidth unknown; ") + f"two timed X.sum(): {1e3 * reads:.3f} ms "
@@ -832,8 +867,7 @@ def main() -> int:
             traceback.print_exc()
             results["sections"][name] = {"error": f"{type(e).__name__}: {e}"}
             results["failed"].append(name)
-            first_line = str(e).splitlines()[0][:300] if str(e) else ""
-            table.append((name, "ERROR", f"{type(e).__name__}: {first_line}"))
+            table.append((name, "ERROR", error_text(e)))
         reset_peak_memory(dev)  # after the except block: its traceback no longer holds the section's tensors
         if "model" in context:
             set_attention(context["model"], context["attn_implementation"])
@@ -844,6 +878,7 @@ def main() -> int:
         print("\n".join(f"  {a} | {b}: {c}" for a, b, c in table[first_row:]), flush=True)
         print(f"{name}: {results['seconds'][name]:.1f} s (total {results['seconds']['total']:.1f} s)", flush=True)
     checks = [results["sections"].get("equality", {}).get("passed", True),
+              results["sections"].get("embed", {}).get("passed", True),
               results["sections"].get("lore", {}).get("cpu_check_passed", True),
               results["sections"].get("rb2", {}).get("score_difference_passed", True)]
     results["passed"] = not results["failed"] and all(checks)
