@@ -11,11 +11,24 @@ norms 1), built on the GPU without a CPU copy. Token ids come from the offline t
 (offline/tiny_model.py: Llama-3 chat template, 1,024 tokens, so only the first rows of the table are
 read; the cost of a token does not depend on its id). Text comes from offline/text.py, seeded.
 
-Sections (`sections`; each prints its wall time, and the JSON is rewritten after each one, so a run cut
-short still leaves the sections it finished):
+Sections, run in the order of `sections` (the cheap ones first); each prints its wall time, and the JSON
+is rewritten after each one, so a run cut short still leaves the sections it finished:
 - device: the GPU's name; the bf16 dense peak and memory bandwidth used below (looked up from the name
   in PEAKS, datasheet figures without sparsity; --peak_tflops / --bandwidth_tbs override), and what this
   GPU achieves on a large bf16 matrix product and a device-to-device copy, for scale.
+- lore: utils.LoRe_regularized on CUDA at PRISM scale (1,000 users x 20 comparisons, d = 4096, K = 25,
+  float32): ms per iteration (after warm-up, synchronised), its ratio to the floor of two reads of the
+  features at the memory bandwidth (and to two timed X.sum(), the floor measured), the projected time of
+  a 20,000-iteration fit; and the same fit on CUDA and on the CPU in float64 on a smaller problem (the
+  largest difference of V and W relative to their largest entry: LORE_CHECK_TOLERANCE).
+- equality: engine embeddings (prefix-shared, batched) against one-at-a-time ones, per attention
+  implementation (sdpa, eager, and flash_attention_2 when installed): the norm-wise relative difference
+  ||engine - one at a time|| / ||one at a time|| per conversation, its maximum against TOLERANCE_BF16 on
+  `equality_conversations` conversations in bf16, and against TOLERANCE_FP32 on
+  `equality_fp32_conversations` of them in float32 (the weights cast up exactly; sdpa and eager), which
+  is the check that can see a small real error with random weights (see the tolerances' comment); both
+  bf16 ways' distance from the float32 result (the engine must be about as accurate as the loop); and
+  for scale, the difference between the two responses of one prompt. PASS/FAIL per implementation.
 - embed: the engine (embedding.embed_conversations: batched by length, each shared prompt run once)
   against one conversation per forward (rendered with the chat template, one unpadded forward each), on
   PRISM-like conversations: multi-turn, 500-3,000 tokens, each prompt with two responses (chosen and
@@ -27,19 +40,6 @@ short still leaves the sections it finished):
   (L (L + 1) / 2 for a whole sequence of L tokens; s P + s (s + 1) / 2 for s tokens on a cached prefix
   of P); for the engine only the work it does (each shared prompt once, from
   embedding.shared_prefix_groups, padding not counted), so its fraction is a true utilisation.
-- equality: engine embeddings (prefix-shared, batched) against one-at-a-time ones, per attention
-  implementation (sdpa, eager, and flash_attention_2 when installed): the norm-wise relative difference
-  ||engine - one at a time|| / ||one at a time|| per conversation, its maximum against TOLERANCE_BF16 on
-  `equality_conversations` conversations in bf16, and against TOLERANCE_FP32 on
-  `equality_fp32_conversations` of them in float32 (the weights cast up exactly; sdpa and eager), which
-  is the check that can see a small real error with random weights (see the tolerances' comment); both
-  bf16 ways' distance from the float32 result (the engine must be about as accurate as the loop); and
-  for scale, the difference between the two responses of one prompt. PASS/FAIL per implementation.
-- lore: utils.LoRe_regularized on CUDA at PRISM scale (1,000 users x 20 comparisons, d = 4096, K = 25,
-  float32): ms per iteration (after warm-up, synchronised), its ratio to the floor of two reads of the
-  features at the memory bandwidth (and to two timed X.sum(), the floor measured), the projected time of
-  a 20,000-iteration fit; and the same fit on CUDA and on the CPU in float64 on a smaller problem
-  (largest difference of V, which must be at float64 rounding).
 - rb2: RewardBench 2 scoring (rewardbench2.score_rows) of rows generated in the real column format
   (subsets of 475/160/183/450/495/102 rows = 1,865; non-Ties rows 1 chosen + 3 rejected, Ties rows in
   ref/tied pairs; prompts of 50-500 tokens and responses of 100-800, log-uniform): rows/s of the engine
@@ -61,7 +61,6 @@ short lengths; every section runs (flash_attention_2 is skipped on a CPU). tests
 """
 import contextlib
 import importlib.util
-import json
 import math
 import sys
 import time
@@ -181,11 +180,14 @@ RB2_SUBSET_ROWS = {"Factuality": 475, "Precise IF": 160, "Math": 183, "Safety": 
 TOLERANCE_BF16 = 5e-2
 TOLERANCE_FP32 = 1e-4
 LORE_CHECK_TOLERANCE = 1e-6   # LoRe fit on the GPU vs the CPU, float64, relative to the largest entry
-UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -9, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24}
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -9, torch.float16: 2.0 ** -11}
 
 
 def tolerance() -> float:
-    """The equality tolerance of the run's dtype: TOLERANCE_BF16 scaled by the unit roundoff."""
+    """The equality tolerance of the run's dtype: TOLERANCE_FP32 in float32, else TOLERANCE_BF16 scaled by
+    the unit roundoff (float16: 4x tighter than bf16)."""
+    if torch_dtype() == torch.float32:
+        return TOLERANCE_FP32
     return TOLERANCE_BF16 * UNIT_ROUNDOFF[torch_dtype()] / UNIT_ROUNDOFF[torch.bfloat16]
 
 
