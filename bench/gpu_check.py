@@ -176,8 +176,9 @@ RB2_SUBSET_ROWS = {"Factuality": 475, "Precise IF": 160, "Math": 183, "Safety": 
 # float32 (the weights cast up, exactly, and back): u = 2^-24 gives ~1e-6 by the same count (PyTorch keeps
 # TF32 off for float32 matmuls by default; the block below makes sure), and 1e-4 is 100x that and still
 # 10x below a small real error: positions off by one on the cached prefix move the tiny model's
-# embeddings by ~1e-3, under bf16's noise, and tests/test_gpu_check.py plants exactly that. The float32 embeddings one at a time are also the reference against which
-# both bf16 ways' own rounding errors are shown: the engine must be about as accurate as the plain loop.
+# embeddings by ~1e-3, under bf16's noise, and tests/test_gpu_check.py plants exactly that. The float32
+# embeddings one at a time are also the reference against which both bf16 ways' own rounding errors are
+# shown: the engine must be about as accurate as the plain loop.
 TOLERANCE_BF16 = 5e-2
 TOLERANCE_FP32 = 1e-4
 LORE_CHECK_TOLERANCE = 1e-6   # LoRe fit on the GPU vs the CPU, float64, relative to the largest entry
