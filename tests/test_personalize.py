@@ -348,9 +348,9 @@ def test_chosen_equal_to_rejected_is_skipped_and_counted(files, backbone, tmp_pa
 def test_weights_file_of_another_backbone_size_is_refused(files, backbone, tmp_path):
     torch.save(torch.randn(64, K), tmp_path / "V64.pt")
     record = {"weights": torch.full((1, K), 1 / K), "basis": torch.randn(64, K)}
-    meta = {"format": personalize.WEIGHTS_FORMAT, "user_ids": json.dumps(["x"]), "model_name": "elsewhere",
+    meta = {"format": personalize.WEIGHTS_FORMAT, "user_ids": ["x"], "model_name": "elsewhere",
             "basis_sha256": "0", "basis_path": "V64.pt"}
-    personalize._save_safetensors(record, tmp_path / "w.safetensors", meta)
+    personalize._save_safetensors(record, tmp_path / "w.safetensors", personalize._encode(meta))
     with pytest.raises(SystemExit, match=r"has d = 64 rows .* hidden size 128"):
         personalize.export_model(tmp_path / "w.safetensors", "x", tmp_path / "m", backbone=backbone)
     assert not (tmp_path / "m").exists()
