@@ -39,12 +39,12 @@ score  reads --responses, a .jsonl of {"prompt": ..., "response": "..."} rows (a
        and scores.json (settings, files, users).
 
 Backbone: --model_name (default Skywork-Reward-Llama-3.1-8B-v0.2 in bf16); export and score use the
-one recorded by fit unless --model_name is given. --offline: the built-in tiny model (float32) and, for
-fit and the demo, the basis the PRISM offline run saves (PRISM/results-offline/PRISM_V_lore_K_5_alpha_0.0.pt;
-made by `cd PRISM && python prepare.py --offline && python generate-prism-embeddings.py --offline &&
-python train_basis.py --offline`). Paths given on the command line are relative to the current folder;
-the defaults are relative to this script's folder. Results: results/personalize/ (results/personalize-offline/
-with --offline) unless --results_dir.
+one (and the dtype) recorded by fit unless --model_name (--dtype) is given. --offline: the built-in
+tiny model (float32) and, for fit and the demo, the basis the PRISM offline run saves
+(PRISM/results-offline/PRISM_V_lore_K_5_alpha_0.0.pt; made by `cd PRISM && python prepare.py --offline
+&& python generate-prism-embeddings.py --offline && python train_basis.py --offline`). Paths given on
+the command line are relative to the current folder; the defaults are relative to this script's
+folder. Results: results/personalize/ (results/personalize-offline/ with --offline) unless --results_dir.
 
 The demo (--command=demo, the default) takes the first 5 unseen PRISM users (by id) with train and
 test comparisons, writes their train comparisons to demo_comparisons.jsonl, fits them, exports the
@@ -540,20 +540,23 @@ def _check_target_folder(target: Path, new: dict, overwrite: bool, backbone: str
     if existing is not None and _same_model(existing, new):
         return
     if not overwrite:
-        what = (f"the personalized model of user {existing.get('user_id')!r} (basis {existing.get('basis_sha256', '')[:12]})"
+        what = (f"the personalized model of user {existing.get('user_id')!r} "
+                f"(basis {str(existing.get('basis_sha256', ''))[:12]})"
                 if isinstance(existing, dict) else "something else (no personalization.json)")
         raise SystemExit(f"error: the export path {target} already holds {what}, not this model; choose another "
                          f"--export_dir or pass --overwrite to replace it")
 
 
-def export_model(weights_path, user_id: str, out_dir, *, model_name: str | None = None, dtype: str = "float32",
+def export_model(weights_path, user_id: str, out_dir, *, model_name: str | None = None, dtype: str | None = None,
                  overwrite: bool = False, backbone=None) -> Path:
     """Write user_id's personalized reward model as a folder that
     AutoModelForSequenceClassification.from_pretrained loads (config, tokenizer, model.safetensors with
-    score.weight = (V @ w / 100).T, personalization.json). model_name: the backbone (default: the one
-    recorded by fit). Refuses a folder holding a different model unless overwrite. Returns the folder."""
+    score.weight = (V @ w / 100).T, personalization.json). model_name, dtype: the backbone and its dtype
+    (default: those fit recorded). Refuses a folder holding a different model unless overwrite. Returns
+    the folder."""
     record = load_user_weights(weights_path)
     model_name = str(model_name or record["meta"]["model_name"])
+    dtype = dtype or record["meta"].get("dtype", "float32")
     i = _pick_users(record["user_ids"], [user_id], weights_path)[0]
     V, w = record["basis"], record["weights"][i]
     hidden = int(backbone[0].config.hidden_size) if backbone is not None else backbone_hidden_size(model_name)
@@ -633,13 +636,14 @@ def user_scores(embeddings: torch.Tensor, V: torch.Tensor, W: torch.Tensor) -> t
 
 
 def score(responses_path, weights_path, user_ids: list[str] | None = None, *, model_name: str | None = None,
-          dtype: str = "float32", attn_implementation=None, device=None, batch_size: int = 16, max_tokens=32768,
+          dtype: str | None = None, attn_implementation=None, device=None, batch_size: int = 16, max_tokens=32768,
           max_length=None, backbone=None) -> tuple[list[dict], list[str], torch.Tensor]:
     """(rows, user ids, scores [rows, users]) of a responses file for the chosen users (None/[]: all),
-    with one backbone forward per distinct conversation."""
+    with one backbone forward per distinct conversation. model_name, dtype: default those fit recorded."""
     rows = read_responses(responses_path)
     record = load_user_weights(weights_path)
     model_name = str(model_name or record["meta"]["model_name"])
+    dtype = dtype or record["meta"].get("dtype", "float32")
     ids = list(user_ids or record["user_ids"])
     picked = _pick_users(record["user_ids"], ids, weights_path)
     hidden = int(backbone[0].config.hidden_size) if backbone is not None else backbone_hidden_size(model_name)
@@ -718,8 +722,9 @@ def pipeline_weights(data_path: Path, V: torch.Tensor, *, num_iterations: int, l
     if V.shape[1] <= 1:
         W = torch.ones(train.n_users, V.shape[1])
     else:
-        W = utils.PersonalizeBatch(train.n_users, train.d, V.shape[1], num_iterations, learning_rate,
-                                   seed=utils.derived_seed(seed, 1), device="cpu", progress=False).train_weights(train, V)
+        model = utils.PersonalizeBatch(train.n_users, train.d, V.shape[1], num_iterations, learning_rate,
+                                       seed=utils.derived_seed(seed, 1), device="cpu", progress=False)
+        W = model.train_weights(train, V)
     return users["unseen"], W, utils.per_user_accuracy(test, V, W)
 
 
@@ -814,7 +819,8 @@ def demo(data_path: Path, basis_path: Path, model_name: str, results_path: Path,
         p = unseen.index(u)
         w_fit, w_pipe = record["weights"][j], W_pipe[p]
         table_rows.append({
-            "user_id": u, "fewshot_comparisons": len(by_user["train"][u]), "heldout_comparisons": len(by_user["test"][u]),
+            "user_id": u, "fewshot_comparisons": len(by_user["train"][u]),
+            "heldout_comparisons": len(by_user["test"][u]),
             "pipeline_accuracy": float(acc_pipe[p]), "personalize_score_accuracy": score_accuracy[u],
             "exported_model_accuracy": exported_accuracy if u == first else None,
             "weights_personalize": w_fit.tolist(), "weights_pipeline": w_pipe.tolist(),
@@ -908,8 +914,9 @@ def main() -> None:
         results_path = utils.script_dirs(__file__, "data", results_dir, offline)[1]
     basis_path = _path(basis or (OFFLINE_BASIS if offline else DEFAULT_BASIS), "basis", given if basis else ())
     weights_path = _path(weights, "weights", given) if weights else results_path / WEIGHTS_FILE
-    # export/score: the backbone fit recorded, unless one is named (or --offline picks the tiny model)
+    # export/score: the backbone (and dtype) fit recorded, unless named (or --offline picks the tiny model)
     backbone_name = model_name if ("model_name" in given or offline) else None
+    backbone_dtype = dtype if ("dtype" in given or offline) else None
     engine = dict(batch_size=batch_size, max_tokens=max_tokens, max_length=max_length)
     snapshot = utils.script_settings(globals())
 
@@ -936,14 +943,16 @@ def main() -> None:
         else:
             folder = (_path(export_dir, "export_dir", given) if export_dir
                       else results_path / MODEL_FOLDER.format(user=_safe_name(wanted[0])))
-            export_model(weights_path, wanted[0], folder, model_name=backbone_name, dtype=dtype, overwrite=overwrite)
+            export_model(weights_path, wanted[0], folder, model_name=backbone_name, dtype=backbone_dtype,
+                         overwrite=overwrite)
     elif command == "score":
         if not responses:
             raise utils.SettingsError(f"error: score needs --responses=<file.jsonl> (one row per line: {RESPONSE_ROW})")
         responses_path = _path(responses, "responses", given)
         wanted = [u.strip() for u in users.split(",") if u.strip()]
-        rows, ids, table = score(responses_path, weights_path, wanted, model_name=backbone_name, dtype=dtype,
-                                 attn_implementation=attn_implementation, device=device, **engine)
+        rows, ids, table = score(responses_path, weights_path, wanted, model_name=backbone_name,
+                                 dtype=backbone_dtype, attn_implementation=attn_implementation, device=device,
+                                 **engine)
         out = write_scores(rows, ids, table, results_path,
                            {"settings": snapshot, "weights": str(weights_path), "responses": str(responses_path),
                             "responses_sha256": utils.file_sha256(responses_path)})

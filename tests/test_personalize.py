@@ -188,7 +188,8 @@ def test_exported_folder_loads_with_from_pretrained_and_nothing_else(files, fitt
         "t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
         "convs = json.loads(sys.argv[2])\n"
         "with torch.no_grad():\n"
-        "    out = [m(**t.apply_chat_template(c, return_dict=True, return_tensors='pt')).logits.item() for c in convs]\n"
+        "    out = [m(**t.apply_chat_template(c, return_dict=True, return_tensors='pt')).logits.item()\n"
+        "           for c in convs]\n"
         "print(json.dumps({'missing': list(info['missing_keys']), 'unexpected': list(info['unexpected_keys']),"
         " 'logits': out}))\n")
     result = subprocess.run([sys.executable, "-I", "-c", script, str(exported), json.dumps(convs)],
@@ -399,3 +400,19 @@ def test_command_line_fit_export_score(files, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--command must be fit, export, score or demo"):
         run_main(monkeypatch, tmp_path, "--command=train")
     assert personalize.command == "demo" and personalize.offline is False         # settings restored
+
+
+def test_a_local_model_folder_and_the_recorded_backbone(files, tmp_path, monkeypatch):
+    """Without --offline: fit on a local checkpoint folder; export and score default to the backbone
+    and dtype fit recorded (not the Skywork/bf16 defaults)."""
+    import shutil
+    for name in ("V.pt", "comparisons.jsonl", "responses.jsonl"):
+        shutil.copy(files["dir"] / name, tmp_path / name)
+    run_main(monkeypatch, tmp_path, f"--model_name={tiny_model_path()}", "--dtype=float32", "--results_dir=out",
+             "--command=fit", "--basis=V.pt", "--comparisons=comparisons.jsonl", "--num_iterations=20")
+    run_main(monkeypatch, tmp_path, "--results_dir=out", "--command=export", "--user=alice")
+    folder = tmp_path / "out" / "reward_model_alice"
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "float32"
+    assert json.loads((folder / personalize.PERSONALIZATION_FILE).read_text())["backbone"] == tiny_model_path()
+    run_main(monkeypatch, tmp_path, "--results_dir=out", "--command=score", "--responses=responses.jsonl")
+    assert (tmp_path / "out" / "scores.csv").read_text().splitlines()[0] == "row,id,alice,bob,carol"
