@@ -1063,12 +1063,13 @@ def selected_K(rows: list, alpha) -> int | None:
 
 
 def save_results(results_dir, name, settings, K_list, alpha_list, results, *, plot_name=None, title=None,
-                 extra=None, reference_lines=None) -> dict:
+                 extra=None, reference_lines=None, user_ids=None) -> dict:
     """Write the result files of a `run`/`run_regularized` sweep into results_dir (created if missing).
 
     results: what run/run_regularized returned (alpha-major over alpha_list x K_list). settings: the
     script's `configure` snapshot (with seed). reference_lines: {label: accuracy} drawn as horizontal
-    lines (e.g. the planted Bayes-optimal accuracy). Writes
+    lines (e.g. the planted Bayes-optimal accuracy). user_ids {"seen": [...], "unseen": [...]}: the groups'
+    users, to record every user's accuracy per (alpha, K) and group (when results carry them). Writes
       `<name>.json`: settings, seed, per (alpha, K) the mean and RAW std over users of the four
                      accuracies, the basis size and cosines to V_ref, the K chosen on seen users per
                      alpha, + `extra`;
@@ -1087,6 +1088,9 @@ def save_results(results_dir, name, settings, K_list, alpha_list, results, *, pl
     rows, markdown = [], [f"# {title or name}", ""]
     for i, (alpha, K) in enumerate((a, K) for a in alpha_list for K in K_list):
         row = {"alpha": alpha, "K": K, **{key: {"mean": means[j][i], "std": stds[j][i]} for j, key in enumerate(GROUP_NAMES)}}
+        if user_ids is not None and "per_user" in details[i]:
+            row["per_user"] = {group: dict(zip(user_ids[group.split("_")[0]], details[i]["per_user"][group].tolist()))
+                               for group in GROUP_NAMES}
         cosine = details[i].get("cosine_to_ref")
         if cosine is not None and K >= 1:
             row.update(basis_size=details[i]["basis_size"], cosine_to_ref=cosine,

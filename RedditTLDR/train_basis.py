@@ -63,7 +63,7 @@ results = utils.run(K_list, alpha_list, V_ref, *groups.values(), N, N_unseen, de
 extra["seconds"] = round(time.time() - start, 1)
 files = utils.save_results(results_path, "train_basis", settings, K_list, alpha_list, results,
                            plot_name="generalization_accuracy_vs_rank_lore_alpha_{alpha}.png",
-                           title="Reddit TLDR: LoRe accuracy vs rank", extra=extra,
+                           title="Reddit TLDR: LoRe accuracy vs rank", extra=extra, user_ids=users,
                            reference_lines={"planted reward, unseen users": extra.get("planted_accuracy", {}).get("unseen_test")})
 print(files["markdown"].read_text())
 print(f"wrote {files['json']}, {files['markdown']}, {', '.join(str(p) for p in files['plots'])} ({extra['seconds']} s)")

@@ -75,6 +75,7 @@ import torch  # noqa: E402
 import embedding  # noqa: E402
 import rewardbench2 as rb2  # noqa: E402
 import utils  # noqa: E402
+from offline.planted import random_population, simulate_comparisons  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -132,9 +133,7 @@ if tiny:
     for _name, _value in TINY.items():
         if _name not in settings.overridden:
             globals()[_name] = _value
-    _overridden = settings.overridden
-    settings = utils.Settings(utils.script_settings(globals()))
-    settings.overridden = _overridden
+    settings.update({name: globals()[name] for name in TINY})
 
 # The 8B backbone: Skywork-Reward-Llama-3.1-8B-v0.2's config (that of Llama-3.1-8B, num_labels = 1).
 LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
@@ -682,21 +681,12 @@ def section_equality(context, table):
     return out
 
 
-def feature_bytes(comparisons) -> int:
-    """Bytes one pass over the features reads: the dense features or the indexed form's table."""
-    store = comparisons.table if getattr(comparisons, "table", None) is not None else comparisons.features
-    return store.numel() * store.element_size()
-
-
-def feature_store(comparisons) -> torch.Tensor:
-    return comparisons.table if getattr(comparisons, "table", None) is not None else comparisons.features
-
-
 def section_lore(context, table):
     dev = context["device"]
-    V_star, W_star = utils.generate_population(lore_users, lore_d, 8, seed=seed)
-    data, _ = utils.simulate_population(V_star, W_star, lore_comparisons_per_user, seed=seed + 1)
+    population = random_population(lore_users, lore_d, 8, seed=seed)
+    data, _ = simulate_comparisons(population, lore_comparisons_per_user, seed=seed + 1)
     data = data.to(dev, torch.float32)
+    V_star = torch.tensor(population.directions, dtype=torch.float32)
     V_sft = V_star[:, :1] / V_star[:, :1].norm()
 
     def fit(iterations, comparisons=data, where=dev, dt=torch.float32, n_users=lore_users):
@@ -708,10 +698,10 @@ def section_lore(context, table):
     fit(lore_warmup_iterations)
     seconds, model = timed(lambda: fit(lore_iterations), dev)
     per_iteration = seconds / lore_iterations
-    store = feature_store(data)
+    store = data.table                               # one pass of the trainer reads the table
     timed(lambda: (store.sum(), store.sum()), dev)  # warm-up of the reduction kernel
     reads = min(timed(lambda: (store.sum(), store.sum()), dev)[0] for _ in range(5))
-    nbytes = feature_bytes(data)
+    nbytes = store.numel() * store.element_size()
     bandwidth = context["peaks"]["bandwidth_tbs"]
     floor = 2.0 * nbytes / (bandwidth * 1e12) if bandwidth else None
     loss = model.loss_history
@@ -837,7 +827,7 @@ def main() -> int:
         raise SystemExit(f"error: unknown section(s) {unknown}; known: {list(SECTIONS)}")
     start_all = time.perf_counter()
     dev = run_device()
-    _, results_dir = utils.script_dirs(__file__, "data", out_dir, offline=False)
+    results_dir = Path(out_dir) if Path(out_dir).is_absolute() else Path(__file__).resolve().parent / out_dir
     stem = "gpu_check_tiny" if tiny else "gpu_check"
     path_json, path_md = results_dir / f"{stem}.json", results_dir / f"{stem}.md"
     context = build_context(dev, with_model=any(s in NEEDS_MODEL for s in sections))

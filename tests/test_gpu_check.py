@@ -1,6 +1,8 @@
 """bench/gpu_check.py --tiny: every section runs on the CPU, writes finite figures, and its checks can fail."""
 import importlib.util
 import json
+
+import pytest
 import math
 import subprocess
 import sys
@@ -23,6 +25,7 @@ def numbers(obj, path=""):
         yield path, obj
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_every_section(tmp_path):
     # --peak_tflops / --bandwidth_tbs: the CPU has no datasheet entry, so the fractions get a number too
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", f"--out_dir={tmp_path}", "--peak_tflops=1.0",
@@ -66,6 +69,7 @@ def test_tiny_run_writes_every_section(tmp_path):
     assert 0 < rb2["loop_rows"] < rb2["rows"] and rb2["engine_rows_per_s"] > 0 and rb2["score_difference_passed"]
 
 
+@pytest.mark.slow
 def test_equality_check_catches_an_off_by_one_position(monkeypatch):
     """A planted engine bug: the tokens run on a cached prefix get positions one too far. With random
     weights it moves the embeddings by less than bf16 rounding can be told from (it passes the bf16
