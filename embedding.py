@@ -113,6 +113,14 @@ def _from_pretrained(loader, model_name: str, **kwargs):
         raise _not_available(model_name, e) from e
 
 
+def load_config(model_name: str):
+    """The config of a checkpoint (local folder or hub id) without its weights: ModelNotAvailable (an
+    OSError naming --offline) at once when it cannot be reached, as load_reward_model."""
+    from transformers import AutoConfig
+
+    return _from_pretrained(AutoConfig, model_name)
+
+
 def load_tokenizer(model_name: str):
     """The tokenizer of a checkpoint (local folder or hub id), with a pad token."""
     from transformers import AutoTokenizer
@@ -214,6 +222,19 @@ def conversation(prompt, response: str) -> list[dict]:
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else \
         [{"role": m["role"], "content": m["content"]} for m in prompt]
     return messages + [{"role": "assistant", "content": response}]
+
+
+def distinct_conversations(conversations: Iterable) -> tuple[list, list[int]]:
+    """(the distinct conversations in first-seen order, the position of each input among them): embed
+    each once. Two conversations are the same when their content is (keys in any order)."""
+    position, distinct, index = {}, [], []
+    for c in conversations:
+        key = json.dumps(c, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        if key not in position:
+            position[key] = len(distinct)
+            distinct.append(c)
+        index.append(position[key])
+    return distinct, index
 
 
 def render_ids(tokenizer, conversation, max_length: int | None = None,

@@ -353,6 +353,15 @@ def test_bad_model_path_is_clear(monkeypatch, tmp_path):
         embed_to_file("no-such-org/no-such-reward-model", [[{"role": "user", "content": "hi"}]],
                       tmp_path / "e.safetensors", progress=False)
     assert list(tmp_path.iterdir()) == []  # nothing left behind that a corrected re-run would refuse
+    with pytest.raises(ModelNotAvailable, match="--offline"):
+        embedding.load_config(str(tmp_path / "missing-folder"))
+    assert embedding.load_config(tiny_model_path()).hidden_size == 128
+
+
+def test_distinct_conversations_in_first_seen_order():
+    a, b = [{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]
+    same_as_a = [{"content": "a", "role": "user"}]                # the same content, keys in another order
+    assert embedding.distinct_conversations([b, a, same_as_a, b, "text"]) == ([b, a, "text"], [0, 1, 1, 0, 2])
 
 
 def test_dtype_and_attention_selectable(tiny, convs):
