@@ -3,11 +3,12 @@ result tables.
 
     python main_job.py                 # about 6 minutes on 2 cores (bash main.sh installs, then runs this)
     python main_job.py --smoke         # tiny iteration counts: checks that everything runs (tables marked SMOKE)
-    python main_job.py --only=PRISM    # one folder
+    python main_job.py --only=PRISM    # one folder (--only=PRISM,personalize: several)
 
 Each step runs as its own process (`python <script> --offline ...`), exactly as a user would run it, with
 the overrides listed in STEPS; its output goes to <results>/logs/. Every step writes its tables, JSON and
-plots into <results>/<folder>/ (results/, or results-smoke/ with --smoke); at the end the tables this run
+plots into <results>/<folder>/ (a top-level script: <results>/<its name>/; results/, or results-smoke/
+with --smoke); at the end the tables this run
 wrote are printed (and listed, with the steps' timings, in <results>/main_job.json). The offline data stay
 in each folder's data/*-offline (or under --data_dir), so a second run reuses the built model, data and
 embeddings.
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent
 results_dir = "results"      # tables, JSON and plots of every folder (results-smoke with --smoke, unless given)
 data_dir: str | None = None  # None: each script's own offline data folder; else one folder for all the data
 smoke = False                # tiny iteration counts: checks that everything runs, figures are not meaningful
-only: str | None = None      # run only the steps of this folder (e.g. "PRISM"); None runs all
+only: str | None = None      # run only the steps of these folders (e.g. "PRISM,personalize"); None runs all
 # -----------------------------------------------------------------------------
 
 # (folder, script, its data folder name, offline arguments, smoke arguments), in the documented order.
@@ -46,6 +47,10 @@ STEPS = [
     ("PRISM", "eval_rb2.py", "rewardbench2", RB2, []),   # the tiny model's own head (seqclf)
     ("PRISM", "eval_rb2.py", "rewardbench2", RB2 + ["--rm_head", "PRISM_V_lore_K_5_alpha_10000.0.pt"], []),
     ("PRISM", "eval_rb2.py", "rewardbench2", RB2 + ["--rm_head", "PRISM_V_lore_K_5_alpha_0.0.pt"], []),
+    # personalize.py's demo on PRISM's data and basis ({results}: this run's results folder); offline the
+    # basis with something personal in it is alpha = 0 (alpha = 1e4 pins every column to the tiny head)
+    (".", "personalize.py", "PRISM/prism", ["--basis={results}/PRISM/PRISM_V_lore_K_5_alpha_0.0.pt"],
+     ["--num_iterations=30"]),
     ("RedditTLDR", "prepare.py", "tldr", [], []),
     ("RedditTLDR", "generate-tldr-embeddings.py", "tldr", [], []),
     ("RedditTLDR", "train_basis.py", "tldr", [], FAST + ["--K_list=[0,1,3]"]),
@@ -61,21 +66,26 @@ ARGPARSE_SCRIPTS = {"eval_rb2.py", "demo_offline.py"}     # published command li
 TABLES = "*.md"
 
 
+def results_name(folder: str, script: str) -> str:
+    """The folder of a step's results under <results>: its own folder's name, a top-level script's name."""
+    return Path(script).stem if folder == "." else folder
+
+
 def step_command(folder, script, data_name, arguments, results: Path, data_root: Path | None) -> list[str]:
     """The command line of one step: the script on the offline default, writing into results/<folder>."""
     flag = (lambda name, value: [f"--{name}", str(value)]) if script in ARGPARSE_SCRIPTS else \
         (lambda name, value: [f"--{name}={value}"])
     command = [sys.executable, script] + ([] if script == "demo_offline.py" else ["--offline"])
     if script not in ("prepare.py",) and not script.startswith("generate-"):
-        command += flag("results_dir", results / folder)
+        command += flag("results_dir", results / results_name(folder, script))
     if data_root is not None:
         command += flag("data_dir", data_root / folder / data_name)
-    return command + list(arguments)
+    return command + [argument.format(results=results) for argument in arguments]
 
 
 def run_step(index: int, command: list[str], folder: str, log_dir: Path) -> float:
     """Run one script in its folder; log everything; fail loudly with the log's tail."""
-    log = log_dir / f"{index:02d}_{folder}_{Path(command[1]).stem}.log"
+    log = log_dir / f"{index:02d}_{results_name(folder, command[1])}_{Path(command[1]).stem}.log"
     start = time.time()
     # One thread per process: the tiny model is too small for two threads to help, and oversubscribed
     # OpenMP threads made one RewardBench 2 step 40x slower on a busy 2-core machine.
@@ -90,15 +100,16 @@ def run_step(index: int, command: list[str], folder: str, log_dir: Path) -> floa
 
 def main() -> None:
     settings = utils.configure(globals())
-    folders = list(dict.fromkeys(step[0] for step in STEPS))
-    if only is not None and only not in folders:
-        raise utils.SettingsError(f"error: --only={only!r} is not a folder of the main job; choose one of {folders}")
+    folders = list(dict.fromkeys(results_name(folder, script) for folder, script, *_ in STEPS))
+    wanted = folders if only is None else only.split(",")
+    if set(wanted) - set(folders):
+        raise utils.SettingsError(f"error: --only={only!r} names no folder of the main job; choose among {folders}")
     default = "results-smoke" if smoke and "results_dir" not in settings.overridden else results_dir
     results = Path(default) if Path(default).is_absolute() else ROOT / default
     data_root = None if data_dir is None else Path(data_dir).resolve()
     log_dir = results / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    steps = [s for s in STEPS if only is None or s[0] == only]
+    steps = [s for s in STEPS if results_name(s[0], s[1]) in wanted]
     started, timings = time.time(), []
     for i, (folder, script, data_name, offline_args, smoke_args) in enumerate(steps, 1):
         command = step_command(folder, script, data_name, offline_args + (smoke_args if smoke else []), results,

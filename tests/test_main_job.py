@@ -1,4 +1,5 @@
 """The README's two commands, and the main job itself (its smoke form) into a temporary folder."""
+import json
 import re
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-FOLDERS = ("PRISM", "RedditTLDR", "PersonalLLM", "debias_lora")
+FOLDERS = ("PRISM", "personalize", "RedditTLDR", "PersonalLLM", "debias_lora")   # <results>/<folder>, in order
 
 
 def readme_commands() -> list[str]:
@@ -40,14 +41,21 @@ def test_main_job_runs_every_folder_in_order_and_prints_the_tables(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     steps = re.findall(r"\] (\S+)/(\S+) ", out)
-    assert [f for f in dict.fromkeys(folder for folder, _ in steps)] == list(FOLDERS)
+    assert [f for f in dict.fromkeys(folder for folder, _ in steps)] == ["PRISM", ".", "RedditTLDR", "PersonalLLM",
+                                                                         "debias_lora"]
     assert steps[:4] == [("PRISM", "prepare.py"), ("PRISM", "generate-prism-embeddings.py"),
                          ("PRISM", "train_basis.py"), ("PRISM", "vary_fewshot.py")]
+    assert steps[steps.index((".", "personalize.py")) - 1][0] == "PRISM"        # after the PRISM steps
     for folder in FOLDERS:
         assert f"## {folder}: " in out
         assert list((tmp_path / "results" / folder).glob("*.json"))
     assert "| K | seen users: train | seen users: unseen prompts | unseen users: few-shot train" in out
     assert "RewardBench 2 (official scoring)" in out and "| lambda | hard | normal | easy" in out
+    # the personalize demo on the PRISM basis and data this run wrote: 5 new users, one exported and reloaded
+    demo = json.loads((tmp_path / "results" / "personalize" / "personalize_demo.json").read_text())
+    assert demo["basis"] == str(tmp_path / "results" / "PRISM" / "PRISM_V_lore_K_5_alpha_0.0.pt")
+    assert len(demo["users"]) == 5 and demo["users"][0]["exported_model_accuracy"] is not None
+    assert "| user | few-shot comparisons | held-out comparisons | pipeline (train_basis.json)" in out
     assert "a table of an earlier run" not in out                      # only this run's tables
     assert all(t.read_text().startswith("> SMOKE run") for f in FOLDERS
                for t in (tmp_path / "results" / f).glob("*.md") if t != stale)
