@@ -127,12 +127,19 @@ def read_basis(path) -> torch.Tensor:
     return V.float().contiguous()
 
 
+def model_error(model_name: str, error: Exception) -> SystemExit:
+    """The hub error, naming this script's offline switch (a local folder that does not load: its own)."""
+    if Path(model_name).expanduser().is_dir():
+        return SystemExit(str(error))
+    return utils.hub_unreachable(f"the model {model_name!r}", "python personalize.py --offline", error.__cause__)
+
+
 def check_basis(V: torch.Tensor, where: str, model_name: str, backbone=None) -> None:
     """Exit unless V has one row per hidden dimension of the backbone (read from its config alone)."""
     try:
         hidden = (backbone[0].config if backbone else embedding.load_config(model_name)).hidden_size
     except embedding.ModelNotAvailable as e:
-        raise SystemExit(str(e)) from None
+        raise model_error(model_name, e) from None
     if V.shape[0] != hidden:
         transposed = " (it looks transposed: save it as [d, K])" if V.shape[1] == hidden else ""
         raise SystemExit(f"error: the basis {where} has d = {V.shape[0]} rows but the backbone {model_name} has "
@@ -193,7 +200,7 @@ def load_backbone(model_name: str, dtype: str, attn_implementation=None, device=
     try:
         return embedding.load_reward_model(str(model_name), dtype, attn_implementation, device)
     except embedding.ModelNotAvailable as e:
-        raise SystemExit(str(e)) from None
+        raise model_error(model_name, e) from None
 
 
 def save_safetensors(tensors: dict, path: Path, info: dict, fmt: str) -> None:
@@ -331,9 +338,16 @@ def identity(record: dict, i: int, backbone: str) -> dict:
             "reward": "logit = e . V . w / 100 (e: final-norm hidden state at the last token)"}
 
 
-def refuse_to_replace(target: Path, new: dict, existing: dict | None, overwrite: bool) -> None:
-    """Exit unless `target` is absent (or an empty folder), holds this very model, or overwrite is set."""
-    if overwrite or not target.exists() or (target.is_dir() and not any(target.iterdir())) or existing == new:
+def refuse_to_replace(target: Path, new: dict, read_identity, overwrite: bool) -> None:
+    """Exit unless `target` is absent (or an empty folder), holds this very model (read_identity(target)
+    == new), or overwrite is set."""
+    if overwrite or not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        return
+    try:
+        existing = read_identity(target)
+    except (OSError, ValueError, SystemExit):
+        existing = None
+    if existing == new:
         return
     what = (f"the personalized model of user {existing.get('user_id')!r}" if isinstance(existing, dict)
             else "something else (not a model of personalize.py)")
@@ -351,11 +365,7 @@ def export_model(weights_path, user_id: str, folder, *, model_name=None, dtype=N
     i = pick_users(record, [user_id], weights_path)[0]
     check_basis(record["basis"], f"in {weights_path}", model_name, backbone)
     new = identity(record, i, model_name)
-    try:
-        existing = json.loads((folder / PERSONALIZATION_FILE).read_text())
-    except (OSError, ValueError):
-        existing = None
-    refuse_to_replace(folder, new, existing, overwrite)
+    refuse_to_replace(folder, new, lambda path: json.loads((path / PERSONALIZATION_FILE).read_text()), overwrite)
     model, tokenizer = backbone or load_backbone(model_name, dtype, attn_implementation, device)
     own_head = {k: v.clone() for k, v in model.score.state_dict().items()}
     tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
@@ -392,11 +402,7 @@ def export_heads(weights_path, user_ids: list[str], folder, *, model_name=None, 
     for i in pick_users(record, ids, weights_path):
         target = folder / HEAD_FILE.format(user=safe_name(record["user_ids"][i]))
         new = identity(record, i, model_name or record["model_name"])
-        try:
-            existing = read_safetensors(target, HEAD_FORMAT, "")[1]
-        except SystemExit:
-            existing = None
-        refuse_to_replace(target, new, existing, overwrite)
+        refuse_to_replace(target, new, lambda path: read_safetensors(path, HEAD_FORMAT, "")[1], overwrite)
         plans.append((target, user_head(record["basis"], record["weights"][i]), new))
     for target, head, new in plans:
         save_safetensors({"score.weight": head}, target, new, HEAD_FORMAT)

@@ -278,6 +278,14 @@ def test_basis_of_another_hidden_size(files, tmp_path):
     fit_fails(files, tmp_path, r"Vt.pt has d = 3 rows .* hidden size 128 \(it looks transposed", basis=tmp_path / "Vt.pt")
 
 
+def test_a_backbone_that_cannot_be_reached(files, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"(?s)cannot get the model .no-org/no-model.*python personalize.py --offline"):
+        personalize.fit(files["comparisons"], files["basis"], out, model_name="no-org/no-model")
+    assert not out.exists()
+
+
 def test_basis_that_is_not_a_tensor_or_has_three_dimensions(files, tmp_path):
     torch.save({"V": torch.randn(128, K)}, tmp_path / "dict.pt")
     fit_fails(files, tmp_path, r"dict.pt holds a dict, not a basis", basis=tmp_path / "dict.pt")
