@@ -740,16 +740,45 @@ class SweepResults(tuple):
     runs: list
 
 
-def _save_tensor(path: Path, tensor: torch.Tensor, key: str) -> None:
+def _save_tensor(path: Path, tensor: torch.Tensor, key: str, record: dict) -> None:
     """Atomically write `path` (.pt: a plain tensor, loadable with weights_only=True) and its
-    .safetensors sibling (one entry named `key`)."""
+    .safetensors sibling (one entry named `key`, the fit that made it as metadata "fit")."""
     from safetensors.torch import save_file
     path = Path(path)
     tensor = tensor.detach().cpu().contiguous().clone()
     with atomic_path(path) as tmp:
         torch.save(tensor, tmp)
     with atomic_path(path.with_suffix(".safetensors")) as tmp:
-        save_file({key: tensor}, str(tmp))
+        save_file({key: tensor}, str(tmp), metadata={"fit": json.dumps(record, sort_keys=True)})
+
+
+def _fit_record(fit_settings: dict, K: int, alpha, seed: int, train: "Comparisons") -> dict:
+    """What makes a fitted basis: the trainer and its settings, and a hash of the training data."""
+    digest = hashlib.sha256()
+    for tensor in (train.users, train.chosen, train.rejected, train.table):
+        digest.update(np.ascontiguousarray(tensor.detach().cpu().numpy()).data)
+    return {**fit_settings, "K": int(K), "alpha": float(alpha), "seed": int(seed), "users": train.n_users,
+            "comparisons": train.N, "d": train.d, "data_sha256": digest.hexdigest()}
+
+
+def _check_fits_to_replace(results_dir, dataset_name, records: dict, overwrite: bool) -> None:
+    """Before any fit: refuse to replace a saved basis that another fit made (other settings or data),
+    unless overwrite, naming the differences. A long PRISM fit is hours of work."""
+    from safetensors import safe_open
+    for (alpha, K), record in records.items():
+        path = (Path(results_dir) / lore_file_names(dataset_name, K, alpha)[0]).with_suffix(".safetensors")
+        if overwrite or not path.exists():
+            continue
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                old = json.loads((f.metadata() or {}).get("fit", "{}"))
+        except Exception:
+            continue                   # unreadable: nothing to keep
+        if old != record:
+            changed = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in record.items() if old.get(k) != v)
+            raise SystemExit(f"error: {path.with_suffix('.pt')} holds a basis fitted with other settings or data "
+                             f"({changed}). Run with --overwrite=True to replace it, or give another "
+                             f"--results_dir.")
 
 
 def lore_file_names(dataset_name: str | None, K: int, alpha) -> tuple[str, str]:
@@ -767,6 +796,9 @@ def _prepare(V_final, groups, N, N_unseen, device):
     first = as_comparisons(groups[0], device)
     groups = [first] + [as_comparisons(g, device, first.dtype) for g in groups[1:]]
     for name, group, want in zip(GROUP_NAMES, groups, (N, N, N_unseen, N_unseen)):
+        if group.N == 0 or group.n_users == 0:
+            raise SystemExit(f"error: {name} has {group.n_users} users and {group.N} comparisons: nothing to "
+                             f"fit or evaluate (check the prepared data); nothing was written")
         if group.n_users != want:
             raise ValueError(f"{name} has {group.n_users} users, expected {want} (N = {N}, N_unseen = {N_unseen})")
         if group.d != first.d:
@@ -785,9 +817,12 @@ def _reference(V_final, K):
     return V_final
 
 
-def _pipeline(fit, K_list, alpha_list, V_final, groups, N, N_unseen, device, fewshot_iterations,
-              fewshot_learning_rate, seed, results_dir, dataset_name, progress) -> SweepResults:
+def _pipeline(fit, fit_settings, K_list, alpha_list, V_final, groups, N, N_unseen, device, fewshot_iterations,
+              fewshot_learning_rate, seed, results_dir, dataset_name, progress, overwrite) -> SweepResults:
     V_final, (train, test, train_unseen, test_unseen), device = _prepare(V_final, groups, N, N_unseen, device)
+    records = {(alpha, K): _fit_record(fit_settings, K, alpha, seed, train.compact())
+               for alpha in alpha_list for K in K_list if K >= 1} if results_dir is not None else {}
+    _check_fits_to_replace(results_dir, dataset_name, records, overwrite)
     means, bands, runs = [[], [], [], []], [[], [], [], []], []
     for alpha, K in tqdm([(a, K) for a in alpha_list for K in K_list], desc="alpha, K",
                          disable=None if progress else True):
@@ -797,8 +832,8 @@ def _pipeline(fit, K_list, alpha_list, V_final, groups, N, N_unseen, device, few
             weights_seen, V = fit(V_final, alpha, train, K, seed=derived_seed(seed, 0), progress=progress)
             if results_dir is not None:
                 v_name, w_name = lore_file_names(dataset_name, K, alpha)
-                _save_tensor(Path(results_dir) / v_name, V, "V")
-                _save_tensor(Path(results_dir) / w_name, weights_seen, "W")
+                _save_tensor(Path(results_dir) / v_name, V, "V", records[alpha, K])
+                _save_tensor(Path(results_dir) / w_name, weights_seen, "W", records[alpha, K])
         if K <= 1:
             weights_unseen = torch.ones(N_unseen, V.shape[1], dtype=V.dtype, device=device)
         else:
@@ -822,7 +857,7 @@ def _pipeline(fit, K_list, alpha_list, V_final, groups, N, N_unseen, device, few
 def run(K_list, alpha_list, V_final, train_features, test_features_sparse, train_features_unseen,
         test_features_sparse_unseen, N, N_unseen, device, *, num_iterations=1000, learning_rate=0.5,
         fewshot_iterations=500, fewshot_learning_rate=0.1, seed=0, results_dir=None, dataset_name=None,
-        progress=True) -> SweepResults:
+        progress=True, overwrite=False) -> SweepResults:
     """Sweep alpha x K with the joint `LoRe` trainer; evaluate seen and (few-shot) unseen users.
 
     Groups: lists of per-user tensors [m_i, d] or Comparisons; the two seen groups have N users in the
@@ -830,20 +865,22 @@ def run(K_list, alpha_list, V_final, train_features, test_features_sparse, train
     weight [1.0]; K >= 1: `solve_regularized` (num_iterations, learning_rate, V_sft = V_final). Unseen
     users: K <= 1 uses w = [1.0], else `PersonalizeBatch` on train_features_unseen (fewshot_iterations,
     fewshot_learning_rate). device None: CUDA when present. Every fit and every K sees the same seeded
-    draws. When results_dir is given, V and W of every K >= 1 are saved there (see run_regularized).
+    draws. When results_dir is given, V and W of every K >= 1 are saved there (see run_regularized); a
+    saved basis made by another fit (settings or data) is not replaced unless overwrite.
     Returns a SweepResults: the original's 8 lists (see there), `.runs` with the details per (alpha, K).
     """
     def fit(V_sft, alpha, X, K, seed, progress):
         return solve_regularized(V_sft, alpha, X, K, num_iterations, learning_rate, seed=seed, progress=progress)
-    return _pipeline(fit, K_list, alpha_list, V_final, (train_features, test_features_sparse,
-                     train_features_unseen, test_features_sparse_unseen), N, N_unseen, device,
-                     fewshot_iterations, fewshot_learning_rate, seed, results_dir, dataset_name, progress)
+    return _pipeline(fit, {"trainer": "LoRe", "num_iterations": num_iterations, "learning_rate": learning_rate},
+                     K_list, alpha_list, V_final, (train_features, test_features_sparse, train_features_unseen,
+                     test_features_sparse_unseen), N, N_unseen, device, fewshot_iterations, fewshot_learning_rate,
+                     seed, results_dir, dataset_name, progress, overwrite)
 
 
 def run_regularized(K_list, alpha_list, V_final, train_features, test_features_sparse, train_features_unseen,
                     test_features_sparse_unseen, N, N_unseen, device, *, num_iterations=20000, learning_rate=0.5,
                     fewshot_iterations=500, fewshot_learning_rate=0.5, seed=0, results_dir=None,
-                    dataset_name=None, progress=True) -> SweepResults:
+                    dataset_name=None, progress=True, overwrite=False) -> SweepResults:
     """`run` with the alternating, cosine-regularised `LoRe_regularized` trainer (the PRISM pipeline).
 
     Same arguments and returns as `run`. Saves, for every K >= 1, the pruned basis
@@ -857,9 +894,10 @@ def run_regularized(K_list, alpha_list, V_final, train_features, test_features_s
     def fit(V_sft, alpha, X, K, seed, progress):
         return solve_regularized_simplex(V_sft, alpha, X, K, num_iterations, learning_rate, seed=seed,
                                          progress=progress)
-    return _pipeline(fit, K_list, alpha_list, V_final, (train_features, test_features_sparse,
-                     train_features_unseen, test_features_sparse_unseen), N, N_unseen, device,
-                     fewshot_iterations, fewshot_learning_rate, seed, results_dir, dataset_name, progress)
+    return _pipeline(fit, {"trainer": "LoRe_regularized", "num_iterations": num_iterations,
+                           "learning_rate": learning_rate}, K_list, alpha_list, V_final, (train_features,
+                     test_features_sparse, train_features_unseen, test_features_sparse_unseen), N, N_unseen, device,
+                     fewshot_iterations, fewshot_learning_rate, seed, results_dir, dataset_name, progress, overwrite)
 
 
 class FewShotCurves(tuple):

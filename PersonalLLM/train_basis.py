@@ -43,6 +43,7 @@ learning_rate = 0.5
 fewshot_iterations = 500         # unseen users' weights with V frozen
 fewshot_learning_rate = 0.1
 device: str | None = None        # None: cuda if available, else cpu
+overwrite = False             # True: replace saved bases (V/W files) fitted with other settings or data
 # -----------------------------------------------------------------------------
 settings = utils.configure(globals())
 data_path, results_path = utils.script_dirs(__file__, settings)
@@ -68,7 +69,7 @@ simulated = time.time()
 results = utils.run(K_list, alpha_list, V_ref, *groups.values(), n_seen_users, n_unseen_users, device,
                     num_iterations=num_iterations, learning_rate=learning_rate, fewshot_iterations=fewshot_iterations,
                     fewshot_learning_rate=fewshot_learning_rate, seed=seed, results_dir=results_path,
-                    dataset_name="PersonalLLM")
+                    dataset_name="PersonalLLM", overwrite=overwrite)
 extra["seconds"] = {"load_and_simulate": round(simulated - start, 1), "run": round(time.time() - simulated, 1)}
 files = utils.save_results(results_path, "train_basis", settings, K_list, alpha_list, results,
                            plot_name="generalization_accuracy_vs_rank_lore_alpha_{alpha}.png",

@@ -39,6 +39,7 @@ learning_rate = 0.5
 fewshot_iterations = 500      # unseen users' weights (PersonalizeBatch)
 fewshot_learning_rate = 0.1
 device: str | None = None     # None: cuda if available, else cpu
+overwrite = False             # True: replace saved bases (V/W files) fitted with other settings or data
 # -----------------------------------------------------------------------------
 settings = utils.configure(globals())
 data_path, results_path = utils.script_dirs(__file__, settings)
@@ -59,7 +60,7 @@ start = time.time()
 results = utils.run(K_list, alpha_list, V_ref, *groups.values(), N, N_unseen, device, num_iterations=num_iterations,
                     learning_rate=learning_rate, fewshot_iterations=fewshot_iterations,
                     fewshot_learning_rate=fewshot_learning_rate, seed=seed, results_dir=results_path,
-                    dataset_name="TLDR")
+                    dataset_name="TLDR", overwrite=overwrite)
 extra["seconds"] = round(time.time() - start, 1)
 files = utils.save_results(results_path, "train_basis", settings, K_list, alpha_list, results,
                            plot_name="generalization_accuracy_vs_rank_lore_alpha_{alpha}.png",
