@@ -470,7 +470,8 @@ def _read_array_file(path: Path, key: str | None, what: str):
         detail = (str(e).strip().splitlines() or [""])[0][:200]
         raise SystemExit(f"error: cannot read {what} {path} ({type(e).__name__}{': ' + detail if detail else ''}); "
                          f"it must hold a tensor of shape (H,), (H, 1) or (H, B) (or a dict of tensors), saved "
-                         f"with numpy, torch.save or safetensors (a train_basis.py V file is one)") from None
+                         f"with numpy, torch.save or safetensors (a train_basis.py V file is one). Torch files "
+                         f"load with weights_only=True: pickled objects are refused") from None
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         if key is not None:
             raise SystemExit(f"error: {path} holds a plain tensor, not a dict: drop --head_key {key!r}")
