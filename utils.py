@@ -543,8 +543,10 @@ def _per_user_mean_weights(comparisons: "Comparisons", dtype) -> torch.Tensor:
 
 
 class _Trainer:
-    def __init__(self, V_sft, alpha, num_classes, num_features, num_iterations, learning_rate, seed, device,
-                 dtype, progress):
+    W_INIT = staticmethod(torch.randn)    # the draw of the user logits W [C, B] (V is always N(0, 1))
+
+    def __init__(self, V_sft, alpha, num_classes, num_features, num_basis_vectors, num_iterations,
+                 learning_rate, *, seed: int = 0, device=None, dtype=torch.float32, progress: bool = True):
         self.device, self.dtype, self.progress = _resolve_device(device), dtype, progress
         self.alpha, self.seed = float(alpha), int(seed)
         self.num_iterations, self.learning_rate = int(num_iterations), float(learning_rate)
@@ -555,6 +557,9 @@ class _Trainer:
         if self.alpha > 0 and self.V_sft is None:
             raise ValueError("alpha > 0 needs V_sft (the reference reward head V_ref, [d, 1])")
         self.loss_history = None
+        g = _generator(seed)
+        self.W = self.W_INIT(num_classes, num_basis_vectors, generator=g, dtype=dtype).to(self.device)
+        self.V = torch.randn(num_features, num_basis_vectors, generator=g, dtype=dtype).to(self.device)
 
     def _check(self, X) -> Comparisons:
         comparisons = as_comparisons(X, self.device, self.dtype).compact()
@@ -576,14 +581,6 @@ class LoRe(_Trainer):
     + alpha * sum_b ||V_b - V_sft||^2 (when alpha > 0). Per iteration one P = X @ V and one X^T @ dL/dP.
     `.train(X)` returns (softmax(W) [C, B], V [d, B]).
     """
-
-    def __init__(self, V_sft, alpha, num_classes, num_features, num_basis_vectors, num_iterations,
-                 learning_rate, *, seed: int = 0, device=None, dtype=torch.float32, progress: bool = True):
-        super().__init__(V_sft, alpha, num_classes, num_features, num_iterations, learning_rate, seed, device,
-                         dtype, progress)
-        g = _generator(seed)
-        self.W = torch.randn(num_classes, num_basis_vectors, generator=g, dtype=dtype).to(self.device)
-        self.V = torch.randn(num_features, num_basis_vectors, generator=g, dtype=dtype).to(self.device)
 
     def loss(self, X) -> torch.Tensor:
         """Sum over users of their mean NLL (+ alpha * sum_b ||V_b - V_sft||^2) at the current W, V."""
@@ -623,13 +620,7 @@ class LoRe_regularized(_Trainer):
     (not renormalised); the full W and V stay in `.W`, `.V`; `.loss_history` holds the W-step NLL.
     """
 
-    def __init__(self, V_sft, alpha, num_classes, num_features, num_basis_vectors, num_iterations,
-                 learning_rate, *, seed: int = 0, device=None, dtype=torch.float32, progress: bool = True):
-        super().__init__(V_sft, alpha, num_classes, num_features, num_iterations, learning_rate, seed, device,
-                         dtype, progress)
-        g = _generator(seed)
-        self.W = torch.rand(num_classes, num_basis_vectors, generator=g, dtype=dtype).to(self.device)
-        self.V = torch.randn(num_features, num_basis_vectors, generator=g, dtype=dtype).to(self.device)
+    W_INIT = staticmethod(torch.rand)     # W ~ U(0, 1)
 
     def _fit(self, comparisons: Comparisons):
         users = comparisons.users
