@@ -19,10 +19,11 @@ users, or, with several seeds, the mean over seeds of that mean with its std ove
 Methods (METHODS: name -> class):
 
 PAL (Chen, Chen, Rege, Wang, Vinayak, "PAL: Pluralistic Alignment Framework for Learning from
-Heterogeneous Preferences", arXiv:2406.08469, ICLR 2025; code github.com/RamyaLab/pluralistic-alignment
-at commit fcfc03c). A learned projection f of an embedding into a preference space (identity, linear,
-or PAL's "mlp2": Linear(d, m), act, Linear(m, m), act, Linear(m, m)), K prototypes, user weights
-w_u = softmax(W_u) on the simplex (W_u ~ N(0, I) as the code's UserLearner.init_weight).
+Heterogeneous Preferences", arXiv:2406.08469; ICLR 2025 as "PAL: Sample-Efficient Personalized Reward
+Modeling for Pluralistic Alignment"; code github.com/RamyaLab/pluralistic-alignment at commit fcfc03c).
+A learned projection f of an embedding into a preference space (identity, linear, or PAL's "mlp2":
+Linear(d, m), act, Linear(m, m), act, Linear(m, m)), K prototypes, user weights w_u = softmax(W_u) on
+the simplex (W_u ~ N(0, I) as the code's UserLearner.init_weight).
   "PAL"   (PAL-B, the reward form; src/pal_rm_b/learner.py PrefLearner_angle): user point
           a_u = sum_k w_uk p_k with prototypes p_k in the preference space; reward
           r_u(e) = s * cos(f(e), a_u) with s = exp(logit_scale) clamped at 100, logit_scale learned from
@@ -54,9 +55,9 @@ w_u = softmax(W_u) on the simplex (W_u ~ N(0, I) as the code's UserLearner.init_
   - PAL-A's configs use a residual projector (x + mlp(x)), which needs m = d: off at m = 512.
   - batch size 32 instead of 4 (4 was set by fine-tuning the backbone on a GPU; with frozen embeddings a
     step costs the same at 32, and VPL's effective batch is 32 too), and 20 epochs for the seen users
-    instead of 1: the code's single epoch was over TL;DR workers with thousands of comparisons each, so
-    every user's weights got thousands of Adam steps; our users have tens, and 20 epochs is the code's
-    own count for its few-shot stage.
+    instead of 1: the code's single epoch ran over the ten most active Reddit TL;DR workers
+    (src/summary_dataset_utils.py), thousands of comparisons each, so every user's weights got thousands
+    of Adam steps; our users have tens, and 20 epochs is the code's own count for its few-shot stage.
   - new users are fitted full-batch (500 Adam steps at lr 5e-3; the code's 20 epochs at batch size 4
     give a user with m shots about 20 m steps: 200 for 10 shots, 1,000 for 50) on the sum over users of
     each user's mean loss, so the fit of every user is independent of the others (batched equals one
@@ -78,7 +79,8 @@ exp(log_var)) || N(0, I)), a_t the code's cyclical cosine annealing (period 10,0
 At evaluation z = mean (as the code). A new user's latent is the encoder's output on its few-shot
 comparisons: no gradient step.
   Hyperparameters (submit_job_UF_P_4.sh, the four-user UltraFeedback setting, and
-  train_llm_vae_preference_model.py; with Llama-2-7b embeddings, d = 4096, it used the same sizes):
+  train_llm_vae_preference_model.py; the job scripts use the same sizes for GPT-2 and for Llama-2-7b,
+  whose embeddings have d = 4096):
   latent L = 512, hidden h = 512, learning rate 1e-4, beta = 3e-6 with annealing, 2 epochs, batch 32
   (4 per device x 8 accumulation steps), AdamW (weight decay 0.001, none on biases, as the HF Trainer),
   gradient norm clipped at 1.0 (the Trainer's default), cosine schedule with 3% warm-up (VAETrainer);
@@ -96,10 +98,12 @@ Shapes and cost: nothing materialises one d-vector per comparison per user. Prod
 first layers are computed once per table row in use (per mini-batch in training, per group in
 evaluation) and then indexed: [e_c; e_r] @ W = (E @ W_c)[chosen] + (E @ W_r)[rejected], and the
 decoder's [e; z] @ W = (E @ W_e)[row] + (z @ W_z)[user]. Training draws mini-batches of comparisons
-across users; personalisation and evaluation are batched over all users at once.
+across users; personalisation and evaluation are batched over all users at once. On a CPU the training
+and few-shot loops run on one intra-op thread (their tensors are small), evaluation on the caller's.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -175,6 +179,20 @@ def _generator(seed: int) -> torch.Generator:
 
 def _progress(iterable, desc: str, progress: bool):
     return tqdm(iterable, desc=desc, disable=None if progress else True, leave=False, mininterval=1.0)
+
+
+@contextlib.contextmanager
+def _small_ops(device: torch.device):
+    """Mini-batch and few-shot loops on one intra-op thread (CPU): their tensors are small, and a team of
+    threads costs more in fork/join than it saves (on a shared CPU a descheduled member stalls every op:
+    measured 4-10x slower with 2 threads on this machine). Evaluation keeps the caller's threads."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _seeded_modules(seed: int, build):
@@ -260,7 +278,8 @@ class PAL(_Baseline):
     layers of the mlp: PAL's mlp2 = 2); activation "gelu" | "relu"; residual (x + mlp(x), needs
     m = d); similarity "cosine" (PAL's "angle") | "dot"; scale (None: 1/0.07 for cosine, 1/100 for
     dot); learn_scale (None: learned for cosine, fixed for dot); loss "logistic" | "hinge"; batch_size,
-    epochs; lr_projection, weight_decay_projection, lr_prototypes, lr_weights, lr_scale;
+    epochs, max_steps (None: all; else stop after that many mini-batches, for benchmarks and smoke
+    runs); lr_projection, weight_decay_projection, lr_prototypes, lr_weights, lr_scale;
     personalize_iterations, personalize_lr.
     User state: {"logits": W [C, K]} (weights = softmax(W)).
     """
@@ -269,7 +288,8 @@ class PAL(_Baseline):
     form = "B"
     DEFAULTS = {"projection": "mlp", "d_pref": 512, "depth": 2, "activation": "gelu", "residual": False,
                 "similarity": "cosine", "scale": None, "learn_scale": None, "loss": "logistic",
-                "batch_size": 32, "epochs": 20, "lr_projection": 1e-4, "weight_decay_projection": 0.01,
+                "batch_size": 32, "epochs": 20, "max_steps": None, "lr_projection": 1e-4,
+                "weight_decay_projection": 0.01,
                 "lr_prototypes": 5e-3, "lr_weights": 5e-3, "lr_scale": 0.1,
                 "personalize_iterations": 500, "personalize_lr": 5e-3}
     _CHOICES = {"projection": ("mlp", "linear", "identity"), "activation": ("gelu", "relu"),
@@ -374,24 +394,26 @@ class PAL(_Baseline):
         g = _generator(utils.derived_seed(self.seed, 2))
         batch, history = int(h["batch_size"]), []
         steps = [(epoch, start) for epoch in range(int(h["epochs"])) for start in range(0, train.N, batch)]
+        steps = steps[:h["max_steps"]] if h["max_steps"] is not None else steps
         order = None
         total = 0.0
-        for epoch, start in _progress(steps, self.name, self.progress):
-            if start == 0:
-                order = torch.randperm(train.N, generator=g).to(users.device)
-                total = 0.0
-            index = order[start:start + batch]
-            batch_users, user_of_row = torch.unique(users[index], return_inverse=True)
-            batch_users = batch_users.to(self.device)
-            W_rows = self.W[batch_users].clone().requires_grad_(True)
-            loss = self.batch_loss(table, chosen[index], rejected[index], W_rows, user_of_row.to(self.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            row_adam.step(batch_users, W_rows.grad)
-            total += float(loss.detach()) * len(index)
-            if start + batch >= train.N:
-                history.append(total / train.N)
+        with _small_ops(self.device):
+            for epoch, start in _progress(steps, self.name, self.progress):
+                if start == 0:
+                    order = torch.randperm(train.N, generator=g).to(users.device)
+                    total = 0.0
+                index = order[start:start + batch]
+                batch_users, user_of_row = torch.unique(users[index], return_inverse=True)
+                batch_users = batch_users.to(self.device)
+                W_rows = self.W[batch_users].clone().requires_grad_(True)
+                loss = self.batch_loss(table, chosen[index], rejected[index], W_rows, user_of_row.to(self.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                row_adam.step(batch_users, W_rows.grad)
+                total += float(loss.detach()) * len(index)
+                if start + batch >= train.N:
+                    history.append(total / train.N)
         self.prototypes.requires_grad_(False)
         self.log_scale.requires_grad_(False)
         for p in self.layers.parameters():
@@ -417,16 +439,34 @@ class PAL(_Baseline):
             rows, inverse = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
             projected = _map_rows(self.project, table, rows, self.device, self.dtype)
             f_chosen, f_rejected = projected[inverse[:fewshot.N]], projected[inverse[fewshot.N:]]
+            margin_of = self.frozen_margins(f_chosen, f_rejected, users)
         row_weight = (1.0 / fewshot.counts().clamp(min=1).to(self.device, self.dtype))[users]
         W.requires_grad_(True)
         optimizer = torch.optim.Adam([W], lr=h["personalize_lr"], foreach=True)
-        for _ in _progress(range(int(h["personalize_iterations"])), f"{self.name} new users", self.progress):
-            points = self.user_points(torch.softmax(W, 1))[users]
-            loss = (self.pair_loss(self.margin(f_chosen, f_rejected, points)) * row_weight).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        with _small_ops(self.device):
+            for _ in _progress(range(int(h["personalize_iterations"])), f"{self.name} new users", self.progress):
+                loss = (self.pair_loss(margin_of(torch.softmax(W, 1))) * row_weight).sum()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
         return {"logits": W.detach()}
+
+    def frozen_margins(self, f_chosen: torch.Tensor, f_rejected: torch.Tensor, users: torch.Tensor):
+        """weights [C, K] -> margins [N] of comparisons with projected rows f_chosen, f_rejected [N, m]
+        and users [N], everything but the weights frozen (differentiable in the weights). PAL-B is linear
+        in a_u = w P, so the m-wide products are taken once: with D = (f_c - f_r) P^T [N, K] (f
+        normalised first for the cosine) the margin is s * D_n . w_u, divided by |a_u| =
+        sqrt(w_u P P^T w_u) for the cosine: O(N K) per iteration. PAL-A's ideal point is nonlinear in
+        w_u: margin(f_c, f_r, user_points(w)[users])."""
+        if self.form == "A":
+            return lambda weights: self.margin(f_chosen, f_rejected, self.user_points(weights)[users])
+        scale = self.scale().detach()
+        if self.hyper["similarity"] == "cosine":
+            D = (F.normalize(f_chosen, dim=1) - F.normalize(f_rejected, dim=1)) @ self.prototypes.T
+            gram = self.prototypes @ self.prototypes.T
+            return lambda w: scale * (D * w[users]).sum(1) / ((w @ gram) * w).sum(1).sqrt().clamp_min(1e-12)[users]
+        D = (f_chosen - f_rejected) @ self.prototypes.T
+        return lambda w: scale * (D * w[users]).sum(1)
 
     @torch.no_grad()
     def margins(self, comparisons: utils.Comparisons, state: dict) -> torch.Tensor:
@@ -489,6 +529,7 @@ class VPL(_Baseline):
     """VPL on frozen embeddings (see the module docstring for the model, sources and departures).
 
     Hyperparameters (DEFAULTS): hidden_dim (h), latent_dim (L), context_size, batch_size, epochs,
+    max_steps (None: all; else stop after that many steps, the schedule still spanning `epochs`),
     learning_rate, weight_decay, warmup_ratio, max_grad_norm, kl_weight (beta), kl_annealing,
     anneal_steps, anneal_floor, negative_slope (LeakyReLU). K does not apply (recorded as None).
     User state: {"mean": [C, L], "log_var": [C, L], "context": [C] comparisons each latent was inferred
@@ -498,7 +539,8 @@ class VPL(_Baseline):
     name = "VPL"
     uses_K = False
     DEFAULTS = {"hidden_dim": 512, "latent_dim": 512, "context_size": 8, "batch_size": 32, "epochs": 2,
-                "learning_rate": 1e-4, "weight_decay": 1e-3, "warmup_ratio": 0.03, "max_grad_norm": 1.0,
+                "max_steps": None, "learning_rate": 1e-4, "weight_decay": 1e-3, "warmup_ratio": 0.03,
+                "max_grad_norm": 1.0,
                 "kl_weight": 3e-6, "kl_annealing": True, "anneal_steps": 10000, "anneal_floor": 0.1,
                 "negative_slope": 0.2}
 
@@ -645,24 +687,26 @@ class VPL(_Baseline):
         g = _generator(utils.derived_seed(self.seed, 2))
         history, total, perm = [], 0.0, None
         self.net.train()
-        for step in _progress(range(total_steps), self.name, self.progress):
-            start = (step % per_epoch) * batch
-            if start == 0:
-                perm = torch.randperm(train.N, generator=g).to(users.device)
-                total = 0.0
-            targets = perm[start:start + batch]
-            contexts, mask = self.sample_contexts(targets, users, order, starts, counts,
-                                                  int(h["context_size"]), g)
-            loss, _, _ = self.batch_loss(table, chosen, rejected, targets, contexts, mask, step, g)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if h["max_grad_norm"]:
-                torch.nn.utils.clip_grad_norm_(self.net.parameters(), h["max_grad_norm"])
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(targets)
-            if start + batch >= train.N:
-                history.append(total / train.N)
+        run_steps = total_steps if h["max_steps"] is None else min(total_steps, int(h["max_steps"]))
+        with _small_ops(self.device):
+            for step in _progress(range(run_steps), self.name, self.progress):
+                start = (step % per_epoch) * batch
+                if start == 0:
+                    perm = torch.randperm(train.N, generator=g).to(users.device)
+                    total = 0.0
+                targets = perm[start:start + batch]
+                contexts, mask = self.sample_contexts(targets, users, order, starts, counts,
+                                                      int(h["context_size"]), g)
+                loss, _, _ = self.batch_loss(table, chosen, rejected, targets, contexts, mask, step, g)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if h["max_grad_norm"]:
+                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), h["max_grad_norm"])
+                optimizer.step()
+                scheduler.step()
+                total += float(loss.detach()) * len(targets)
+                if start + batch >= train.N:
+                    history.append(total / train.N)
         self.net.eval()
         for p in self.net.parameters():
             p.requires_grad_(False)

@@ -72,7 +72,8 @@ def test_pal_b_loss_matches_hand_computation():
     model, logits = pal_case(baselines.PAL)
     margins = [(c - r) / 0.07 for c, r in zip(cos_c, cos_r)]              # scale 1/0.07 (CLIP's init)
     expected = (softplus(margins[0]) + softplus(margins[1])) / 2
-    got = model.batch_loss(comparisons.table, comparisons.chosen, comparisons.rejected, logits, torch.zeros(2, dtype=torch.long))
+    got = model.batch_loss(comparisons.table, comparisons.chosen, comparisons.rejected, logits,
+                           torch.zeros(2, dtype=torch.long))
     assert float(got) == pytest.approx(expected, rel=1e-12)
     assert model.margins(comparisons, {"logits": logits}).tolist() == pytest.approx(margins, rel=1e-12)
     # the dot form at LoRe's temperature: margin = (e_c - e_r) . a_u / 100
@@ -87,7 +88,8 @@ def test_pal_a_hinge_loss_matches_hand_computation():
     model, logits = pal_case(baselines.PAL_A)
     margins = [math.sqrt(0.75 ** 2 + 0.75 ** 2) - math.sqrt(0.25 ** 2 + 0.25 ** 2), 2.25]
     expected = (max(0.0, 1 - margins[0]) + max(0.0, 1 - margins[1])) / 2    # the second is past the margin
-    got = model.batch_loss(comparisons.table, comparisons.chosen, comparisons.rejected, logits, torch.zeros(2, dtype=torch.long))
+    got = model.batch_loss(comparisons.table, comparisons.chosen, comparisons.rejected, logits,
+                           torch.zeros(2, dtype=torch.long))
     assert float(got) == pytest.approx(expected, rel=1e-12)
     assert model.margins(comparisons, {"logits": logits}).tolist() == pytest.approx(margins, rel=1e-12)
 
@@ -125,7 +127,7 @@ def test_vpl_elbo_matches_hand_computation():
 
 def test_vpl_kl_term_matches_closed_form():
     g = torch.Generator().manual_seed(0)
-    mean, log_var = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    mean, log_var = (torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(2))
     posterior = torch.distributions.Normal(mean, (0.5 * log_var).exp())
     prior = torch.distributions.Normal(torch.zeros_like(mean), torch.ones_like(mean))
     closed_form = torch.distributions.kl_divergence(posterior, prior).sum(-1)
@@ -253,6 +255,24 @@ def test_pal_new_users_batched_equals_one_at_a_time(method):
         assert torch.allclose(model.user_points(weights), model.project(weights @ model.prototypes), rtol=1e-10)
 
 
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_pal_b_frozen_margins_shortcut_equals_the_model(similarity):
+    # the new users' O(N K) margins (P^T products taken once) against the model's own margin of a_u = w P
+    g = torch.Generator().manual_seed(4)
+    model = baselines.build("PAL", 5, 3, K=4, seed=1, device="cpu", dtype=torch.float64, d_pref=6,
+                            similarity=similarity)
+    f_chosen, f_rejected = (torch.randn(7, 6, generator=g, dtype=torch.float64) for _ in range(2))
+    users = torch.tensor([0, 0, 1, 2, 2, 2, 1])
+    logits = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    shortcut = model.frozen_margins(f_chosen, f_rejected, users)(torch.softmax(logits, 1))
+    direct = model.margin(f_chosen, f_rejected, model.user_points(torch.softmax(logits, 1))[users])
+    assert torch.allclose(shortcut, direct, rtol=1e-12)
+    weights = torch.arange(7, dtype=torch.float64)
+    grad_shortcut, = torch.autograd.grad((shortcut * weights).sum(), logits)
+    grad_direct, = torch.autograd.grad((direct * weights).sum(), logits)
+    assert torch.allclose(grad_shortcut, grad_direct, rtol=1e-10)
+
+
 def straightforward_vpl_latent(model, table, chosen, rejected):
     """VPL's SequenceEncoder on one user's set, as its code does it: the pair MLP on [e_c; e_r], then
     self-attention and a mean over the set, no padding."""
@@ -286,10 +306,13 @@ def test_vpl_new_users_batched_equals_one_at_a_time():
             assert torch.allclose(batched["log_var"][u], log_var, rtol=1e-9, atol=1e-12)
             # the decoder on [e; z] as written, against the split first layer
             theirs = one_user(test, u)
-            act = lambda x: F.leaky_relu(x, 0.2)  # noqa: E731
             z = mean.expand(theirs.N, -1)
-            reward = lambda rows: net["dec3"](act(net["dec2"](act(net["dec1"](torch.cat([test.table[rows], z], 1)))))).squeeze(1)  # noqa: E731
-            assert torch.allclose(margins[test.users == u], reward(theirs.chosen) - reward(theirs.rejected), rtol=1e-9, atol=1e-12)
+
+            def reward(rows):
+                hidden = F.leaky_relu(net["dec1"](torch.cat([test.table[rows], z], 1)), 0.2)
+                return net["dec3"](F.leaky_relu(net["dec2"](hidden), 0.2)).squeeze(1)
+            assert torch.allclose(margins[test.users == u], reward(theirs.chosen) - reward(theirs.rejected),
+                                  rtol=1e-9, atol=1e-12)
         assert float(model.per_user_accuracy(theirs, alone)[0]) == float(accuracy[u])
     assert batched["context"].tolist() == [2, 3, 4, 5, 6]
 
