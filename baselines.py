@@ -96,10 +96,11 @@ comparisons: no gradient step.
 
 Shapes and cost: nothing materialises one d-vector per comparison per user. Products with the d-wide
 first layers are computed once per table row in use (per mini-batch in training, per group in
-evaluation) and then indexed: [e_c; e_r] @ W = (E @ W_c)[chosen] + (E @ W_r)[rejected], and the
-decoder's [e; z] @ W = (E @ W_e)[row] + (z @ W_z)[user]. Training draws mini-batches of comparisons
-across users; personalisation and evaluation are batched over all users at once. On a CPU the training
-and few-shot loops run on one intra-op thread (their tensors are small), evaluation on the caller's.
+evaluation; each half only for the rows that need it) and then indexed: [e_c; e_r] @ W =
+(E @ W_c)[chosen] + (E @ W_r)[rejected], and the decoder's [e; z] @ W = (E @ W_e)[row] + (z @ W_z)[user].
+Training draws mini-batches of comparisons across users; personalisation and evaluation are batched over
+all users at once. On a CPU the training and few-shot loops run on one intra-op thread (their tensors
+are small), evaluation on the caller's.
 """
 from __future__ import annotations
 
@@ -561,16 +562,19 @@ class VPL(_Baseline):
         return F.leaky_relu(x, self.hyper["negative_slope"])
 
     # encoder ------------------------------------------------------------------------------------
-    def pair_rows(self, E: torch.Tensor) -> torch.Tensor:
-        """[n, 2h]: E @ W_c^T and E @ W_r^T side by side, the two halves of the pair encoder's first
-        layer on [e_c; e_r] (computed once per table row, then indexed)."""
-        W = self.net["pair1"].weight
-        return torch.cat([E @ W[:, :self.d].T, E @ W[:, self.d:].T], 1)
+    def chosen_rows(self, E: torch.Tensor) -> torch.Tensor:
+        """[n, h] = E @ W_c^T: the chosen half of the pair encoder's first layer on [e_c; e_r] (once per
+        table row used as a chosen response, then indexed)."""
+        return E @ self.net["pair1"].weight[:, :self.d].T
+
+    def rejected_rows(self, E: torch.Tensor) -> torch.Tensor:
+        """[n, h] = E @ W_r^T: the rejected half of the pair encoder's first layer."""
+        return E @ self.net["pair1"].weight[:, self.d:].T
 
     def pair_embedding(self, rows_chosen: torch.Tensor, rows_rejected: torch.Tensor) -> torch.Tensor:
-        """[..., L] pair encoder output from pair_rows of the chosen and rejected rows ([..., 2h] each)."""
+        """[..., L] pair encoder output from chosen_rows and rejected_rows of a pair ([..., h] each)."""
         net = self.net
-        hidden = self._act(rows_chosen[..., :self.h] + rows_rejected[..., self.h:] + net["pair1"].bias)
+        hidden = self._act(rows_chosen + rows_rejected + net["pair1"].bias)
         return net["pair3"](self._act(net["pair2"](hidden)))
 
     def pool(self, pairs: torch.Tensor, mask: torch.Tensor):
@@ -620,19 +624,19 @@ class VPL(_Baseline):
         """ELBO loss of targets [B] (comparison indices) given contexts [B, M] (comparison indices of the
         same users, mask [B, M]); z sampled with `generator`, or z = mean when it is None.
         Returns (loss, nll, kl)."""
-        B = len(targets)
-        used = torch.cat([chosen[targets], rejected[targets], chosen[contexts[mask]], rejected[contexts[mask]]])
-        rows, inverse = torch.unique(used, return_inverse=True)
-        E = table[rows].to(self.device, self.dtype)
-        pair_rows, dec_rows = self.pair_rows(E), self.decoder_rows(E)
-        n_ctx = int(mask.sum())
-        ctx_c, ctx_r = inverse[2 * B:2 * B + n_ctx], inverse[2 * B + n_ctx:]
+        B, members = len(targets), contexts[mask]
+
+        def rows_through(fn, index):          # fn once per distinct table row, then indexed
+            rows, inverse = torch.unique(index, return_inverse=True)
+            return fn(table[rows].to(self.device, self.dtype))[inverse.to(self.device)]
         pairs = torch.zeros(*mask.shape, self.L, dtype=self.dtype, device=self.device)
-        pairs[mask.to(self.device)] = self.pair_embedding(pair_rows[ctx_c], pair_rows[ctx_r])
+        pairs[mask.to(self.device)] = self.pair_embedding(rows_through(self.chosen_rows, chosen[members]),
+                                                          rows_through(self.rejected_rows, rejected[members]))
         mean, log_var = self.pool(pairs, mask.to(self.device))
         z = mean if generator is None else self.reparameterize(mean, log_var, generator)
         latent = self.latent_hidden(z)
-        r_c, r_r = self.reward(dec_rows[inverse[:B]], latent), self.reward(dec_rows[inverse[B:2 * B]], latent)
+        dec_rows = rows_through(self.decoder_rows, torch.cat([chosen[targets], rejected[targets]]))
+        r_c, r_r = self.reward(dec_rows[:B], latent), self.reward(dec_rows[B:], latent)
         return self.elbo_loss(r_c, r_r, mean, log_var, step)
 
     @staticmethod
@@ -722,10 +726,11 @@ class VPL(_Baseline):
         self._check(comparisons, "the comparisons")
         table, chosen, rejected = _indexed(comparisons)
         C, N = comparisons.n_users, comparisons.N
-        rows, inverse = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
-        pair_rows = _map_rows(self.pair_rows, table, rows, self.device, self.dtype)
-        inv_c, inv_r = inverse[:N], inverse[N:]
-        pairs = torch.cat([self.pair_embedding(pair_rows[inv_c[i:i + EVAL_CHUNK]], pair_rows[inv_r[i:i + EVAL_CHUNK]])
+        rows_c, inv_c = torch.unique(chosen, return_inverse=True)
+        rows_r, inv_r = torch.unique(rejected, return_inverse=True)
+        hidden_c = _map_rows(self.chosen_rows, table, rows_c, self.device, self.dtype)
+        hidden_r = _map_rows(self.rejected_rows, table, rows_r, self.device, self.dtype)
+        pairs = torch.cat([self.pair_embedding(hidden_c[inv_c[i:i + EVAL_CHUNK]], hidden_r[inv_r[i:i + EVAL_CHUNK]])
                            for i in range(0, N, EVAL_CHUNK)]) if N else None
         order, starts, counts = _user_layout(comparisons.users, C)
         order, starts, counts = order.to(self.device), starts.to(self.device), counts.to(self.device)
