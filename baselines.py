@@ -105,7 +105,6 @@ are small), evaluation on the caller's.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 import weakref
@@ -135,17 +134,17 @@ _INDEXED = weakref.WeakKeyDictionary()          # dense Comparisons -> its index
 def _indexed(comparisons: utils.Comparisons):
     """(table [T, d], chosen [N], rejected [N]) of a Comparisons.
 
-    A dense Comparisons keeps only x_n = e(chosen) - e(rejected); it is viewed as the pair of rows
+    A set built from differences (Comparisons.from_features: the original's per-user lists) keeps only
+    x_n = e(chosen) - e(rejected), as x_n against one zero row; here it is viewed as the pair of rows
     e_c = x_n / 2, e_r = -x_n / 2: exact for linear margins, an approximation for the nonlinear
-    baselines (real data are indexed: one table row per embedded conversation). Not x_n against a zero
-    row: then the rejected side would always be the zero row, and a nonlinear model would learn the
-    label from that."""
-    table = getattr(comparisons, "table", None)
-    if table is not None:
-        return table, comparisons.chosen, comparisons.rejected
+    baselines (real data are indexed: one table row per embedded conversation). Not x_n against the
+    zero row: then the rejected side would always be that row, and a nonlinear model would learn the
+    label from it."""
+    if not comparisons.from_differences:
+        return comparisons.table, comparisons.chosen, comparisons.rejected
     view = _INDEXED.get(comparisons)
     if view is None:
-        half = comparisons.features / 2
+        half = (comparisons.table[comparisons.chosen] - comparisons.table[comparisons.rejected]) / 2
         n = half.shape[0]
         index = torch.arange(n, device=half.device)
         view = (torch.cat([half, -half]), index, index + n)
@@ -1037,6 +1036,6 @@ def save_paper_table(results_dir, name: str, rows: list[dict], settings: dict, e
                            "parameters": ["per_user", "total"]},
                "std_over": sorted(std_over), "counts": counts, "rows": rows, **(extra or {})}
     json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
-    utils.write_text_atomic(json_path, json.dumps(utils._json_value(payload), indent=1) + "\n")
+    utils.write_json_atomic(json_path, payload)
     utils.write_text_atomic(md_path, "\n".join(lines) + "\n")
     return {"json": json_path, "markdown": md_path}

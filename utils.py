@@ -325,6 +325,8 @@ class Comparisons:
     through `project` (X @ V) and `project_T` (X^T @ G).
     """
 
+    from_differences = False   # True: built from differences x (no real embeddings; see from_features)
+
     def __init__(self, users, n_users: int, table, chosen, rejected):
         self.users = torch.as_tensor(users).long()
         self.n_users = int(n_users)
@@ -369,7 +371,9 @@ class Comparisons:
             raise ValueError(f"features must be [N, d], got shape {tuple(features.shape)}")
         n = len(features)
         table = torch.cat([features, features.new_zeros(1, features.shape[1])])
-        return cls(users, n_users, table, torch.arange(n), torch.full((n,), n))
+        out = cls(users, n_users, table, torch.arange(n), torch.full((n,), n))
+        out.from_differences = True      # the zero row is no embedding: a nonlinear model must not read it
+        return out
 
     @classmethod
     def from_user_list(cls, user_tensors) -> "Comparisons":
@@ -390,22 +394,27 @@ class Comparisons:
         table = self.table.to(device=device or self.device, dtype=dtype or self.dtype)
         if table is self.table:
             return self
-        return Comparisons(self.users, self.n_users, table, self.chosen, self.rejected)
+        return self._like(self.users, self.n_users, table, self.chosen, self.rejected)
+
+    def _like(self, users, n_users, table, chosen, rejected) -> "Comparisons":
+        out = Comparisons(users, n_users, table, chosen, rejected)
+        out.from_differences = self.from_differences
+        return out
 
     def select(self, index, users=None, n_users=None) -> "Comparisons":
         """The comparisons at `index` (long indices or bool mask [N]), optionally with relabelled users;
         the table is shared, not copied."""
         index = torch.as_tensor(index, device=self.device)
         users = self.users[index] if users is None else users
-        return Comparisons(users, self.n_users if n_users is None else n_users, self.table, self.chosen[index],
-                           self.rejected[index])
+        return self._like(users, self.n_users if n_users is None else n_users, self.table, self.chosen[index],
+                          self.rejected[index])
 
     def compact(self) -> "Comparisons":
         """The same comparisons over only the table rows they use (each pass then reads live rows only)."""
         rows, inverse = torch.unique(torch.cat([self.chosen, self.rejected]), return_inverse=True)
         if len(rows) == len(self.table):
             return self
-        return Comparisons(self.users, self.n_users, self.table[rows], inverse[:self.N], inverse[self.N:])
+        return self._like(self.users, self.n_users, self.table[rows], inverse[:self.N], inverse[self.N:])
 
     def user_list(self) -> list[torch.Tensor]:
         """Per-user feature tensors [m_i, d] (materialised: for small sets and the original API)."""

@@ -7,7 +7,7 @@
 1. Timing at PRISM scale: n_users seen users x comparisons_per_user comparisons (1,000 x 20 = 20,000) in
    R^d (d = 4096), indexed as the pipeline holds them: a table of rows_per_comparison x N random
    conversation embeddings and (chosen, rejected) row pairs, labelled by a planted population
-   (utils.generate_population: n_directions tastes, Dirichlet users, Bradley-Terry at the 1/100
+   (offline.planted.random_population: n_directions tastes, Dirichlet users, Bradley-Terry at the 1/100
    temperature); n_unseen new users with as many few-shot and test comparisons. For each of PAL-B,
    PAL-A, VPL (their default hyperparameters, K prototypes) and utils.LoRe_regularized (rank K, the
    PRISM trainer, alpha = 0) it times two fits of different lengths on the same data (after an untimed
@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 import baselines  # noqa: E402
 import utils  # noqa: E402
+from offline.planted import random_population  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -104,7 +105,9 @@ def planted_groups():
     """The four groups at PRISM scale, indexed, labelled by a planted population. Each group has its own
     rows_per_comparison x N table rows: one distinct row per rejected candidate and the rest shared by
     the chosen candidates (a PRISM turn's chosen conversation is compared with each of its rejected)."""
-    V_star, W_star = utils.generate_population(n_users + n_unseen, d, n_directions, seed=seed)
+    population = random_population(n_users + n_unseen, d, n_directions, seed=seed)
+    V_star = torch.tensor(population.directions, dtype=torch.float32)
+    W_star = torch.tensor(population.user_weights, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed + 1)
     sizes = [n_users, n_users, n_unseen, n_unseen]
     N = [n * comparisons_per_user for n in sizes]

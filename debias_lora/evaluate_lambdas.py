@@ -24,7 +24,6 @@ Writes --output_path (JSON: settings and per-lambda figures), and beside it <ste
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

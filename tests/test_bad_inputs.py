@@ -1,7 +1,6 @@
 """A hostile pass: every input file a script reads, damaged once. Each run must stop with a message that
 names the file and the command that remakes it (never a raw traceback), or rebuild what it owns, and it
 must not replace good results with bad ones."""
-import json
 import os
 import shutil
 import subprocess

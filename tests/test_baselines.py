@@ -28,11 +28,12 @@ def indexed(table, pairs, users=None, n_users=None):
 
 def planted_population(n_seen, n_unseen, m_train, m_fewshot, m_test, d, *, seed=0, rows=400):
     """Four groups of indexed comparisons from a planted population with opposed tastes: directions
-    (v, -v) from utils.generate_population (the one place that names where it lives), users Dirichlet
+    (v, -v) from offline.planted.random_population, users Dirichlet
     (0.3, 0.3) mixtures of the two, so most users lean clearly one way and the population average is
     near 0. Pairs of random table rows, labelled by Bradley-Terry draws at the 1/100 temperature."""
-    from utils import generate_population          # may move to offline/planted.py: change it here only
-    V_star, _ = generate_population(n_seen + n_unseen, d, 1, margin_std=4.0, seed=seed)
+    from offline.planted import random_population
+    V_star = torch.tensor(random_population(n_seen + n_unseen, d, 1, margin_std=4.0, seed=seed).directions,
+                          dtype=torch.float32)
     directions = torch.cat([V_star, -V_star], 1)
     weights = torch.as_tensor(np.random.default_rng(seed).dirichlet([0.3, 0.3], size=n_seen + n_unseen),
                               dtype=torch.float32)
@@ -336,7 +337,7 @@ def test_dense_comparisons_are_viewed_without_leaking_the_label():
     # a dense Comparisons (x = e_c - e_r only) becomes rows +x/2 and -x/2: a linear margin is exact and
     # no row is "always the rejected one"
     x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    dense = utils.Comparisons(torch.zeros(5, dtype=torch.long), 1, features=x)
+    dense = utils.Comparisons.from_features(torch.zeros(5, dtype=torch.long), 1, x)
     table, chosen, rejected = baselines._indexed(dense)
     assert torch.equal(table[chosen] - table[rejected], x) and torch.equal(table[rejected], -table[chosen])
     model = baselines.build("PAL", 3, 1, K=1, device="cpu", dtype=torch.float64, projection="identity",
