@@ -1039,3 +1039,47 @@ def save_paper_table(results_dir, name: str, rows: list[dict], settings: dict, e
     utils.write_json_atomic(json_path, payload)
     utils.write_text_atomic(md_path, "\n".join(lines) + "\n")
     return {"json": json_path, "markdown": md_path}
+
+
+# -----------------------------------------------------------------------------
+# the comparison of a train_basis.py: LoRe over seeds, the baselines on the same groups and seeds
+
+
+def compare(run_seed, seed: int, seeds: int, methods, groups: dict, K_list, alpha_list, results_dir, settings,
+            *, dataset: str, hyper=None, device=None):
+    """The LoRe sweep of a folder's train_basis.py over `seeds` seeds (seed, seed + 1, ...) and, with
+    `methods`, those baselines on the same groups and seeds.
+
+    run_seed(s, results_dir): the folder's LoRe sweep (utils.run / run_regularized) with seed s; only
+    the first seed saves its bases (results_dir is None for the others). Returns (the sweeps combined
+    over seeds: utils.combine_seeds, the baselines' rows for save_results). With methods or several
+    seeds it also writes <results_dir>/paper_table.{md,json}: ref, K = 1 and LoRe at the K chosen on seen
+    users / unseen prompts (at the first alpha), then the baselines (PAL at that K), methods as rows.
+    With neither, nothing else runs: the original's sweep, files and tables."""
+    methods = check_methods(methods) if methods else []
+    seed_list = [seed + i for i in range(seeds)]
+    sweeps = [run_seed(s, results_dir if s == seed else None) for s in seed_list]
+    combined = utils.combine_seeds(sweeps)
+    if not methods and seeds == 1:
+        return combined, []
+    alpha, runs = alpha_list[0], combined.runs
+    seen_test = {run["K"]: combined[1][i] for i, run in enumerate(runs) if run["alpha"] == alpha}
+    lore_Ks = [K for K in seen_test if K >= 1]
+    chosen = max(lore_Ks, key=lambda K: (seen_test[K], -K)) if lore_Ks else None
+    method_rows = evaluate_methods(methods, groups, seed_list, K=chosen, hyper=hyper, device=device,
+                                   dataset=dataset) if methods else []
+    n_seen, d = groups["seen_train"].n_users, groups["seen_train"].d
+    lore_rows = []
+    for K, label in ((0, "ref (the backbone's head)"), (1, "K = 1 (one Bradley-Terry reward)"),
+                     (chosen, f"LoRe (K = {chosen}, chosen on seen users)")):
+        index = next((i for i, run in enumerate(runs) if run["alpha"] == alpha and run["K"] == K), None)
+        if K is None or index is None or (K == chosen and K == 1):
+            continue
+        per_seed = [{group: sweep.runs[index]["per_user"][group] for group in GROUPS} for sweep in sweeps]
+        lore_rows.append(make_row("LoRe", per_seed, groups, lore_parameter_counts(d, runs[index]["basis_size"] if K
+                                                                                  else 0, n_seen),
+                                  K=K, seeds=seed_list, label=label))
+    save_paper_table(results_dir, "paper_table", lore_rows + method_rows, settings,
+                     extra={"alpha": alpha, "K_chosen_on_seen_users": chosen},
+                     title=f"{dataset}: LoRe and the baselines (alpha = {alpha})")
+    return combined, method_rows

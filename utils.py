@@ -104,7 +104,7 @@ def _check_ranges(values: dict) -> None:
             raise SettingsError(f"error: --{name}={value!r}: {what}")
         if value is None or isinstance(value, bool):
             continue
-        if name.endswith(("iterations", "trials", "batch_size", "shard_size")) or name.startswith("n_"):
+        if name.endswith(("iterations", "trials", "batch_size", "shard_size", "seeds")) or name.startswith("n_"):
             if isinstance(value, int) and value < 1:
                 fail("must be at least 1")
         elif name.endswith(("learning_rate", "_lr")) and isinstance(value, (int, float)) and value <= 0:
@@ -736,8 +736,24 @@ class SweepResults(tuple):
     unseen few-shot train mean, unseen test mean, then the same four as bands = 0.25 x the std over
     users), each of length len(alpha_list) * len(K_list), alpha-major. `.runs` holds, per (alpha, K):
     "alpha", "K", "basis_size" (columns of V after pruning), "cosine_to_ref" (cos(V_b, V_ref) per
-    column), and "per_user" {group: [C] accuracies (NaN: no comparison)}."""
+    column), and "per_user" {group: [C] accuracies (NaN: no comparison)}. `.std_over` is "users"; for
+    the combination of several seeds (combine_seeds) it is "seeds"."""
     runs: list
+    std_over = "users"
+
+
+def combine_seeds(sweeps: list) -> SweepResults:
+    """One SweepResults from the sweeps of several seeds: every mean is the mean over seeds of the mean
+    over users and every band 0.25 x the std over seeds (so save_results reports mean ± std over
+    seeds); `.runs` keeps the first seed's details, with "per_seed" {group: [means]} added."""
+    if len(sweeps) == 1:
+        return sweeps[0]
+    means = np.array([list(sweep[:4]) for sweep in sweeps])              # [seeds, 4, runs]
+    out = SweepResults(list(means.mean(0)) + list(STD_BAND_FACTOR * means.std(0)))
+    out.runs = [dict(run, per_seed={group: list(means[:, j, i]) for j, group in enumerate(GROUP_NAMES)})
+                for i, run in enumerate(sweeps[0].runs)]
+    out.std_over = "seeds"
+    return out
 
 
 def _save_tensor(path: Path, tensor: torch.Tensor, key: str, record: dict) -> None:
@@ -886,11 +902,8 @@ def run_regularized(K_list, alpha_list, V_final, train_features, test_features_s
     Same arguments and returns as `run`. Saves, for every K >= 1, the pruned basis
     `<results_dir>/<dataset_name>_V_lore_K_{K}_alpha_{alpha}.pt` [d, B_kept] and the seen-user weights
     `<dataset_name>_W_lore_seen_{K}_{alpha}.pt` [N, B_kept] (plain tensors, loadable with
-    weights_only=True), each with a .safetensors sibling (key "V" / "W"). results_dir is required.
+    weights_only=True), each with a .safetensors sibling (key "V" / "W"); results_dir None saves none.
     """
-    if results_dir is None:
-        raise ValueError("run_regularized saves V and W for every K: pass results_dir (a folder; created if missing)")
-
     def fit(V_sft, alpha, X, K, seed, progress):
         return solve_regularized_simplex(V_sft, alpha, X, K, num_iterations, learning_rate, seed=seed,
                                          progress=progress)
@@ -1101,13 +1114,15 @@ def selected_K(rows: list, alpha) -> int | None:
 
 
 def save_results(results_dir, name, settings, K_list, alpha_list, results, *, plot_name=None, title=None,
-                 extra=None, reference_lines=None, user_ids=None) -> dict:
+                 extra=None, reference_lines=None, user_ids=None, method_rows=()) -> dict:
     """Write the result files of a `run`/`run_regularized` sweep into results_dir (created if missing).
 
     results: what run/run_regularized returned (alpha-major over alpha_list x K_list). settings: the
     script's `configure` snapshot (with seed). reference_lines: {label: accuracy} drawn as horizontal
     lines (e.g. the planted Bayes-optimal accuracy). user_ids {"seen": [...], "unseen": [...]}: the groups'
-    users, to record every user's accuracy per (alpha, K) and group (when results carry them). Writes
+    users, to record every user's accuracy per (alpha, K) and group (when results carry them).
+    method_rows: rows of other methods (baselines.make_row format) added under every alpha's K rows.
+    With the combination of several seeds (combine_seeds) every std is the std over seeds. Writes
       `<name>.json`: settings, seed, per (alpha, K) the mean and RAW std over users of the four
                      accuracies, the basis size and cosines to V_ref, the K chosen on seen users per
                      alpha, + `extra`;
@@ -1146,12 +1161,19 @@ def save_results(results_dir, name, settings, K_list, alpha_list, results, *, pl
                 cells.append(f"{row['mean_cosine_to_ref']:.3f}" if "mean_cosine_to_ref" in row else "1")
             label = rank_label(row["K"]) + (" (chosen on seen users)" if row["K"] == chosen[alpha] else "")
             markdown.append(f"| {label} | " + " | ".join(cells) + " |")
+        for method in method_rows:
+            cells = [percent(method["groups"][key]["mean"], method["groups"][key]["std"]) for key in GROUP_NAMES]
+            markdown.append(f"| {method['label']} | " + " | ".join(cells) + " |" + (" |" if show_cosine else ""))
         markdown.append("")
-    markdown.append(f"Accuracy in %, mean ± std over users (plots shade ± {STD_BAND_FACTOR} std, as the "
-                    "original). The chosen K is the best on seen users / unseen prompts.")
+    over = getattr(results, "std_over", "users")
+    markdown.append(f"Accuracy in %, mean ± std over {over}" + (f" ({len(results.runs[0]['per_seed']['seen_test'])} "
+                    f"seeds) of the mean over users" if over == "seeds" else "")
+                    + f" (plots shade ± {STD_BAND_FACTOR} std, as the original). The chosen K is the best on "
+                    "seen users / unseen prompts.")
     payload = {"name": name, "settings": settings, "seed": settings.get("seed"), "K_list": K_list,
-               "alpha_list": alpha_list, "std_band_factor": STD_BAND_FACTOR, "results": rows,
-               "K_chosen_on_seen_users": {str(a): k for a, k in chosen.items()}, **(extra or {})}
+               "alpha_list": alpha_list, "std_band_factor": STD_BAND_FACTOR, "std_over": over, "results": rows,
+               "K_chosen_on_seen_users": {str(a): k for a, k in chosen.items()},
+               **({"methods": list(method_rows)} if method_rows else {}), **(extra or {})}
     json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
     write_json_atomic(json_path, payload)
     write_text_atomic(md_path, "\n".join(markdown) + "\n")
@@ -1163,7 +1185,7 @@ def save_results(results_dir, name, settings, K_list, alpha_list, results, *, pl
                     [(label, m[section], [STD_BAND_FACTOR * s for s in sd[section]])
                      for label, m, sd in zip(RESULT_COLUMNS, means, stds)],
                     xlabel="rank K", title=f"{title or name} (alpha = {alpha})",
-                    band=f"± {STD_BAND_FACTOR} std over users", reference_lines=reference_lines)
+                    band=f"± {STD_BAND_FACTOR} std over {over}", reference_lines=reference_lines)
         plots.append(path)
     return {"json": json_path, "markdown": md_path, "plots": plots, "rows": rows}
 
