@@ -52,7 +52,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -128,13 +127,20 @@ def _read_local(path: Path) -> list[dict]:
     if path.suffix == ".jsonl":
         rows = []
         with open(path, encoding="utf-8") as f:
-            for line in f:
+            for number, line in enumerate(f, 1):
                 if line.strip():
-                    rows.append(json.loads(line))
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise SystemExit(f"error: {path}, line {number}, is not valid JSON ({e.msg}); a RewardBench 2 "
+                                         f"file has one row per line with {list(REQUIRED_COLUMNS)}") from None
         return rows
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as e:
+            raise SystemExit(f"error: {path} is not a readable parquet file ({type(e).__name__})") from None
     raise ValueError(f"error: {path}: a local RewardBench 2 file must be .jsonl or .parquet")
 
 
@@ -449,20 +455,22 @@ def _tensors_in(obj, prefix=""):
 
 def _read_array_file(path: Path, key: str | None, what: str):
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        obj = np.load(path, allow_pickle=False)
-    elif suffix in (".pt", ".pth", ".bin"):
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise SystemExit(f"error: cannot read {what} {path} with torch.load(weights_only=True) "
-                             f"(plain tensors or dicts of tensors only; no pickled objects): "
-                             f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-    elif suffix == ".safetensors":
-        from safetensors.torch import load_file
-        obj = load_file(str(path))
-    else:
+    if suffix not in HEAD_SUFFIXES:
         raise SystemExit(f"error: {what} {path} must be one of {', '.join(HEAD_SUFFIXES)}")
+    try:
+        if suffix == ".npy":
+            obj = np.load(path, allow_pickle=False)
+        elif suffix == ".safetensors":
+            from safetensors.torch import load_file
+            obj = load_file(str(path))
+        else:           # weights_only: plain tensors or dicts of tensors, never a pickled object
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise SystemExit(f"error: cannot read {what} {path} ({type(e).__name__}{': ' + detail if detail else ''}); "
+                         f"it must hold a tensor of shape (H,), (H, 1) or (H, B) (or a dict of tensors), saved "
+                         f"with numpy, torch.save or safetensors (a train_basis.py V file is one). Torch files "
+                         f"load with weights_only=True: pickled objects are refused") from None
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         if key is not None:
             raise SystemExit(f"error: {path} holds a plain tensor, not a dict: drop --head_key {key!r}")

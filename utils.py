@@ -104,7 +104,7 @@ def _check_ranges(values: dict) -> None:
             raise SettingsError(f"error: --{name}={value!r}: {what}")
         if value is None or isinstance(value, bool):
             continue
-        if name.endswith(("iterations", "trials", "batch_size", "shard_size")) or name.startswith("n_"):
+        if name.endswith(("iterations", "trials", "batch_size", "shard_size", "seeds")) or name.startswith("n_"):
             if isinstance(value, int) and value < 1:
                 fail("must be at least 1")
         elif name.endswith(("learning_rate", "_lr")) and isinstance(value, (int, float)) and value <= 0:
@@ -325,6 +325,8 @@ class Comparisons:
     through `project` (X @ V) and `project_T` (X^T @ G).
     """
 
+    from_differences = False   # True: built from differences x (no real embeddings; see from_features)
+
     def __init__(self, users, n_users: int, table, chosen, rejected):
         self.users = torch.as_tensor(users).long()
         self.n_users = int(n_users)
@@ -369,7 +371,9 @@ class Comparisons:
             raise ValueError(f"features must be [N, d], got shape {tuple(features.shape)}")
         n = len(features)
         table = torch.cat([features, features.new_zeros(1, features.shape[1])])
-        return cls(users, n_users, table, torch.arange(n), torch.full((n,), n))
+        out = cls(users, n_users, table, torch.arange(n), torch.full((n,), n))
+        out.from_differences = True      # the zero row is no embedding: a nonlinear model must not read it
+        return out
 
     @classmethod
     def from_user_list(cls, user_tensors) -> "Comparisons":
@@ -390,22 +394,27 @@ class Comparisons:
         table = self.table.to(device=device or self.device, dtype=dtype or self.dtype)
         if table is self.table:
             return self
-        return Comparisons(self.users, self.n_users, table, self.chosen, self.rejected)
+        return self._like(self.users, self.n_users, table, self.chosen, self.rejected)
+
+    def _like(self, users, n_users, table, chosen, rejected) -> "Comparisons":
+        out = Comparisons(users, n_users, table, chosen, rejected)
+        out.from_differences = self.from_differences
+        return out
 
     def select(self, index, users=None, n_users=None) -> "Comparisons":
         """The comparisons at `index` (long indices or bool mask [N]), optionally with relabelled users;
         the table is shared, not copied."""
         index = torch.as_tensor(index, device=self.device)
         users = self.users[index] if users is None else users
-        return Comparisons(users, self.n_users if n_users is None else n_users, self.table, self.chosen[index],
-                           self.rejected[index])
+        return self._like(users, self.n_users if n_users is None else n_users, self.table, self.chosen[index],
+                          self.rejected[index])
 
     def compact(self) -> "Comparisons":
         """The same comparisons over only the table rows they use (each pass then reads live rows only)."""
         rows, inverse = torch.unique(torch.cat([self.chosen, self.rejected]), return_inverse=True)
         if len(rows) == len(self.table):
             return self
-        return Comparisons(self.users, self.n_users, self.table[rows], inverse[:self.N], inverse[self.N:])
+        return self._like(self.users, self.n_users, self.table[rows], inverse[:self.N], inverse[self.N:])
 
     def user_list(self) -> list[torch.Tensor]:
         """Per-user feature tensors [m_i, d] (materialised: for small sets and the original API)."""
@@ -543,8 +552,10 @@ def _per_user_mean_weights(comparisons: "Comparisons", dtype) -> torch.Tensor:
 
 
 class _Trainer:
-    def __init__(self, V_sft, alpha, num_classes, num_features, num_iterations, learning_rate, seed, device,
-                 dtype, progress):
+    W_INIT = staticmethod(torch.randn)    # the draw of the user logits W [C, B] (V is always N(0, 1))
+
+    def __init__(self, V_sft, alpha, num_classes, num_features, num_basis_vectors, num_iterations,
+                 learning_rate, *, seed: int = 0, device=None, dtype=torch.float32, progress: bool = True):
         self.device, self.dtype, self.progress = _resolve_device(device), dtype, progress
         self.alpha, self.seed = float(alpha), int(seed)
         self.num_iterations, self.learning_rate = int(num_iterations), float(learning_rate)
@@ -555,6 +566,9 @@ class _Trainer:
         if self.alpha > 0 and self.V_sft is None:
             raise ValueError("alpha > 0 needs V_sft (the reference reward head V_ref, [d, 1])")
         self.loss_history = None
+        g = _generator(seed)
+        self.W = self.W_INIT(num_classes, num_basis_vectors, generator=g, dtype=dtype).to(self.device)
+        self.V = torch.randn(num_features, num_basis_vectors, generator=g, dtype=dtype).to(self.device)
 
     def _check(self, X) -> Comparisons:
         comparisons = as_comparisons(X, self.device, self.dtype).compact()
@@ -576,14 +590,6 @@ class LoRe(_Trainer):
     + alpha * sum_b ||V_b - V_sft||^2 (when alpha > 0). Per iteration one P = X @ V and one X^T @ dL/dP.
     `.train(X)` returns (softmax(W) [C, B], V [d, B]).
     """
-
-    def __init__(self, V_sft, alpha, num_classes, num_features, num_basis_vectors, num_iterations,
-                 learning_rate, *, seed: int = 0, device=None, dtype=torch.float32, progress: bool = True):
-        super().__init__(V_sft, alpha, num_classes, num_features, num_iterations, learning_rate, seed, device,
-                         dtype, progress)
-        g = _generator(seed)
-        self.W = torch.randn(num_classes, num_basis_vectors, generator=g, dtype=dtype).to(self.device)
-        self.V = torch.randn(num_features, num_basis_vectors, generator=g, dtype=dtype).to(self.device)
 
     def loss(self, X) -> torch.Tensor:
         """Sum over users of their mean NLL (+ alpha * sum_b ||V_b - V_sft||^2) at the current W, V."""
@@ -623,13 +629,7 @@ class LoRe_regularized(_Trainer):
     (not renormalised); the full W and V stay in `.W`, `.V`; `.loss_history` holds the W-step NLL.
     """
 
-    def __init__(self, V_sft, alpha, num_classes, num_features, num_basis_vectors, num_iterations,
-                 learning_rate, *, seed: int = 0, device=None, dtype=torch.float32, progress: bool = True):
-        super().__init__(V_sft, alpha, num_classes, num_features, num_iterations, learning_rate, seed, device,
-                         dtype, progress)
-        g = _generator(seed)
-        self.W = torch.rand(num_classes, num_basis_vectors, generator=g, dtype=dtype).to(self.device)
-        self.V = torch.randn(num_features, num_basis_vectors, generator=g, dtype=dtype).to(self.device)
+    W_INIT = staticmethod(torch.rand)     # W ~ U(0, 1)
 
     def _fit(self, comparisons: Comparisons):
         users = comparisons.users
@@ -736,20 +736,65 @@ class SweepResults(tuple):
     unseen few-shot train mean, unseen test mean, then the same four as bands = 0.25 x the std over
     users), each of length len(alpha_list) * len(K_list), alpha-major. `.runs` holds, per (alpha, K):
     "alpha", "K", "basis_size" (columns of V after pruning), "cosine_to_ref" (cos(V_b, V_ref) per
-    column), and "per_user" {group: [C] accuracies (NaN: no comparison)}."""
+    column), and "per_user" {group: [C] accuracies (NaN: no comparison)}. `.std_over` is "users"; for
+    the combination of several seeds (combine_seeds) it is "seeds"."""
     runs: list
+    std_over = "users"
 
 
-def _save_tensor(path: Path, tensor: torch.Tensor, key: str) -> None:
+def combine_seeds(sweeps: list) -> SweepResults:
+    """One SweepResults from the sweeps of several seeds: every mean is the mean over seeds of the mean
+    over users and every band 0.25 x the std over seeds (so save_results reports mean ± std over
+    seeds); `.runs` keeps the first seed's details, with "per_seed" {group: [means]} added."""
+    if len(sweeps) == 1:
+        return sweeps[0]
+    means = np.array([list(sweep[:4]) for sweep in sweeps])              # [seeds, 4, runs]
+    out = SweepResults(list(means.mean(0)) + list(STD_BAND_FACTOR * means.std(0)))
+    out.runs = [dict(run, per_seed={group: list(means[:, j, i]) for j, group in enumerate(GROUP_NAMES)})
+                for i, run in enumerate(sweeps[0].runs)]
+    out.std_over = "seeds"
+    return out
+
+
+def _save_tensor(path: Path, tensor: torch.Tensor, key: str, record: dict) -> None:
     """Atomically write `path` (.pt: a plain tensor, loadable with weights_only=True) and its
-    .safetensors sibling (one entry named `key`)."""
+    .safetensors sibling (one entry named `key`, the fit that made it as metadata "fit")."""
     from safetensors.torch import save_file
     path = Path(path)
     tensor = tensor.detach().cpu().contiguous().clone()
     with atomic_path(path) as tmp:
         torch.save(tensor, tmp)
     with atomic_path(path.with_suffix(".safetensors")) as tmp:
-        save_file({key: tensor}, str(tmp))
+        save_file({key: tensor}, str(tmp), metadata={"fit": json.dumps(record, sort_keys=True)})
+
+
+def _fit_record(fit_settings: dict, K: int, alpha, seed: int, train: "Comparisons") -> dict:
+    """What makes a fitted basis: the trainer and its settings, and a hash of the training data."""
+    digest = hashlib.sha256()
+    for tensor in (train.users, train.chosen, train.rejected, train.table):
+        digest.update(np.ascontiguousarray(tensor.detach().cpu().numpy()).data)
+    return {**fit_settings, "K": int(K), "alpha": float(alpha), "seed": int(seed), "users": train.n_users,
+            "comparisons": train.N, "d": train.d, "data_sha256": digest.hexdigest()}
+
+
+def _check_fits_to_replace(results_dir, dataset_name, records: dict, overwrite: bool) -> None:
+    """Before any fit: refuse to replace a saved basis that another fit made (other settings or data),
+    unless overwrite, naming the differences. A long PRISM fit is hours of work."""
+    from safetensors import safe_open
+    for (alpha, K), record in records.items():
+        path = (Path(results_dir) / lore_file_names(dataset_name, K, alpha)[0]).with_suffix(".safetensors")
+        if overwrite or not path.exists():
+            continue
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                old = json.loads((f.metadata() or {}).get("fit", "{}"))
+        except Exception:
+            continue                   # unreadable: nothing to keep
+        if old != record:
+            changed = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in record.items() if old.get(k) != v)
+            raise SystemExit(f"error: {path.with_suffix('.pt')} holds a basis fitted with other settings or data "
+                             f"({changed}). Run with --overwrite=True to replace it, or give another "
+                             f"--results_dir.")
 
 
 def lore_file_names(dataset_name: str | None, K: int, alpha) -> tuple[str, str]:
@@ -767,6 +812,9 @@ def _prepare(V_final, groups, N, N_unseen, device):
     first = as_comparisons(groups[0], device)
     groups = [first] + [as_comparisons(g, device, first.dtype) for g in groups[1:]]
     for name, group, want in zip(GROUP_NAMES, groups, (N, N, N_unseen, N_unseen)):
+        if group.N == 0 or group.n_users == 0:
+            raise SystemExit(f"error: {name} has {group.n_users} users and {group.N} comparisons: nothing to "
+                             f"fit or evaluate (check the prepared data); nothing was written")
         if group.n_users != want:
             raise ValueError(f"{name} has {group.n_users} users, expected {want} (N = {N}, N_unseen = {N_unseen})")
         if group.d != first.d:
@@ -785,9 +833,12 @@ def _reference(V_final, K):
     return V_final
 
 
-def _pipeline(fit, K_list, alpha_list, V_final, groups, N, N_unseen, device, fewshot_iterations,
-              fewshot_learning_rate, seed, results_dir, dataset_name, progress) -> SweepResults:
+def _pipeline(fit, fit_settings, K_list, alpha_list, V_final, groups, N, N_unseen, device, fewshot_iterations,
+              fewshot_learning_rate, seed, results_dir, dataset_name, progress, overwrite) -> SweepResults:
     V_final, (train, test, train_unseen, test_unseen), device = _prepare(V_final, groups, N, N_unseen, device)
+    records = {(alpha, K): _fit_record(fit_settings, K, alpha, seed, train.compact())
+               for alpha in alpha_list for K in K_list if K >= 1} if results_dir is not None else {}
+    _check_fits_to_replace(results_dir, dataset_name, records, overwrite)
     means, bands, runs = [[], [], [], []], [[], [], [], []], []
     for alpha, K in tqdm([(a, K) for a in alpha_list for K in K_list], desc="alpha, K",
                          disable=None if progress else True):
@@ -797,8 +848,8 @@ def _pipeline(fit, K_list, alpha_list, V_final, groups, N, N_unseen, device, few
             weights_seen, V = fit(V_final, alpha, train, K, seed=derived_seed(seed, 0), progress=progress)
             if results_dir is not None:
                 v_name, w_name = lore_file_names(dataset_name, K, alpha)
-                _save_tensor(Path(results_dir) / v_name, V, "V")
-                _save_tensor(Path(results_dir) / w_name, weights_seen, "W")
+                _save_tensor(Path(results_dir) / v_name, V, "V", records[alpha, K])
+                _save_tensor(Path(results_dir) / w_name, weights_seen, "W", records[alpha, K])
         if K <= 1:
             weights_unseen = torch.ones(N_unseen, V.shape[1], dtype=V.dtype, device=device)
         else:
@@ -822,7 +873,7 @@ def _pipeline(fit, K_list, alpha_list, V_final, groups, N, N_unseen, device, few
 def run(K_list, alpha_list, V_final, train_features, test_features_sparse, train_features_unseen,
         test_features_sparse_unseen, N, N_unseen, device, *, num_iterations=1000, learning_rate=0.5,
         fewshot_iterations=500, fewshot_learning_rate=0.1, seed=0, results_dir=None, dataset_name=None,
-        progress=True) -> SweepResults:
+        progress=True, overwrite=False) -> SweepResults:
     """Sweep alpha x K with the joint `LoRe` trainer; evaluate seen and (few-shot) unseen users.
 
     Groups: lists of per-user tensors [m_i, d] or Comparisons; the two seen groups have N users in the
@@ -830,36 +881,36 @@ def run(K_list, alpha_list, V_final, train_features, test_features_sparse, train
     weight [1.0]; K >= 1: `solve_regularized` (num_iterations, learning_rate, V_sft = V_final). Unseen
     users: K <= 1 uses w = [1.0], else `PersonalizeBatch` on train_features_unseen (fewshot_iterations,
     fewshot_learning_rate). device None: CUDA when present. Every fit and every K sees the same seeded
-    draws. When results_dir is given, V and W of every K >= 1 are saved there (see run_regularized).
+    draws. When results_dir is given, V and W of every K >= 1 are saved there (see run_regularized); a
+    saved basis made by another fit (settings or data) is not replaced unless overwrite.
     Returns a SweepResults: the original's 8 lists (see there), `.runs` with the details per (alpha, K).
     """
     def fit(V_sft, alpha, X, K, seed, progress):
         return solve_regularized(V_sft, alpha, X, K, num_iterations, learning_rate, seed=seed, progress=progress)
-    return _pipeline(fit, K_list, alpha_list, V_final, (train_features, test_features_sparse,
-                     train_features_unseen, test_features_sparse_unseen), N, N_unseen, device,
-                     fewshot_iterations, fewshot_learning_rate, seed, results_dir, dataset_name, progress)
+    return _pipeline(fit, {"trainer": "LoRe", "num_iterations": num_iterations, "learning_rate": learning_rate},
+                     K_list, alpha_list, V_final, (train_features, test_features_sparse, train_features_unseen,
+                     test_features_sparse_unseen), N, N_unseen, device, fewshot_iterations, fewshot_learning_rate,
+                     seed, results_dir, dataset_name, progress, overwrite)
 
 
 def run_regularized(K_list, alpha_list, V_final, train_features, test_features_sparse, train_features_unseen,
                     test_features_sparse_unseen, N, N_unseen, device, *, num_iterations=20000, learning_rate=0.5,
                     fewshot_iterations=500, fewshot_learning_rate=0.5, seed=0, results_dir=None,
-                    dataset_name=None, progress=True) -> SweepResults:
+                    dataset_name=None, progress=True, overwrite=False) -> SweepResults:
     """`run` with the alternating, cosine-regularised `LoRe_regularized` trainer (the PRISM pipeline).
 
     Same arguments and returns as `run`. Saves, for every K >= 1, the pruned basis
     `<results_dir>/<dataset_name>_V_lore_K_{K}_alpha_{alpha}.pt` [d, B_kept] and the seen-user weights
     `<dataset_name>_W_lore_seen_{K}_{alpha}.pt` [N, B_kept] (plain tensors, loadable with
-    weights_only=True), each with a .safetensors sibling (key "V" / "W"). results_dir is required.
+    weights_only=True), each with a .safetensors sibling (key "V" / "W"); results_dir None saves none.
     """
-    if results_dir is None:
-        raise ValueError("run_regularized saves V and W for every K: pass results_dir (a folder; created if missing)")
-
     def fit(V_sft, alpha, X, K, seed, progress):
         return solve_regularized_simplex(V_sft, alpha, X, K, num_iterations, learning_rate, seed=seed,
                                          progress=progress)
-    return _pipeline(fit, K_list, alpha_list, V_final, (train_features, test_features_sparse,
-                     train_features_unseen, test_features_sparse_unseen), N, N_unseen, device,
-                     fewshot_iterations, fewshot_learning_rate, seed, results_dir, dataset_name, progress)
+    return _pipeline(fit, {"trainer": "LoRe_regularized", "num_iterations": num_iterations,
+                           "learning_rate": learning_rate}, K_list, alpha_list, V_final, (train_features,
+                     test_features_sparse, train_features_unseen, test_features_sparse_unseen), N, N_unseen, device,
+                     fewshot_iterations, fewshot_learning_rate, seed, results_dir, dataset_name, progress, overwrite)
 
 
 class FewShotCurves(tuple):
@@ -1063,13 +1114,15 @@ def selected_K(rows: list, alpha) -> int | None:
 
 
 def save_results(results_dir, name, settings, K_list, alpha_list, results, *, plot_name=None, title=None,
-                 extra=None, reference_lines=None, user_ids=None) -> dict:
+                 extra=None, reference_lines=None, user_ids=None, method_rows=()) -> dict:
     """Write the result files of a `run`/`run_regularized` sweep into results_dir (created if missing).
 
     results: what run/run_regularized returned (alpha-major over alpha_list x K_list). settings: the
     script's `configure` snapshot (with seed). reference_lines: {label: accuracy} drawn as horizontal
     lines (e.g. the planted Bayes-optimal accuracy). user_ids {"seen": [...], "unseen": [...]}: the groups'
-    users, to record every user's accuracy per (alpha, K) and group (when results carry them). Writes
+    users, to record every user's accuracy per (alpha, K) and group (when results carry them).
+    method_rows: rows of other methods (baselines.make_row format) added under every alpha's K rows.
+    With the combination of several seeds (combine_seeds) every std is the std over seeds. Writes
       `<name>.json`: settings, seed, per (alpha, K) the mean and RAW std over users of the four
                      accuracies, the basis size and cosines to V_ref, the K chosen on seen users per
                      alpha, + `extra`;
@@ -1108,12 +1161,19 @@ def save_results(results_dir, name, settings, K_list, alpha_list, results, *, pl
                 cells.append(f"{row['mean_cosine_to_ref']:.3f}" if "mean_cosine_to_ref" in row else "1")
             label = rank_label(row["K"]) + (" (chosen on seen users)" if row["K"] == chosen[alpha] else "")
             markdown.append(f"| {label} | " + " | ".join(cells) + " |")
+        for method in method_rows:
+            cells = [percent(method["groups"][key]["mean"], method["groups"][key]["std"]) for key in GROUP_NAMES]
+            markdown.append(f"| {method['label']} | " + " | ".join(cells) + " |" + (" |" if show_cosine else ""))
         markdown.append("")
-    markdown.append(f"Accuracy in %, mean ± std over users (plots shade ± {STD_BAND_FACTOR} std, as the "
-                    "original). The chosen K is the best on seen users / unseen prompts.")
+    over = getattr(results, "std_over", "users")
+    markdown.append(f"Accuracy in %, mean ± std over {over}" + (f" ({len(results.runs[0]['per_seed']['seen_test'])} "
+                    f"seeds) of the mean over users" if over == "seeds" else "")
+                    + f" (plots shade ± {STD_BAND_FACTOR} std, as the original). The chosen K is the best on "
+                    "seen users / unseen prompts.")
     payload = {"name": name, "settings": settings, "seed": settings.get("seed"), "K_list": K_list,
-               "alpha_list": alpha_list, "std_band_factor": STD_BAND_FACTOR, "results": rows,
-               "K_chosen_on_seen_users": {str(a): k for a, k in chosen.items()}, **(extra or {})}
+               "alpha_list": alpha_list, "std_band_factor": STD_BAND_FACTOR, "std_over": over, "results": rows,
+               "K_chosen_on_seen_users": {str(a): k for a, k in chosen.items()},
+               **({"methods": list(method_rows)} if method_rows else {}), **(extra or {})}
     json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
     write_json_atomic(json_path, payload)
     write_text_atomic(md_path, "\n".join(markdown) + "\n")
@@ -1125,7 +1185,7 @@ def save_results(results_dir, name, settings, K_list, alpha_list, results, *, pl
                     [(label, m[section], [STD_BAND_FACTOR * s for s in sd[section]])
                      for label, m, sd in zip(RESULT_COLUMNS, means, stds)],
                     xlabel="rank K", title=f"{title or name} (alpha = {alpha})",
-                    band=f"± {STD_BAND_FACTOR} std over users", reference_lines=reference_lines)
+                    band=f"± {STD_BAND_FACTOR} std over {over}", reference_lines=reference_lines)
         plots.append(path)
     return {"json": json_path, "markdown": md_path, "plots": plots, "rows": rows}
 

@@ -139,4 +139,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as e:       # rows or heads that are not RewardBench 2's: the message says which
+        raise SystemExit(str(e)) from None

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import utils  # noqa: E402
+from baselines import compare  # noqa: E402
 import tldr_data  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -38,7 +39,10 @@ num_iterations = 1000         # joint fit (LoRe)
 learning_rate = 0.5
 fewshot_iterations = 500      # unseen users' weights (PersonalizeBatch)
 fewshot_learning_rate = 0.1
+baselines: list[str] = []     # e.g. ["PAL", "VPL"]: the paper's comparison beside LoRe (none: the original run)
+seeds = 1                     # seeds seed, seed + 1, ...: with several, every figure is the mean over seeds ± std
 device: str | None = None     # None: cuda if available, else cpu
+overwrite = False             # True: replace saved bases (V/W files) fitted with other settings or data
 # -----------------------------------------------------------------------------
 settings = utils.configure(globals())
 data_path, results_path = utils.script_dirs(__file__, settings)
@@ -56,14 +60,17 @@ if offline:
                                                          extra["planted_accuracy"].items()))
 
 start = time.time()
-results = utils.run(K_list, alpha_list, V_ref, *groups.values(), N, N_unseen, device, num_iterations=num_iterations,
-                    learning_rate=learning_rate, fewshot_iterations=fewshot_iterations,
-                    fewshot_learning_rate=fewshot_learning_rate, seed=seed, results_dir=results_path,
-                    dataset_name="TLDR")
+results, method_rows = compare(
+    lambda s, out: utils.run(K_list, alpha_list, V_ref, *groups.values(), N, N_unseen, device,
+                             num_iterations=num_iterations, learning_rate=learning_rate,
+                             fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate,
+                             seed=s, results_dir=out, dataset_name="TLDR", overwrite=overwrite),
+    seed, seeds, baselines, groups, K_list, alpha_list, results_path, settings, dataset="Reddit TLDR", device=device)
 extra["seconds"] = round(time.time() - start, 1)
 files = utils.save_results(results_path, "train_basis", settings, K_list, alpha_list, results,
                            plot_name="generalization_accuracy_vs_rank_lore_alpha_{alpha}.png",
                            title="Reddit TLDR: LoRe accuracy vs rank", extra=extra, user_ids=users,
+                           method_rows=method_rows,
                            reference_lines={"planted reward, unseen users": extra.get("planted_accuracy", {}).get("unseen_test")})
 print(files["markdown"].read_text())
 print(f"wrote {files['json']}, {files['markdown']}, {', '.join(str(p) for p in files['plots'])} ({extra['seconds']} s)")

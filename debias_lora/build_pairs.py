@@ -64,7 +64,6 @@ def load_rows(source: str, split: str, n_splits: int) -> list[dict]:
         return read_jsonl(path)
     if path.suffix == ".jsonl" or source.startswith((".", "/")):
         raise SystemExit(f"error: {source} does not exist")
-    import embedding
     what = f"{source} (or give a local copy as --source /path/to/gsm8k: a folder with train.jsonl/test.jsonl)"
     if not utils.hub_reachable():
         raise utils.hub_unreachable(what, "python build_pairs.py --offline")

@@ -150,7 +150,7 @@ def main(argv=None) -> dict:
         "--pair-mode", "style", "--direction", "undesired", "--epochs", str(args.lora_epochs),
         "--learning-rate", str(args.lora_lr), "--batch-size", str(args.batch_size),
         "--max-length", str(args.max_length), "--limit", str(args.lora_pairs), "--seed", str(args.seed),
-        "--log-every", "20", "--output", str(lora_dir)])
+        "--log-every", "20", "--output", str(lora_dir), "--overwrite"])   # the demo remakes what it owns
 
     print("== 4. the lambda sweep")
     import rewardbench2

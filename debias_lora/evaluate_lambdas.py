@@ -24,7 +24,6 @@ Writes --output_path (JSON: settings and per-lambda figures), and beside it <ste
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -71,16 +70,22 @@ def parse_args(argv=None):
 # the style/correctness matrix
 
 
-def load_variants(path, limit_questions: int | None = None) -> list[dict]:
-    """Variants rows of questions that have all 6 (style x correctness), in file order."""
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+def load_variants(path, limit_questions: int | None = None, remade_by: str = "python build_pairs.py") -> list[dict]:
+    """Variants rows of questions that have all 6 (style x correctness), in file order; a file without
+    one complete question exits (nothing would be measured)."""
+    from debias_lora.pairs import read_jsonl
+    rows = read_jsonl(path, remade_by)
+    if any(not {"question_id", "style_index", "correct", "prompt", "response"} <= set(r) for r in rows):
+        raise SystemExit(f"error: {path} is not a variants file of build_pairs.py; run `{remade_by}`")
     by_question: dict[str, list] = {}
     for row in rows:
         by_question.setdefault(row["question_id"], []).append(row)
     complete = [q for q, rs in by_question.items()
                 if {(r["style_index"], r["correct"]) for r in rs} == {(i, c) for i in range(3) for c in (True, False)}]
     complete = complete[:limit_questions]
+    if not complete:
+        raise SystemExit(f"error: {path} holds no question with all 6 variants (style x correctness); nothing to "
+                         f"evaluate and nothing was written. Run `{remade_by}`")
     return [r for q in complete for r in by_question[q]]
 
 
@@ -125,7 +130,10 @@ def score_variants(model, tokenizer, variants: list[dict], batch_size: int, max_
 def rb2_rows(dataset: str, limit: int | None) -> list[dict]:
     """RewardBench 2 rows (hub id, local .jsonl/.parquet file or folder), loaded once for the sweep."""
     import rewardbench2
-    return rewardbench2.load_rows(dataset, limit=limit)
+    try:
+        return rewardbench2.load_rows(dataset, limit=limit)
+    except ValueError as e:       # rows that are not RewardBench 2's: the message names the row
+        raise SystemExit(str(e)) from None
 
 
 def rb2_figures(model, tokenizer, rows, batch_size: int, max_length: int) -> dict:
@@ -211,9 +219,8 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 
 def write_results(results: list[dict], settings: dict, output_path: Path, title: str) -> None:
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    output_path.write_text(json.dumps({"settings": settings, "results": results}, indent=1))
-    output_path.with_suffix(".md").write_text(f"{title}\n\n{markdown_table(results)}\n")
+    utils.write_json_atomic(output_path, {"settings": settings, "results": results})
+    utils.write_text_atomic(output_path.with_suffix(".md"), f"{title}\n\n{markdown_table(results)}\n")
     plot(results, output_path.with_suffix(".png"), title)
 
 
@@ -236,6 +243,7 @@ def main(argv=None) -> dict:
     output_path = Path(args.output_path) if args.output_path else results_path / "lambda_sweep.json"
     variants_path = Path(args.variants) if args.variants else utils.require_file(
         data_path / "variants_test.jsonl", "python build_pairs.py" + (" --offline" if args.offline else ""))
+    variants = load_variants(variants_path, args.limit_questions)     # checked before the model is loaded
     rb2_dataset = None
     if not args.skip_rb2:
         if args.rb2_dataset is None and args.offline:
@@ -247,7 +255,6 @@ def main(argv=None) -> dict:
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     model, tokenizer = lora_math.load_base_model(args.base_model, dtype=dtype, device=device)
     model = lora_math.apply_forget_lora(model, args.lora_path)
-    variants = load_variants(variants_path, args.limit_questions)
     print(f"base {args.base_model}, forget LoRA {args.lora_path}: {len(variants) // 6} held-out questions, "
           f"lambdas {args.lambdas}")
     results = sweep(model, tokenizer, args.lambdas, variants, rb2_dataset, args.batch_size, args.max_length)

@@ -24,6 +24,7 @@ import math
 import operator
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -302,13 +303,34 @@ def build(rows: list[dict], split: str, seed: int = 0) -> tuple[list[dict], list
     return variants, pairs, skipped
 
 
-def load_pairs(path, mode: str | None = None) -> list[dict]:
-    """Pairs of a JSONL written by build_pairs.py, optionally only those of one mode."""
+def read_jsonl(path, remade_by: str) -> list[dict]:
+    """The rows of a JSON-lines file; a missing file, or a line that is not a JSON object, exits naming the
+    file, the line and the command that remakes it."""
     import json
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"error: {path} does not exist; run `{remade_by}`")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"error: {path}, line {number}, is not valid JSON ({e.msg}); run `{remade_by}`") from None
+            if not isinstance(row, dict):
+                raise SystemExit(f"error: {path}, line {number}, is not a JSON object; run `{remade_by}`")
+            rows.append(row)
+    return rows
+
+
+def load_pairs(path, mode: str | None = None, remade_by: str = "python build_pairs.py") -> list[dict]:
+    """Pairs of a JSONL written by build_pairs.py, optionally only those of one mode."""
     if mode is not None and mode not in MODES:
         raise ValueError(f"unknown pair mode {mode!r}; expected one of {MODES}")
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    if rows and "mode" not in rows[0]:
-        raise ValueError(f"{path} has no 'mode' column: is it a pairs file written by build_pairs.py?")
+    rows = read_jsonl(path, remade_by)
+    if not rows or any(not {"mode", "chosen", "rejected", "prompt"} <= set(r) for r in rows):
+        raise SystemExit(f"error: {path} is empty or is not a pairs file of build_pairs.py (rows with mode, prompt, "
+                         f"chosen and rejected); run `{remade_by}`")
     return [r for r in rows if mode is None or r["mode"] == mode]

@@ -70,6 +70,8 @@ def parse_args(argv=None):
     parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs of the mode")
     parser.add_argument("--log-every", type=int, default=10, help="optimiser steps between log lines")
     parser.add_argument("--offline", action="store_true", help="tiny biased model and generated pairs")
+    parser.add_argument("--overwrite", action="store_true", help="replace an adapter in --output that was "
+                        "trained with other settings")
     return parser.parse_args(argv)
 
 
@@ -208,6 +210,22 @@ def train_bradley_terry(model, tokenized: list, pad_id: int, *, epochs: float, l
     return accelerator.unwrap_model(wrapper).model, log
 
 
+def check_output(output: Path, recipe: dict, overwrite: bool) -> None:
+    """Before any training: refuse to replace an adapter in `output` that another recipe (settings or
+    pairs) trained, unless overwrite, naming the differences."""
+    try:
+        old = json.loads((output / "training_args.json").read_text())
+    except (OSError, ValueError):
+        old = None
+    if not (output / "adapter_config.json").exists() or overwrite:
+        return
+    changed = ", ".join(f"{k}: {(old or {}).get(k)!r} -> {v!r}" for k, v in recipe.items()
+                        if (old or {}).get(k) != v)
+    if changed:
+        raise SystemExit(f"error: {output} holds a forget LoRA trained otherwise ({changed}). Run with --overwrite "
+                         f"to replace it, or give another --output.")
+
+
 def main(argv=None) -> Path:
     args = parse_args(argv)
     data_path, results_path = utils.script_dirs(__file__, utils.Settings(data_dir="data", results_dir="results", offline=args.offline))
@@ -217,6 +235,13 @@ def main(argv=None) -> Path:
     data = Path(args.data) if args.data else utils.require_file(
         data_path / "pairs_train.jsonl", "python build_pairs.py" + (" --offline" if args.offline else ""))
     output = Path(args.output) if args.output else results_path / f"forget_lora_{args.pair_mode}_{args.direction}"
+    recipe = {k: v for k, v in vars(args).items() if k not in ("settings", "output", "log_every", "overwrite")}
+    recipe.update(data=str(data), data_sha256=utils.file_sha256(data))
+    check_output(output, recipe, args.overwrite)
+
+    pairs = load_pairs(data, args.pair_mode)[: args.limit]        # checked before the model is loaded
+    if not pairs:
+        raise SystemExit(f"error: {data} has no pairs of mode {args.pair_mode!r}")
 
     from accelerate import Accelerator
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps)
@@ -227,9 +252,6 @@ def main(argv=None) -> Path:
         model.enable_input_require_grads()
     model = lora_math.new_forget_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout)
 
-    pairs = load_pairs(data, args.pair_mode)[: args.limit]
-    if not pairs:
-        raise SystemExit(f"error: {data} has no pairs of mode {args.pair_mode!r}")
     tokenized = tokenize_pairs(pairs, tokenizer, args.max_length, swap=args.direction == "undesired")
     if accelerator.is_main_process:
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -242,9 +264,8 @@ def main(argv=None) -> Path:
         gradient_accumulation_steps=args.gradient_accumulation_steps, warmup_ratio=args.warmup_ratio,
         weight_decay=args.weight_decay, log_every=args.log_every, desc=f"forget-lora {args.pair_mode}")
     if accelerator.is_main_process:
-        settings = {k: v for k, v in vars(args).items()}
-        settings.update(data=str(data), output=str(output), n_pairs=len(pairs),
-                        processes=accelerator.num_processes, dtype=dtype)
+        settings = dict(recipe, output=str(output), n_pairs=len(pairs), processes=accelerator.num_processes,
+                        dtype=dtype)
         lora_math.save_forget_lora(model, output, extra=settings)
         tokenizer.save_pretrained(str(output))
         (output / "training_log.json").write_text(json.dumps(log, indent=1))

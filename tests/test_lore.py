@@ -228,8 +228,6 @@ def test_bad_shapes_raise_value_errors_naming_the_shape():
         utils.Comparisons.from_user_list([torch.zeros(3, 5), torch.zeros(2, 6)])
     with pytest.raises(ValueError, match="users"):
         utils.run([0], [0.0], torch.zeros(5), X, X, X, X, 3, 2, "cpu", progress=False)
-    with pytest.raises(ValueError, match="results_dir"):
-        utils.run_regularized([1], [0.0], torch.zeros(5), X, X, X, X, 2, 2, "cpu", progress=False)
 
 
 # --- planted population: recovery, few-shot, K = 1 ---------------------------------------------------

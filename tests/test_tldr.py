@@ -184,6 +184,21 @@ def test_folder_runs_end_to_end_offline_and_generates_reproducibly(tmp_path):
                  "fewshot_accuracy_vs_shots.png", "TLDR_V_lore_K_3_alpha_0.0.pt"):
         assert (out_results / name).exists(), name
 
+    # the comparison with the baselines: every row on the same comparisons, figures over 2 seeds
+    done = subprocess.run([sys.executable, str(TLDR / "train_basis.py"), "--offline", f"--data_dir={data}",
+                           "--K_list=[0,1,3]", "--num_iterations=100", "--fewshot_iterations=50", "--seeds=2",
+                           "--baselines=['PAL','VPL']", f"--results_dir={tmp_path / 'comparison'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    paper = json.loads((tmp_path / "comparison" / "paper_table.json").read_text())
+    assert [row["label"] for row in paper["rows"]] == ["ref (the backbone's head)", "K = 1 (one Bradley-Terry reward)",
+                                                      "LoRe (K = 3, chosen on seen users)", "PAL (K = 3)", "VPL"]
+    assert paper["std_over"] == ["seeds"] and paper["seeds"] == [0, 1]
+    assert "| PAL (K = 3) |" in (tmp_path / "comparison" / "train_basis.md").read_text()
+    unknown = subprocess.run([sys.executable, str(TLDR / "train_basis.py"), "--offline", f"--data_dir={data}",
+                              "--baselines=['PALL']"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert unknown.returncode != 0 and "PAL-A" in unknown.stderr and "Traceback" not in unknown.stderr
+
     # the generated raw files: same seed, byte-identical; the skip counts match the generator's
     from offline import tldr as offline_tldr
     truth = json.loads((out_data / "raw" / "ground_truth.json").read_text())

@@ -1,0 +1,1085 @@
+"""PAL and VPL on frozen reward-model embeddings: the personalised baselines of the LoRe comparison table.
+
+Every method here sees exactly what LoRe sees: a `utils.Comparisons` in indexed form (embedding table
+[T, d], chosen/rejected row indices [N], user indices [N]), the same users, splits and few-shot data.
+A method is fitted on the seen users' training comparisons, evaluated on the seen users' unseen prompts
+with their fitted state, personalised to new users from their few-shot comparisons (everything shared
+frozen) and evaluated on the new users' test comparisons. A comparison is predicted correctly iff the
+method's margin r_u(chosen) - r_u(rejected) is > 0 (strictly: a tie is wrong); per-user accuracy is the
+fraction correct over that user's comparisons (NaN for a user without any), reported as the mean over
+users, or, with several seeds, the mean over seeds of that mean with its std over seeds.
+
+    import baselines
+    model = baselines.fit("PAL", groups["seen_train"], K=5, seed=0)
+    new_users = model.personalize(groups["unseen_train"])
+    accuracy = model.per_user_accuracy(groups["unseen_test"], new_users)       # [C], NaN: no comparison
+    rows = baselines.evaluate_methods(["PAL", "VPL"], groups, seeds=[0, 1, 2], K=5)
+    baselines.save_paper_table(results_dir, "prism_paper_table", rows + lore_rows, settings)
+
+Methods (METHODS: name -> class):
+
+PAL (Chen, Chen, Rege, Wang, Vinayak, "PAL: Pluralistic Alignment Framework for Learning from
+Heterogeneous Preferences", arXiv:2406.08469; ICLR 2025 as "PAL: Sample-Efficient Personalized Reward
+Modeling for Pluralistic Alignment"; code github.com/RamyaLab/pluralistic-alignment at commit fcfc03c).
+A learned projection f of an embedding into a preference space (identity, linear, or PAL's "mlp2":
+Linear(d, m), act, Linear(m, m), act, Linear(m, m)), K prototypes, user weights w_u = softmax(W_u) on
+the simplex (W_u ~ N(0, I) as the code's UserLearner.init_weight).
+  "PAL"   (PAL-B, the reward form; src/pal_rm_b/learner.py PrefLearner_angle): user point
+          a_u = sum_k w_uk p_k with prototypes p_k in the preference space; reward
+          r_u(e) = s * cos(f(e), a_u) with s = exp(logit_scale) clamped at 100, logit_scale learned from
+          log(1/0.07) (CLIP's init, the code's); loss -log sigmoid(r_u(chosen) - r_u(rejected)) (the
+          code's cross-entropy over the two rewards). similarity="dot" gives r_u(e) = s * f(e) . a_u
+          with s fixed (default 1/100, LoRe's temperature): with K = 1 and projection="identity" that is
+          exactly a single Bradley-Terry model x . v / 100.
+  "PAL-A" (the ideal-point form; src/pal_rm_a, user_learner_type "f(Pw)", pref_learner_type "dist"):
+          prototypes p_k in the embedding space, user ideal point a_u = f(sum_k w_uk p_k) (the same
+          projector as the items), reward r_u(e) = -||f(e) - a_u||_2 (the closer the better); loss the
+          code's hinge max(0, 1 - margin) (config/loss_config/a-*.yaml), loss="logistic" for
+          Bradley-Terry.
+  Hyperparameters (config/prefLearner_config/b-dim512-k2-opt350m-mlp2.yaml, a-dim512-k2-opt350m-mlp2.yaml,
+  config/optim_config/vanilla-e1.yaml and vanilla-e20.yaml): mlp2 projector, GELU for PAL-B and ReLU for
+  PAL-A, no dropout; softmax temperature 1; prototypes drawn N(0, I) and normalised to unit length
+  (src/tensor_initializer.py, is_expectation_norm_init False); Adam with per-group learning rates:
+  projector 1e-4 with weight decay 0.01, prototypes and user weights 5e-3, logit scale 0.1. Each user's
+  weights are a parameter of their own there, so Adam moves (and counts steps for) only the users of a
+  mini-batch; here a row-wise Adam does the same on one [C, K] tensor. New users (main_pal_b_unseen.py):
+  only their weights are fitted, everything else frozen, Adam(W) at lr 5e-3 without weight decay.
+  Departures, for frozen 4096-d embeddings and our data:
+  - width m = d_pref = 512. The configs set d_pref = the backbone's width (512-1536); at d = 4096 the
+    mlp2 projector would have 50M parameters for a few tens of thousands of comparisons. 512 is the
+    README's main configuration (b-dim512). Set d_pref=4096 (and residual=True for PAL-A) for the
+    literal reading.
+  - PAL-B's prototypes are functions g_k(prompt) of a separate prompt embedding in the code; our
+    embeddings are of whole conversations (no separate prompt), so the prototypes are K free vectors
+    (the "K prototype reward directions" of the paper's reward form).
+  - PAL-A's configs use a residual projector (x + mlp(x)), which needs m = d: off at m = 512.
+  - batch size 32 instead of 4 (4 was set by fine-tuning the backbone on a GPU; with frozen embeddings a
+    step costs the same at 32, and VPL's effective batch is 32 too), and 20 epochs for the seen users
+    instead of 1: the code's single epoch ran over the ten most active Reddit TL;DR workers
+    (src/summary_dataset_utils.py), thousands of comparisons each, so every user's weights got thousands
+    of Adam steps; our users have tens, and 20 epochs is the code's own count for its few-shot stage.
+  - new users are fitted full-batch (500 Adam steps at lr 5e-3; the code's 20 epochs at batch size 4
+    give a user with m shots about 20 m steps: 200 for 10 shots, 1,000 for 50) on the sum over users of
+    each user's mean loss, so the fit of every user is independent of the others (batched equals one
+    user at a time).
+  - the code's bound loss on ideal-point norms is computed but never added to the loss ("reduce
+    performance"): left out.
+
+VPL (Poddar, Wan, Ivison, Gupta, Jaques, "Personalizing Reinforcement Learning from Human Feedback with
+Variational Preference Learning", arXiv:2408.10075, NeurIPS 2024; code github.com/WEIRDLabUW/vpl_llm at
+commit fdfdfa7, hidden_context/vae_utils.py). An encoder maps a user's set of labelled comparisons to a
+Gaussian latent: a pair encoder MLP([e_chosen; e_rejected]) (2d -> h -> h -> L, LeakyReLU(0.2)), then
+one self-attention layer over the set (q, k, v: Linear(L, L), softmax(q k^T / sqrt(L))) and a mean over
+the set (permutation invariant), then Linear heads for the mean and log-variance, both clamped to
+[-1, 1]. The decoder is a reward MLP r(e, z) = MLP([e; z]) (d + L -> h -> h -> 1, LeakyReLU(0.2)).
+Training maximises the ELBO: for a target comparison of a user, z ~ N(mean, exp(log_var)) from a context
+of `context_size` other comparisons of the same user (reparameterised, then scaled to norm sqrt(L) as the
+code does), loss = mean over targets of -log sigmoid(r(e_c, z) - r(e_r, z)) + beta * a_t * KL(N(mean,
+exp(log_var)) || N(0, I)), a_t the code's cyclical cosine annealing (period 10,000 steps, floor 0.1).
+At evaluation z = mean (as the code). A new user's latent is the encoder's output on its few-shot
+comparisons: no gradient step.
+  Hyperparameters (submit_job_UF_P_4.sh, the four-user UltraFeedback setting, and
+  train_llm_vae_preference_model.py; the job scripts use the same sizes for GPT-2 and for Llama-2-7b,
+  whose embeddings have d = 4096):
+  latent L = 512, hidden h = 512, learning rate 1e-4, beta = 3e-6 with annealing, 2 epochs, batch 32
+  (4 per device x 8 accumulation steps), AdamW (weight decay 0.001, none on biases, as the HF Trainer),
+  gradient norm clipped at 1.0 (the Trainer's default), cosine schedule with 3% warm-up (VAETrainer);
+  context of 8 comparisons (data_utils/data_processing.py, context_length 8).
+  Departures: the decoder reads the frozen embedding itself (the code's fixed_llm_embeddings path; its
+  default tunes a LoRA backbone whose 0.01-scaled score head outputs the decoder's input); contexts are 8
+  other comparisons of the same user drawn at random each step (the code draws them from the user
+  type's pool, avoiding the target's prompt: we have no prompt ids, so only the target itself is
+  excluded; a user with a single comparison is its own context); at evaluation the latent of a user is
+  inferred from all of its available comparisons (seen users: their training comparisons; new users:
+  their few-shot comparisons), a user with none gets the prior mean 0; the annealer steps once per
+  optimiser step (the code steps it per micro-batch); float32, not bf16.
+
+Shapes and cost: nothing materialises one d-vector per comparison per user. Products with the d-wide
+first layers are computed once per table row in use (per mini-batch in training, per group in
+evaluation; each half only for the rows that need it) and then indexed: [e_c; e_r] @ W =
+(E @ W_c)[chosen] + (E @ W_r)[rejected], and the decoder's [e; z] @ W = (E @ W_e)[row] + (z @ W_z)[user].
+Training draws mini-batches of comparisons across users; personalisation and evaluation are batched over
+all users at once. On a CPU the training and few-shot loops run on one intra-op thread (their tensors
+are small), evaluation on the caller's.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import utils
+
+GROUPS = ("seen_train", "seen_test", "unseen_train", "unseen_test")
+GROUP_LABELS = {"seen_train": "seen users: train", "seen_test": "seen users / unseen prompts",
+                "unseen_train": "unseen users: few-shot train", "unseen_test": "unseen users (few-shot)"}
+TABLE_GROUPS = ("seen_test", "unseen_test")     # the paper table's accuracy columns
+EVAL_CHUNK = 1 << 15                            # comparisons per evaluation block (memory: chunk x width)
+ROW_CHUNK = 4096                                # table rows per projection block
+_INDEXED = weakref.WeakKeyDictionary()          # dense Comparisons -> its indexed view (built once)
+
+
+# -----------------------------------------------------------------------------
+# data access: everything works on (table, chosen, rejected, users)
+
+
+def _indexed(comparisons: utils.Comparisons):
+    """(table [T, d], chosen [N], rejected [N]) of a Comparisons.
+
+    A set built from differences (Comparisons.from_features: the original's per-user lists) keeps only
+    x_n = e(chosen) - e(rejected), as x_n against one zero row; here it is viewed as the pair of rows
+    e_c = x_n / 2, e_r = -x_n / 2: exact for linear margins, an approximation for the nonlinear
+    baselines (real data are indexed: one table row per embedded conversation). Not x_n against the
+    zero row: then the rejected side would always be that row, and a nonlinear model would learn the
+    label from it."""
+    if not comparisons.from_differences:
+        return comparisons.table, comparisons.chosen, comparisons.rejected
+    view = _INDEXED.get(comparisons)
+    if view is None:
+        half = (comparisons.table[comparisons.chosen] - comparisons.table[comparisons.rejected]) / 2
+        n = half.shape[0]
+        index = torch.arange(n, device=half.device)
+        view = (torch.cat([half, -half]), index, index + n)
+        _INDEXED[comparisons] = view
+    return view
+
+
+def _map_rows(fn, table: torch.Tensor, rows: torch.Tensor, device, dtype) -> torch.Tensor:
+    """fn(table[rows]) in blocks of ROW_CHUNK rows (each block moved to device/dtype): [len(rows), ...]."""
+    out = [fn(table[rows[i:i + ROW_CHUNK]].to(device, dtype)) for i in range(0, len(rows), ROW_CHUNK)]
+    return torch.cat(out) if out else fn(table[:0].to(device, dtype))
+
+
+def _user_layout(users: torch.Tensor, n_users: int):
+    """(order [N]: comparison indices grouped by user, stable; starts [C]; counts [C])."""
+    order = torch.argsort(users, stable=True)
+    counts = torch.bincount(users, minlength=n_users)
+    starts = torch.cumsum(counts, 0) - counts
+    return order, starts, counts
+
+
+def _per_user_mean(values: torch.Tensor, users: torch.Tensor, n_users: int) -> torch.Tensor:
+    """[C] mean of values [N] per user (NaN for a user without any), on CPU in float64."""
+    values, users = values.detach().double().cpu(), users.cpu()
+    total = torch.zeros(n_users, dtype=torch.float64).index_add_(0, users, values)
+    return total / torch.bincount(users, minlength=n_users).double()
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _progress(iterable, desc: str, progress: bool):
+    return tqdm(iterable, desc=desc, disable=None if progress else True, leave=False, mininterval=1.0)
+
+
+@contextlib.contextmanager
+def _small_ops(device: torch.device):
+    """Mini-batch and few-shot loops on one intra-op thread (CPU): their tensors are small, and a team of
+    threads costs more in fork/join than it saves (on a shared CPU a descheduled member stalls every op:
+    measured 4-10x slower with 2 threads on this machine). Evaluation keeps the caller's threads."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _seeded_modules(seed: int, build):
+    """Build torch modules with a local seed (their default initialisers draw from the global RNG)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return build()
+
+
+# -----------------------------------------------------------------------------
+# methods: a small common interface
+
+
+class _Baseline:
+    """fit(train) -> self; personalize(fewshot) -> user state; margins / per_user_accuracy(comparisons,
+    state); parameter_counts(n_users). `seen_state` holds the state of the training users after fit."""
+
+    name = "?"
+    DEFAULTS: dict = {}
+    uses_K = True
+
+    def __init__(self, d: int, n_users: int, K: int | None = None, *, seed: int = 0, device=None,
+                 dtype=torch.float32, progress: bool = False, **hyper):
+        unknown = sorted(set(hyper) - set(self.DEFAULTS))
+        if unknown:
+            raise utils.SettingsError(f"error: unknown hyperparameter(s) {', '.join(unknown)} for {self.name}; "
+                                      f"known: {', '.join(sorted(self.DEFAULTS))}")
+        if self.uses_K and (K is None or int(K) < 1):
+            raise utils.SettingsError(f"error: {self.name} needs K >= 1 (its number of prototypes), got {K!r}")
+        self.d, self.n_users, self.K = int(d), int(n_users), (int(K) if self.uses_K else None)
+        self.seed, self.progress = int(seed), progress
+        self.device = utils.get_device() if device is None else torch.device(device)
+        self.dtype = dtype
+        self.hyper = {**self.DEFAULTS, **hyper}
+        self.seen_state = None
+        self.loss_history = None
+
+    def _check(self, comparisons: utils.Comparisons, what: str) -> None:
+        if comparisons.d != self.d:
+            raise ValueError(f"{what} has d = {comparisons.d}; the {self.name} model was built for d = {self.d}")
+
+    def per_user_accuracy(self, comparisons: utils.Comparisons, state) -> torch.Tensor:
+        """[C] fraction of each user's comparisons with margin > 0 (a tie is wrong; NaN: no comparison).
+        C = comparisons.n_users; `state` is `seen_state` or what `personalize` returned for these users."""
+        margins = self.margins(comparisons, state)
+        return _per_user_mean((margins > 0).double(), comparisons.users, comparisons.n_users)
+
+    def parameter_counts(self, n_users: int) -> dict:
+        """{"per_user", "shared", "total" = shared + n_users * per_user, "note"}."""
+        shared, per_user = self._shared_parameters(), self._per_user_parameters()
+        return {"per_user": per_user, "shared": shared, "total": shared + int(n_users) * per_user,
+                "note": self._parameter_note()}
+
+
+# --- PAL ---------------------------------------------------------------------------------------------
+
+
+class _RowAdam:
+    """Adam (torch defaults: betas 0.9/0.999, eps 1e-8) on the rows of a [C, K] tensor that a step
+    touches, each row with its own step count: what torch.optim.Adam does to PAL's one parameter per
+    user, of which only the users of a mini-batch have a gradient."""
+
+    def __init__(self, param: torch.Tensor, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.param, self.lr, (self.beta1, self.beta2), self.eps = param, float(lr), betas, eps
+        self.exp_avg, self.exp_avg_sq = torch.zeros_like(param), torch.zeros_like(param)
+        self.steps = torch.zeros(param.shape[0], dtype=param.dtype, device=param.device)
+
+    @torch.no_grad()
+    def step(self, rows: torch.Tensor, grad: torch.Tensor) -> None:
+        self.steps[rows] += 1
+        t = self.steps[rows][:, None]
+        m = self.exp_avg[rows].lerp_(grad, 1 - self.beta1)
+        v = self.exp_avg_sq[rows].mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
+        self.exp_avg[rows], self.exp_avg_sq[rows] = m, v
+        denom = (v / (1 - self.beta2 ** t)).sqrt_().add_(self.eps)
+        self.param[rows] -= self.lr * m / (1 - self.beta1 ** t) / denom
+
+
+class PAL(_Baseline):
+    """PAL-B on frozen embeddings (see the module docstring for the model, sources and departures).
+
+    Hyperparameters (DEFAULTS): projection "mlp" | "linear" | "identity"; d_pref (m); depth (hidden
+    layers of the mlp: PAL's mlp2 = 2); activation "gelu" | "relu"; residual (x + mlp(x), needs
+    m = d); similarity "cosine" (PAL's "angle") | "dot"; scale (None: 1/0.07 for cosine, 1/100 for
+    dot); learn_scale (None: learned for cosine, fixed for dot); loss "logistic" | "hinge"; batch_size,
+    epochs, max_steps (None: all; else stop after that many mini-batches, for benchmarks and smoke
+    runs); lr_projection, weight_decay_projection, lr_prototypes, lr_weights, lr_scale;
+    personalize_iterations, personalize_lr.
+    User state: {"logits": W [C, K]} (weights = softmax(W)).
+    """
+
+    name = "PAL"
+    form = "B"
+    DEFAULTS = {"projection": "mlp", "d_pref": 512, "depth": 2, "activation": "gelu", "residual": False,
+                "similarity": "cosine", "scale": None, "learn_scale": None, "loss": "logistic",
+                "batch_size": 32, "epochs": 20, "max_steps": None, "lr_projection": 1e-4,
+                "weight_decay_projection": 0.01,
+                "lr_prototypes": 5e-3, "lr_weights": 5e-3, "lr_scale": 0.1,
+                "personalize_iterations": 500, "personalize_lr": 5e-3}
+    _CHOICES = {"projection": ("mlp", "linear", "identity"), "activation": ("gelu", "relu"),
+                "similarity": ("cosine", "dot"), "loss": ("logistic", "hinge")}
+
+    def __init__(self, d, n_users, K=None, **kwargs):
+        super().__init__(d, n_users, K, **kwargs)
+        h = self.hyper
+        for key, choices in self._CHOICES.items():
+            if h[key] not in choices:
+                raise utils.SettingsError(f"error: {self.name} {key} must be one of {choices}, got {h[key]!r}")
+        self.m = self.d if h["projection"] == "identity" else int(h["d_pref"])
+        if h["residual"] and (self.m != self.d or h["projection"] == "identity"):
+            raise utils.SettingsError(f"error: {self.name} residual=True needs a learned projection with "
+                                      f"d_pref = d = {self.d} (x + mlp(x)), got d_pref = {self.m}")
+        cosine = self.form == "B" and h["similarity"] == "cosine"
+        scale = h["scale"] if h["scale"] is not None else (1 / 0.07 if cosine else 1 / utils.TEMPERATURE)
+        self.learn_scale = bool(cosine if h["learn_scale"] is None else h["learn_scale"])
+        g = _generator(self.seed)
+        prototype_dim = self.m if self.form == "B" else self.d     # PAL-A: prototypes in the input space
+        prototypes = torch.randn(self.K, prototype_dim, generator=g, dtype=torch.float64)
+        self.prototypes = (prototypes / prototypes.norm(dim=1, keepdim=True)).to(self.device, self.dtype)
+        self.W = torch.randn(self.n_users, self.K, generator=g, dtype=self.dtype).to(self.device)
+        self.log_scale = torch.tensor(math.log(scale), dtype=self.dtype, device=self.device)
+        self.layers = _seeded_modules(utils.derived_seed(self.seed, 1), self._build_layers).to(self.device, self.dtype)
+
+    def _build_layers(self) -> nn.Sequential:
+        h = self.hyper
+        if h["projection"] == "identity":
+            return nn.Sequential()
+        if h["projection"] == "linear":
+            return nn.Sequential(nn.Linear(self.d, self.m))
+        act = nn.GELU if h["activation"] == "gelu" else nn.ReLU
+        layers, width = [], self.d
+        for _ in range(int(h["depth"])):
+            layers += [nn.Linear(width, self.m), act()]
+            width = self.m
+        return nn.Sequential(*layers, nn.Linear(width, self.m))
+
+    # model pieces -------------------------------------------------------------------------------
+    def project(self, E: torch.Tensor) -> torch.Tensor:
+        """f(E) [n, m] for embeddings E [n, d]."""
+        out = self.layers(E)
+        return out + E if self.hyper["residual"] else out
+
+    def user_points(self, weights: torch.Tensor) -> torch.Tensor:
+        """a_u [n, m] for simplex weights [n, K]: PAL-B sum_k w_k p_k; PAL-A f(sum_k w_k p_k), its d-wide
+        first layer applied to the K prototypes first (exact: the weights sum to 1, so the bias passes)."""
+        mixture = weights @ self.prototypes
+        if self.form == "B" or len(self.layers) == 0:
+            return mixture
+        first = self.layers[0]
+        hidden = weights @ (self.prototypes @ first.weight.T) + first.bias
+        out = self.layers[1:](hidden)
+        return out + mixture if self.hyper["residual"] else out
+
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=100.0)
+
+    def margin(self, f_chosen, f_rejected, points) -> torch.Tensor:
+        """r_u(chosen) - r_u(rejected) [n] from projected rows [n, m] and each row's user point [n, m]."""
+        if self.form == "A":
+            return (f_rejected - points).norm(dim=1) - (f_chosen - points).norm(dim=1)
+        if self.hyper["similarity"] == "cosine":
+            unit = F.normalize(points, dim=1)
+            return self.scale() * ((F.normalize(f_chosen, dim=1) - F.normalize(f_rejected, dim=1)) * unit).sum(1)
+        return self.scale() * ((f_chosen - f_rejected) * points).sum(1)
+
+    def pair_loss(self, margins: torch.Tensor) -> torch.Tensor:
+        """Per-comparison loss [n]: "logistic" -log sigmoid(margin), "hinge" max(0, 1 - margin)."""
+        return F.softplus(-margins) if self.hyper["loss"] == "logistic" else F.relu(1 - margins)
+
+    # training -----------------------------------------------------------------------------------
+    def batch_loss(self, table, chosen, rejected, W_rows, user_of_row) -> torch.Tensor:
+        """The training objective of one mini-batch: the pooled mean loss of comparisons (chosen [b],
+        rejected [b] rows of table) whose users have logits W_rows[user_of_row] (differentiable)."""
+        rows, inverse = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
+        projected = self.project(table[rows].to(self.device, self.dtype))   # f once per row in use
+        b = len(chosen)
+        points = self.user_points(torch.softmax(W_rows, 1))[user_of_row]
+        return self.pair_loss(self.margin(projected[inverse[:b]], projected[inverse[b:]], points)).mean()
+
+    def fit(self, train: utils.Comparisons) -> "PAL":
+        """Fit projection, prototypes, scale and the training users' weights (mini-batch Adam, pooled
+        mean loss per batch, as PAL's code). Sets `seen_state` and `loss_history` (one mean per epoch)."""
+        self._check(train, "the training data")
+        if train.n_users != self.n_users:
+            raise ValueError(f"training data have {train.n_users} users, the model {self.n_users}")
+        h = self.hyper
+        table, chosen, rejected = _indexed(train)
+        users = train.users
+        groups = [{"params": list(self.layers.parameters()), "lr": h["lr_projection"],
+                   "weight_decay": h["weight_decay_projection"]},
+                  {"params": [self.prototypes], "lr": h["lr_prototypes"], "weight_decay": 0.0}]
+        self.prototypes.requires_grad_(True)
+        if self.learn_scale:
+            self.log_scale.requires_grad_(True)
+            groups.append({"params": [self.log_scale], "lr": h["lr_scale"], "weight_decay": 0.0})
+        groups = [g for g in groups if g["params"]]
+        optimizer = torch.optim.Adam(groups, foreach=True)
+        row_adam = _RowAdam(self.W, h["lr_weights"])
+        g = _generator(utils.derived_seed(self.seed, 2))
+        batch, history = int(h["batch_size"]), []
+        steps = [(epoch, start) for epoch in range(int(h["epochs"])) for start in range(0, train.N, batch)]
+        steps = steps[:h["max_steps"]] if h["max_steps"] is not None else steps
+        order = None
+        total = 0.0
+        with _small_ops(self.device):
+            for epoch, start in _progress(steps, self.name, self.progress):
+                if start == 0:
+                    order = torch.randperm(train.N, generator=g).to(users.device)
+                    total = 0.0
+                index = order[start:start + batch]
+                batch_users, user_of_row = torch.unique(users[index], return_inverse=True)
+                batch_users = batch_users.to(self.device)
+                W_rows = self.W[batch_users].clone().requires_grad_(True)
+                loss = self.batch_loss(table, chosen[index], rejected[index], W_rows, user_of_row.to(self.device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                row_adam.step(batch_users, W_rows.grad)
+                total += float(loss.detach()) * len(index)
+                if start + batch >= train.N:
+                    history.append(total / train.N)
+        self.prototypes.requires_grad_(False)
+        self.log_scale.requires_grad_(False)
+        for p in self.layers.parameters():
+            p.requires_grad_(False)
+        self.loss_history = history
+        self.seen_state = {"logits": self.W.clone()}
+        return self
+
+    def personalize(self, fewshot: utils.Comparisons, *, seed: int = 0, init=None) -> dict:
+        """New users' weights from their few-shot comparisons, everything else frozen: W ~ N(0, I) [C, K]
+        (or `init`), full-batch Adam on the sum over users of each user's mean loss, so users do not
+        interact. Returns {"logits": W [C, K]} for C = fewshot.n_users."""
+        self._check(fewshot, "the few-shot data")
+        h = self.hyper
+        C = fewshot.n_users
+        W = (torch.randn(C, self.K, generator=_generator(seed), dtype=self.dtype) if init is None
+             else torch.as_tensor(init, dtype=self.dtype).clone()).to(self.device)
+        if W.shape != (C, self.K):
+            raise ValueError(f"init must be [{C}, {self.K}], got {tuple(W.shape)}")
+        table, chosen, rejected = _indexed(fewshot)
+        users = fewshot.users.to(self.device)
+        with torch.no_grad():
+            rows, inverse = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
+            projected = _map_rows(self.project, table, rows, self.device, self.dtype)
+            f_chosen, f_rejected = projected[inverse[:fewshot.N]], projected[inverse[fewshot.N:]]
+            margin_of = self.frozen_margins(f_chosen, f_rejected, users)
+        row_weight = (1.0 / fewshot.counts().clamp(min=1).to(self.device, self.dtype))[users]
+        W.requires_grad_(True)
+        optimizer = torch.optim.Adam([W], lr=h["personalize_lr"], foreach=True)
+        with _small_ops(self.device):
+            for _ in _progress(range(int(h["personalize_iterations"])), f"{self.name} new users", self.progress):
+                loss = (self.pair_loss(margin_of(torch.softmax(W, 1))) * row_weight).sum()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        return {"logits": W.detach()}
+
+    def frozen_margins(self, f_chosen: torch.Tensor, f_rejected: torch.Tensor, users: torch.Tensor):
+        """weights [C, K] -> margins [N] of comparisons with projected rows f_chosen, f_rejected [N, m]
+        and users [N], everything but the weights frozen (differentiable in the weights). PAL-B is linear
+        in a_u = w P, so the m-wide products are taken once: with D = (f_c - f_r) P^T [N, K] (f
+        normalised first for the cosine) the margin is s * D_n . w_u, divided by |a_u| =
+        sqrt(w_u P P^T w_u) for the cosine: O(N K) per iteration. PAL-A's ideal point is nonlinear in
+        w_u: margin(f_c, f_r, user_points(w)[users])."""
+        if self.form == "A":
+            return lambda weights: self.margin(f_chosen, f_rejected, self.user_points(weights)[users])
+        scale = self.scale().detach()
+        if self.hyper["similarity"] == "cosine":
+            D = (F.normalize(f_chosen, dim=1) - F.normalize(f_rejected, dim=1)) @ self.prototypes.T
+            gram = self.prototypes @ self.prototypes.T
+            return lambda w: scale * (D * w[users]).sum(1) / ((w @ gram) * w).sum(1).sqrt().clamp_min(1e-12)[users]
+        D = (f_chosen - f_rejected) @ self.prototypes.T
+        return lambda w: scale * (D * w[users]).sum(1)
+
+    @torch.no_grad()
+    def margins(self, comparisons: utils.Comparisons, state: dict) -> torch.Tensor:
+        """[N] r_u(chosen) - r_u(rejected) of every comparison for its user's state (no grad)."""
+        self._check(comparisons, "the comparisons")
+        logits = state["logits"].to(self.device, self.dtype)
+        if logits.shape[0] != comparisons.n_users:
+            raise ValueError(f"the user state has {logits.shape[0]} users, the comparisons {comparisons.n_users}")
+        table, chosen, rejected = _indexed(comparisons)
+        points = self.user_points(torch.softmax(logits, 1))
+        rows, inverse = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
+        projected = _map_rows(self.project, table, rows, self.device, self.dtype)   # once per row
+        users, N = comparisons.users.to(self.device), comparisons.N
+        inv_c, inv_r = inverse[:N], inverse[N:]
+        out = [self.margin(projected[inv_c[i:i + EVAL_CHUNK]], projected[inv_r[i:i + EVAL_CHUNK]],
+                           points[users[i:i + EVAL_CHUNK]]) for i in range(0, N, EVAL_CHUNK)]
+        return torch.cat(out) if out else torch.zeros(0, dtype=self.dtype, device=self.device)
+
+    def loss(self, comparisons: utils.Comparisons, state: dict) -> torch.Tensor:
+        """Pooled mean loss of `comparisons` for the users' state (the training objective of one batch)."""
+        return self.pair_loss(self.margins(comparisons, state)).mean()
+
+    def _shared_parameters(self) -> int:
+        return (sum(p.numel() for p in self.layers.parameters()) + self.prototypes.numel()
+                + int(self.learn_scale))
+
+    def _per_user_parameters(self) -> int:
+        return self.K
+
+    def _parameter_note(self) -> str:
+        return f"{self.name}: projection + {self.K} prototypes (+ scale); per user K simplex weights"
+
+
+class PAL_A(PAL):
+    """PAL-A: the ideal-point form (see the module docstring). Same hyperparameters as PAL; activation
+    ReLU and the hinge loss by default (PAL's a-configs); `similarity`, `scale` do not apply."""
+
+    name = "PAL-A"
+    form = "A"
+    DEFAULTS = {**PAL.DEFAULTS, "activation": "relu", "loss": "hinge"}
+
+
+# --- VPL ---------------------------------------------------------------------------------------------
+
+
+def gaussian_kl(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, diag exp(log_var)) || N(0, I)) [n] for mean, log_var [n, L]:
+    0.5 * sum_l (exp(log_var) + mean^2 - 1 - log_var) (VPL's -0.5 * sum(1 + log_var - mean^2 - exp))."""
+    return 0.5 * (log_var.exp() + mean ** 2 - 1 - log_var).sum(-1)
+
+
+def kl_annealing(step: int, period: int = 10000, floor: float = 0.1) -> float:
+    """VPL's cyclical cosine annealing of the KL weight at optimiser step `step` (0-based): from `floor`
+    at the start of each period of `period` steps up to 1 at its end."""
+    y = (math.cos(math.pi * ((step % period) / period - 1)) + 1) / 2
+    return y * (1 - floor) + floor
+
+
+class VPL(_Baseline):
+    """VPL on frozen embeddings (see the module docstring for the model, sources and departures).
+
+    Hyperparameters (DEFAULTS): hidden_dim (h), latent_dim (L), context_size, batch_size, epochs,
+    max_steps (None: all; else stop after that many steps, the schedule still spanning `epochs`),
+    learning_rate, weight_decay, warmup_ratio, max_grad_norm, kl_weight (beta), kl_annealing,
+    anneal_steps, anneal_floor, negative_slope (LeakyReLU). K does not apply (recorded as None).
+    User state: {"mean": [C, L], "log_var": [C, L], "context": [C] comparisons each latent was inferred
+    from}; the reward uses z = mean.
+    """
+
+    name = "VPL"
+    uses_K = False
+    DEFAULTS = {"hidden_dim": 512, "latent_dim": 512, "context_size": 8, "batch_size": 32, "epochs": 2,
+                "max_steps": None, "learning_rate": 1e-4, "weight_decay": 1e-3, "warmup_ratio": 0.03,
+                "max_grad_norm": 1.0,
+                "kl_weight": 3e-6, "kl_annealing": True, "anneal_steps": 10000, "anneal_floor": 0.1,
+                "negative_slope": 0.2}
+
+    def __init__(self, d, n_users, K=None, **kwargs):
+        super().__init__(d, n_users, K, **kwargs)
+        self.h, self.L = int(self.hyper["hidden_dim"]), int(self.hyper["latent_dim"])
+        self.net = _seeded_modules(utils.derived_seed(self.seed, 1), self._build).to(self.device, self.dtype)
+
+    def _build(self) -> nn.ModuleDict:
+        d, h, L = self.d, self.h, self.L
+        return nn.ModuleDict({
+            "pair1": nn.Linear(2 * d, h), "pair2": nn.Linear(h, h), "pair3": nn.Linear(h, L),
+            "query": nn.Linear(L, L), "key": nn.Linear(L, L), "value": nn.Linear(L, L),
+            "mean": nn.Linear(L, L), "log_var": nn.Linear(L, L),
+            "dec1": nn.Linear(d + L, h), "dec2": nn.Linear(h, h), "dec3": nn.Linear(h, 1)})
+
+    def _act(self, x):
+        return F.leaky_relu(x, self.hyper["negative_slope"])
+
+    # encoder ------------------------------------------------------------------------------------
+    def chosen_rows(self, E: torch.Tensor) -> torch.Tensor:
+        """[n, h] = E @ W_c^T: the chosen half of the pair encoder's first layer on [e_c; e_r] (once per
+        table row used as a chosen response, then indexed)."""
+        return E @ self.net["pair1"].weight[:, :self.d].T
+
+    def rejected_rows(self, E: torch.Tensor) -> torch.Tensor:
+        """[n, h] = E @ W_r^T: the rejected half of the pair encoder's first layer."""
+        return E @ self.net["pair1"].weight[:, self.d:].T
+
+    def pair_embedding(self, rows_chosen: torch.Tensor, rows_rejected: torch.Tensor) -> torch.Tensor:
+        """[..., L] pair encoder output from chosen_rows and rejected_rows of a pair ([..., h] each)."""
+        net = self.net
+        hidden = self._act(rows_chosen + rows_rejected + net["pair1"].bias)
+        return net["pair3"](self._act(net["pair2"](hidden)))
+
+    def pool(self, pairs: torch.Tensor, mask: torch.Tensor):
+        """Set encoder: pairs [B, M, L] with mask [B, M] (True: a member; every row needs one) -> clamped
+        (mean [B, L], log_var [B, L]). One self-attention layer over the members, mean over members."""
+        net = self.net
+        q, k, v = net["query"](pairs), net["key"](pairs), net["value"](pairs)
+        scores = (q @ k.transpose(1, 2)) / math.sqrt(self.L)
+        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+        attended = torch.softmax(scores, -1) @ v                                   # [B, M, L]
+        weight = mask.to(pairs.dtype)[..., None]
+        pooled = (attended * weight).sum(1) / weight.sum(1)
+        return net["mean"](pooled).clamp(-1, 1), net["log_var"](pooled).clamp(-1, 1)
+
+    # decoder ------------------------------------------------------------------------------------
+    def decoder_rows(self, E: torch.Tensor) -> torch.Tensor:
+        """[n, h] = E @ W_e^T, the embedding half of the decoder's first layer on [e; z]."""
+        return E @ self.net["dec1"].weight[:, :self.d].T
+
+    def latent_hidden(self, z: torch.Tensor) -> torch.Tensor:
+        """[n, h] = z @ W_z^T + b, the latent half (with the bias) of the decoder's first layer."""
+        return z @ self.net["dec1"].weight[:, self.d:].T + self.net["dec1"].bias
+
+    def reward(self, rows: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """r(e, z) [n] from decoder_rows of e [n, h] and latent_hidden of z [n, h]."""
+        net = self.net
+        return net["dec3"](self._act(net["dec2"](self._act(rows + latent)))).squeeze(-1)
+
+    def reparameterize(self, mean, log_var, generator):
+        """z = mean + std * eps, scaled to norm sqrt(L) (VPL's VAEModel.reparameterization)."""
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
+        z = mean + (0.5 * log_var).exp() * eps
+        return F.normalize(z, dim=-1) * math.sqrt(self.L)
+
+    def elbo_loss(self, reward_chosen, reward_rejected, mean, log_var, step: int | None = None):
+        """(loss, nll, kl): nll = mean of -log sigmoid(r_c - r_r) over targets [B]; kl = mean over targets
+        of gaussian_kl; loss = nll + kl_weight * a_step * kl, a_step = kl_annealing(step) when annealing
+        (step None: a = 1)."""
+        nll = F.softplus(-(reward_chosen - reward_rejected)).mean()
+        kl = gaussian_kl(mean, log_var).mean()
+        h = self.hyper
+        factor = (kl_annealing(step, int(h["anneal_steps"]), h["anneal_floor"])
+                  if h["kl_annealing"] and step is not None else 1.0)
+        return nll + h["kl_weight"] * factor * kl, nll, kl
+
+    def batch_loss(self, table, chosen, rejected, targets, contexts, mask, step=None, generator=None):
+        """ELBO loss of targets [B] (comparison indices) given contexts [B, M] (comparison indices of the
+        same users, mask [B, M]); z sampled with `generator`, or z = mean when it is None.
+        Returns (loss, nll, kl)."""
+        B, members = len(targets), contexts[mask]
+
+        def rows_through(fn, index):          # fn once per distinct table row, then indexed
+            rows, inverse = torch.unique(index, return_inverse=True)
+            return fn(table[rows].to(self.device, self.dtype))[inverse.to(self.device)]
+        pairs = torch.zeros(*mask.shape, self.L, dtype=self.dtype, device=self.device)
+        pairs[mask.to(self.device)] = self.pair_embedding(rows_through(self.chosen_rows, chosen[members]),
+                                                          rows_through(self.rejected_rows, rejected[members]))
+        mean, log_var = self.pool(pairs, mask.to(self.device))
+        z = mean if generator is None else self.reparameterize(mean, log_var, generator)
+        latent = self.latent_hidden(z)
+        dec_rows = rows_through(self.decoder_rows, torch.cat([chosen[targets], rejected[targets]]))
+        r_c, r_r = self.reward(dec_rows[:B], latent), self.reward(dec_rows[B:], latent)
+        return self.elbo_loss(r_c, r_r, mean, log_var, step)
+
+    @staticmethod
+    def sample_contexts(targets, users, order, starts, counts, size: int, generator):
+        """For each target comparison, `size` other comparisons of its user drawn without replacement
+        (fewer when the user has fewer; a user with one comparison gets that one). Returns (contexts
+        [B, size] comparison indices, mask [B, size])."""
+        B = len(targets)
+        rank = _rank_in_user(targets, users, order, starts)
+        u = users[targets]
+        others = counts[u] - 1                                              # candidates per target
+        width = max(int(others.max()) if B else 0, 1)
+        keys = torch.rand(B, width, generator=generator).to(users.device)
+        keys = keys.masked_fill(torch.arange(width, device=users.device)[None, :] >= others[:, None], 2.0)
+        take = min(size, width)
+        slot = torch.topk(keys, take, dim=1, largest=False).indices           # random distinct slots
+        mask = torch.gather(keys, 1, slot) < 2.0
+        slot = slot + (slot >= rank[:, None]).long()                          # skip the target itself
+        alone = others == 0
+        slot[alone] = rank[alone][:, None]
+        mask[alone, 0] = True
+        contexts = order[(starts[u][:, None] + slot).clamp(max=len(order) - 1)]
+        return contexts, mask
+
+    def fit(self, train: utils.Comparisons) -> "VPL":
+        """Train encoder and decoder on the ELBO (AdamW, cosine schedule with warm-up, clipped gradients).
+        Sets `seen_state` (latents of the training users from all their training comparisons) and
+        `loss_history` (mean loss per epoch)."""
+        self._check(train, "the training data")
+        if train.n_users != self.n_users:
+            raise ValueError(f"training data have {train.n_users} users, the model {self.n_users}")
+        h = self.hyper
+        table, chosen, rejected = _indexed(train)
+        users = train.users
+        order, starts, counts = _user_layout(users, train.n_users)
+        decay = [p for n, p in self.net.named_parameters() if not n.endswith("bias")]
+        no_decay = [p for n, p in self.net.named_parameters() if n.endswith("bias")]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": h["weight_decay"]},
+                                       {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=h["learning_rate"], betas=(0.9, 0.999), eps=1e-8, foreach=True)
+        batch = int(h["batch_size"])
+        per_epoch = math.ceil(train.N / batch)
+        total_steps = int(h["epochs"]) * per_epoch
+        warmup = int(h["warmup_ratio"] * total_steps)
+
+        def schedule(step):                    # transformers' get_cosine_schedule_with_warmup
+            if step < warmup:
+                return step / max(1, warmup)
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return max(0.0, 0.5 * (1 + math.cos(math.pi * progress)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        g = _generator(utils.derived_seed(self.seed, 2))
+        history, total, perm = [], 0.0, None
+        self.net.train()
+        run_steps = total_steps if h["max_steps"] is None else min(total_steps, int(h["max_steps"]))
+        with _small_ops(self.device):
+            for step in _progress(range(run_steps), self.name, self.progress):
+                start = (step % per_epoch) * batch
+                if start == 0:
+                    perm = torch.randperm(train.N, generator=g).to(users.device)
+                    total = 0.0
+                targets = perm[start:start + batch]
+                contexts, mask = self.sample_contexts(targets, users, order, starts, counts,
+                                                      int(h["context_size"]), g)
+                loss, _, _ = self.batch_loss(table, chosen, rejected, targets, contexts, mask, step, g)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if h["max_grad_norm"]:
+                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), h["max_grad_norm"])
+                optimizer.step()
+                scheduler.step()
+                total += float(loss.detach()) * len(targets)
+                if start + batch >= train.N:
+                    history.append(total / train.N)
+        self.net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self.loss_history = history
+        self.seen_state = self.encode(train)
+        return self
+
+    @torch.no_grad()
+    def encode(self, comparisons: utils.Comparisons, user_chunk: int = 256) -> dict:
+        """Each user's latent from all of its comparisons (one set per user, batched with masks):
+        {"mean": [C, L], "log_var": [C, L], "context": [C]}; a user without comparisons gets the prior
+        (mean 0, log_var 0)."""
+        self._check(comparisons, "the comparisons")
+        table, chosen, rejected = _indexed(comparisons)
+        C, N = comparisons.n_users, comparisons.N
+        rows_c, inv_c = torch.unique(chosen, return_inverse=True)
+        rows_r, inv_r = torch.unique(rejected, return_inverse=True)
+        hidden_c = _map_rows(self.chosen_rows, table, rows_c, self.device, self.dtype)
+        hidden_r = _map_rows(self.rejected_rows, table, rows_r, self.device, self.dtype)
+        pairs = torch.cat([self.pair_embedding(hidden_c[inv_c[i:i + EVAL_CHUNK]], hidden_r[inv_r[i:i + EVAL_CHUNK]])
+                           for i in range(0, N, EVAL_CHUNK)]) if N else None
+        order, starts, counts = _user_layout(comparisons.users, C)
+        order, starts, counts = order.to(self.device), starts.to(self.device), counts.to(self.device)
+        mean = torch.zeros(C, self.L, dtype=self.dtype, device=self.device)
+        log_var = torch.zeros_like(mean)
+        present = (counts > 0).nonzero().squeeze(1)
+        for i in range(0, len(present), user_chunk):
+            block = present[i:i + user_chunk]
+            width = int(counts[block].max())
+            slot = torch.arange(width, device=self.device)
+            mask = slot[None, :] < counts[block][:, None]
+            index = order[(starts[block][:, None] + slot).clamp(max=N - 1)]
+            mean[block], log_var[block] = self.pool(pairs[index], mask)
+        return {"mean": mean, "log_var": log_var, "context": counts.cpu()}
+
+    def personalize(self, fewshot: utils.Comparisons, *, seed: int = 0, init=None) -> dict:
+        """New users' latents: the encoder on their few-shot comparisons (no gradient step; `seed` and
+        `init` are unused: kept for the common interface)."""
+        return self.encode(fewshot)
+
+    @torch.no_grad()
+    def margins(self, comparisons: utils.Comparisons, state: dict) -> torch.Tensor:
+        """[N] r(e_c, z_u) - r(e_r, z_u) with z_u = the user's latent mean (no grad)."""
+        self._check(comparisons, "the comparisons")
+        z = state["mean"].to(self.device, self.dtype)
+        if z.shape[0] != comparisons.n_users:
+            raise ValueError(f"the user state has {z.shape[0]} users, the comparisons {comparisons.n_users}")
+        table, chosen, rejected = _indexed(comparisons)
+        latent = self.latent_hidden(z)                                            # [C, h]
+        rows, inverse = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
+        dec_rows = _map_rows(self.decoder_rows, table, rows, self.device, self.dtype)
+        users, N = comparisons.users.to(self.device), comparisons.N
+        inv_c, inv_r = inverse[:N], inverse[N:]
+        out = []
+        for i in range(0, N, EVAL_CHUNK):
+            lat = latent[users[i:i + EVAL_CHUNK]]
+            out.append(self.reward(dec_rows[inv_c[i:i + EVAL_CHUNK]], lat)
+                       - self.reward(dec_rows[inv_r[i:i + EVAL_CHUNK]], lat))
+        return torch.cat(out) if out else torch.zeros(0, dtype=self.dtype, device=self.device)
+
+    def _shared_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def _per_user_parameters(self) -> int:
+        return self.L
+
+    def _parameter_note(self) -> str:
+        return ("VPL: encoder + decoder; per user the latent z (L numbers, inferred by the encoder, "
+                "not fitted)")
+
+
+def _rank_in_user(index, users, order, starts):
+    """Position of comparisons `index` within their user's block of `order`."""
+    position = torch.empty_like(order)
+    position[order] = torch.arange(len(order), device=order.device)
+    return position[index] - starts[users[index]]
+
+
+METHODS = {"PAL": PAL, "PAL-A": PAL_A, "VPL": VPL}
+
+
+def check_methods(methods) -> list[str]:
+    """The method names, checked: an unknown one is a SettingsError that lists the known ones."""
+    if isinstance(methods, str):
+        methods = [methods]
+    methods = list(methods or [])
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise utils.SettingsError(f"error: unknown baseline(s) {', '.join(map(repr, unknown))}; known: "
+                                  f"{', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise utils.SettingsError(f"error: a baseline is listed twice in {methods}")
+    return methods
+
+
+def build(method: str, d: int, n_users: int, *, K=None, seed=0, device=None, dtype=torch.float32,
+          progress=False, **hyper) -> _Baseline:
+    """An unfitted model of `method` (its parameters drawn from `seed`)."""
+    (method,) = check_methods([method])
+    return METHODS[method](d, n_users, K, seed=seed, device=device, dtype=dtype, progress=progress, **hyper)
+
+
+def fit(method: str, train: utils.Comparisons, *, K=None, seed=0, device=None, dtype=None, progress=False,
+        **hyper) -> _Baseline:
+    """Fit `method` ("PAL", "PAL-A" or "VPL") on the seen users' training comparisons.
+
+    K: PAL's number of prototypes (VPL ignores it: its latent size is `latent_dim`). hyper: the
+    method's DEFAULTS to override. dtype None: the data's. Returns the fitted model (`seen_state`
+    holds the training users' state)."""
+    dtype = train.dtype if dtype is None else dtype
+    model = build(method, train.d, train.n_users, K=K, seed=seed, device=device, dtype=dtype,
+                  progress=progress, **hyper)
+    return model.fit(train)
+
+
+# -----------------------------------------------------------------------------
+# the comparison: every method on the same groups and seeds, one row per method
+
+
+def _check_groups(groups, methods, dataset=None) -> dict:
+    if not isinstance(groups, dict):
+        groups = dict(zip(GROUPS, groups))
+    missing = [g for g in GROUPS if g not in groups]
+    if missing:
+        raise ValueError(f"groups needs {', '.join(GROUPS)}; missing {', '.join(missing)}")
+    where = f" on {dataset}" if dataset else ""
+    for name in ("unseen_train", "unseen_test"):
+        group = groups[name]
+        if group.n_users == 0 or group.N == 0:
+            raise SystemExit(
+                f"error: the baselines {', '.join(methods)}{where} are evaluated on unseen users after "
+                f"few-shot fitting, but the {name} group is empty ({group.n_users} users, {group.N} "
+                f"comparisons): this data set needs unseen users with few-shot (unseen_train) and test "
+                f"(unseen_test) comparisons; set baselines = [] to run without them")
+    if groups["seen_train"].N == 0:
+        raise SystemExit(f"error: the seen_train group{where} has no comparisons to fit the baselines on")
+    for a, b in (("seen_train", "seen_test"), ("unseen_train", "unseen_test")):
+        if groups[a].n_users != groups[b].n_users:
+            raise ValueError(f"{a} has {groups[a].n_users} users and {b} {groups[b].n_users}: the two groups "
+                             f"must index the same users")
+    if len({g.d for g in groups.values()}) != 1:
+        raise ValueError(f"every group needs the same d, got {[g.d for g in groups.values()]}")
+    return groups
+
+
+def group_counts(groups) -> dict:
+    """{group: {"users": users with at least one comparison, "comparisons": N}}."""
+    return {name: {"users": int((g.counts() > 0).sum()), "comparisons": int(g.N)} for name, g in groups.items()}
+
+
+def lore_parameter_counts(d: int, B: int, n_users: int) -> dict:
+    """Parameters of a LoRe row in make_row's format: B = 0 is the reference head (d numbers, no user
+    parameter), B = 1 a single Bradley-Terry reward (d; every user weight is 1), B >= 2 the basis V
+    [d, B] plus B simplex weights per user (B = the kept columns)."""
+    d, B, n_users = int(d), int(B), int(n_users)
+    if B <= 1:
+        return {"per_user": 0, "shared": d, "total": d, "note": "one reward direction shared by all users"}
+    return {"per_user": B, "shared": d * B, "total": d * B + n_users * B,
+            "note": f"LoRe: basis V [d, {B}]; per user {B} simplex weights"}
+
+
+def _summary(value) -> tuple[float, float]:
+    """(mean over users, std over users) of a per-user accuracy tensor/array (NaN users dropped), or a
+    (mean, std) tuple passed through."""
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise ValueError(f"a summary must be (mean over users, std over users), got {value!r}")
+        return float(value[0]), float(value[1])
+    array = np.asarray(torch.as_tensor(value).double().cpu(), dtype=float)
+    array = array[~np.isnan(array)]
+    if len(array) == 0:
+        return float("nan"), float("nan")
+    return float(array.mean()), float(array.std())
+
+
+def make_row(method: str, per_seed: list, groups, parameters: dict, *, K=None, seeds=None,
+             hyperparameters=None, seconds=None, label: str | None = None) -> dict:
+    """One row of the paper table (the format every row uses, LoRe's and the reference's too).
+
+    per_seed: one dict per seed, {group name: per-user accuracy [C] (tensor or array, NaN for a user
+    without comparisons) or (mean over users, std over users)}, for any of GROUPS (the table needs
+    "seen_test" and "unseen_test"). groups: the Comparisons the accuracies were computed on (for the
+    counts). parameters: {"per_user", "total", ...} (model.parameter_counts(n_seen) or
+    lore_parameter_counts). label: the table's row label (default: method, with " (K = K)" when K is
+    given). Returns
+      {"method", "label", "K", "seeds", "parameters", "hyperparameters", "seconds",
+       "groups": {group: {"mean": mean over seeds of the mean over users,
+                          "std": std over seeds (population form) when there are >= 2 seeds, else the
+                                 std over users of the one seed,
+                          "std_over": "seeds" | "users",
+                          "per_seed": [mean over users, one per seed], "std_users": [one per seed],
+                          "users": users with >= 1 comparison, "comparisons": N}}}
+    """
+    seeds = list(range(len(per_seed))) if seeds is None else list(seeds)
+    if len(seeds) != len(per_seed):
+        raise ValueError(f"{len(per_seed)} per-seed results for {len(seeds)} seeds")
+    counts = group_counts(groups if isinstance(groups, dict) else dict(zip(GROUPS, groups)))
+    entries = {}
+    for name in GROUPS:
+        if not all(name in result for result in per_seed) or not per_seed:
+            continue
+        summaries = [_summary(result[name]) for result in per_seed]
+        means = [m for m, _ in summaries]
+        several = len(means) > 1
+        entries[name] = {"mean": float(np.mean(means)),
+                         "std": float(np.std(means)) if several else summaries[0][1],
+                         "std_over": "seeds" if several else "users",
+                         "per_seed": means, "std_users": [s for _, s in summaries], **counts[name]}
+    if label is None:
+        label = method if K is None else f"{method} (K = {K})"
+    return {"method": method, "label": label, "K": K, "seeds": seeds, "groups": entries,
+            "parameters": {k: (int(v) if k in ("per_user", "shared", "total") else v)
+                           for k, v in parameters.items()},
+            "hyperparameters": dict(hyperparameters or {}), "seconds": seconds}
+
+
+def evaluate_methods(methods, groups, seeds=(0,), *, K=None, hyper=None, device=None, dtype=None,
+                     progress=False, dataset=None) -> list[dict]:
+    """Fit, personalise and evaluate every method for every seed on the same groups; one row each.
+
+    groups: {"seen_train", "seen_test", "unseen_train", "unseen_test"} Comparisons (or a 4-tuple in
+    that order) with the user indexing of the LoRe pipeline (seen groups share their users, unseen
+    groups theirs). For each method and seed s: fit on seen_train with seed utils.derived_seed(s, 0)
+    (the seed of LoRe's fits), evaluate seen_train and seen_test with the seen users' state,
+    personalise on unseen_train (seed utils.derived_seed(s, 1)) and evaluate unseen_train and
+    unseen_test. K: an int for every method or {method: K}; hyper: {method: {name: value}}.
+    Returns make_row rows (counts per group; parameters for the seen users)."""
+    methods = check_methods(methods)
+    groups = _check_groups(groups, methods, dataset)
+    hyper = dict(hyper or {})
+    unknown = sorted(set(hyper) - set(methods))
+    if unknown:
+        raise utils.SettingsError(f"error: hyperparameters given for {', '.join(unknown)}, which is not among "
+                                  f"the baselines run ({', '.join(methods)})")
+    rows = []
+    for method in methods:
+        k = K.get(method) if isinstance(K, dict) else K
+        k = k if METHODS[method].uses_K else None
+        per_seed, model, start = [], None, time.time()
+        for seed in seeds:
+            model = fit(method, groups["seen_train"], K=k, seed=utils.derived_seed(seed, 0), device=device,
+                        dtype=dtype, progress=progress, **hyper.get(method, {}))
+            new_users = model.personalize(groups["unseen_train"], seed=utils.derived_seed(seed, 1))
+            per_seed.append({
+                "seen_train": model.per_user_accuracy(groups["seen_train"], model.seen_state),
+                "seen_test": model.per_user_accuracy(groups["seen_test"], model.seen_state),
+                "unseen_train": model.per_user_accuracy(groups["unseen_train"], new_users),
+                "unseen_test": model.per_user_accuracy(groups["unseen_test"], new_users)})
+        rows.append(make_row(method, per_seed, groups, model.parameter_counts(groups["seen_train"].n_users),
+                             K=k, seeds=seeds, hyperparameters=model.hyper,
+                             seconds=round(time.time() - start, 2)))
+    return rows
+
+
+# -----------------------------------------------------------------------------
+# the paper table: methods as rows; seen users / unseen prompts, unseen users, parameters as columns
+
+
+def _cell(entry) -> str:
+    if entry is None or entry["mean"] is None or not math.isfinite(entry["mean"]):
+        return "n/a"
+    return f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
+
+
+def _check_same_comparisons(rows) -> dict:
+    """The counts every row shares per table group; a ValueError naming the rows that differ."""
+    shared = {}
+    for name in TABLE_GROUPS + ("unseen_train",):
+        seen = {}
+        for row in rows:
+            entry = row["groups"].get(name)
+            if entry is not None:
+                seen.setdefault((entry["users"], entry["comparisons"]), []).append(row.get("label") or row["method"])
+        if len(seen) > 1:
+            detail = "; ".join(f"{', '.join(m)}: {u} users, {c} comparisons" for (u, c), m in seen.items())
+            raise ValueError(f"the rows were not computed on the same {name} comparisons ({detail})")
+        if seen:
+            (users, comparisons), = seen
+            shared[name] = {"users": users, "comparisons": comparisons}
+    return shared
+
+
+def save_paper_table(results_dir, name: str, rows: list[dict], settings: dict, extra: dict | None = None,
+                     title: str | None = None) -> dict:
+    """Write `<name>.json` and `<name>.md` into results_dir (created if missing).
+
+    rows: make_row dicts in the order to print (e.g. ref, K = 1, LoRe at its K, then evaluate_methods'
+    rows). Every row must have been computed on the same comparisons: equal user and comparison counts
+    per group, else a ValueError. Markdown: methods as rows; columns seen users / unseen prompts,
+    unseen users (few-shot), parameters per user, parameters total; cells "mean ± std" in %, and a
+    note saying whether each std is over seeds or over users. JSON: name, settings, seed(s), columns,
+    counts, rows, + extra. Returns {"json": Path, "markdown": Path}."""
+    results_dir = Path(results_dir)
+    if not rows:
+        raise ValueError("no rows to write")
+    counts = _check_same_comparisons(rows)
+    std_over = {row["groups"][g]["std_over"] for row in rows for g in TABLE_GROUPS if g in row["groups"]}
+    markers = {"seeds": "", "users": ""} if len(std_over) <= 1 else {"seeds": "", "users": "†"}
+    header = ["method", GROUP_LABELS["seen_test"], GROUP_LABELS["unseen_test"], "parameters per user",
+              "parameters total"]
+    lines = [f"# {title or name}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for row in rows:
+        cells = [row.get("label") or row["method"]]
+        for group in TABLE_GROUPS:
+            entry = row["groups"].get(group)
+            cells.append(_cell(entry) + (markers[entry["std_over"]] if entry else ""))
+        cells += [f"{row['parameters']['per_user']:,}", f"{row['parameters']['total']:,}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = sorted({s for row in rows for s in row.get("seeds", [])})
+    if std_over == {"seeds"}:
+        note = f"mean ± std over seeds ({len(seeds)} seeds: {', '.join(map(str, seeds))}) of the mean over users"
+    elif std_over == {"users"}:
+        note = "mean ± std over users (one seed)"
+    else:
+        note = ("mean ± std over seeds of the mean over users; † marks a row with one seed, whose std is "
+                "over users")
+    lines += ["", f"Accuracy in %, {note}; a prediction is correct iff the user's reward margin is > 0 "
+              "(a tie is wrong)."]
+    lines.append("Every row is computed on the same comparisons: " + "; ".join(
+        f"{GROUP_LABELS[g]}: {c['users']:,} users, {c['comparisons']:,} comparisons" for g, c in counts.items())
+        + ". Parameters total = shared + users x per user, for the seen users.")
+    payload = {"name": name, "settings": settings, "seed": settings.get("seed"), "seeds": seeds,
+               "columns": {"accuracy": {g: GROUP_LABELS[g] for g in TABLE_GROUPS},
+                           "parameters": ["per_user", "total"]},
+               "std_over": sorted(std_over), "counts": counts, "rows": rows, **(extra or {})}
+    json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
+    utils.write_json_atomic(json_path, payload)
+    utils.write_text_atomic(md_path, "\n".join(lines) + "\n")
+    return {"json": json_path, "markdown": md_path}
+
+
+# -----------------------------------------------------------------------------
+# the comparison of a train_basis.py: LoRe over seeds, the baselines on the same groups and seeds
+
+
+def compare(run_seed, seed: int, seeds: int, methods, groups: dict, K_list, alpha_list, results_dir, settings,
+            *, dataset: str, hyper=None, device=None):
+    """The LoRe sweep of a folder's train_basis.py over `seeds` seeds (seed, seed + 1, ...) and, with
+    `methods`, those baselines on the same groups and seeds.
+
+    run_seed(s, results_dir): the folder's LoRe sweep (utils.run / run_regularized) with seed s; only
+    the first seed saves its bases (results_dir is None for the others). Returns (the sweeps combined
+    over seeds: utils.combine_seeds, the baselines' rows for save_results). With methods or several
+    seeds it also writes <results_dir>/paper_table.{md,json}: ref, K = 1 and LoRe at the K chosen on seen
+    users / unseen prompts (at the first alpha), then the baselines (PAL at that K), methods as rows.
+    With neither, nothing else runs: the original's sweep, files and tables."""
+    methods = check_methods(methods) if methods else []
+    seed_list = [seed + i for i in range(seeds)]
+    sweeps = [run_seed(s, results_dir if s == seed else None) for s in seed_list]
+    combined = utils.combine_seeds(sweeps)
+    if not methods and seeds == 1:
+        return combined, []
+    alpha, runs = alpha_list[0], combined.runs
+    seen_test = {run["K"]: combined[1][i] for i, run in enumerate(runs) if run["alpha"] == alpha}
+    lore_Ks = [K for K in seen_test if K >= 1]
+    chosen = max(lore_Ks, key=lambda K: (seen_test[K], -K)) if lore_Ks else None
+    method_rows = evaluate_methods(methods, groups, seed_list, K=chosen, hyper=hyper, device=device,
+                                   dataset=dataset) if methods else []
+    n_seen, d = groups["seen_train"].n_users, groups["seen_train"].d
+    lore_rows = []
+    for K, label in ((0, "ref (the backbone's head)"), (1, "K = 1 (one Bradley-Terry reward)"),
+                     (chosen, f"LoRe (K = {chosen}, chosen on seen users)")):
+        index = next((i for i, run in enumerate(runs) if run["alpha"] == alpha and run["K"] == K), None)
+        if K is None or index is None or (K == chosen and K == 1):
+            continue
+        per_seed = [{group: sweep.runs[index]["per_user"][group] for group in GROUPS} for sweep in sweeps]
+        lore_rows.append(make_row("LoRe", per_seed, groups, lore_parameter_counts(d, runs[index]["basis_size"] if K
+                                                                                  else 0, n_seen),
+                                  K=K, seeds=seed_list, label=label))
+    save_paper_table(results_dir, "paper_table", lore_rows + method_rows, settings,
+                     extra={"alpha": alpha, "K_chosen_on_seen_users": chosen},
+                     title=f"{dataset}: LoRe and the baselines (alpha = {alpha})")
+    return combined, method_rows
