@@ -433,3 +433,22 @@ def test_save_results_writes_json_with_raw_std_markdown_and_plot(tmp_path):
     assert "| ref | 90.0 ± 10.0 |" in table and "| 5 (chosen on seen users) |" in table
     assert payload["K_chosen_on_seen_users"] == {"10000.0": 5}
     assert paths["plots"] == [tmp_path / "acc_alpha_10000.0.png"] and paths["plots"][0].stat().st_size > 0
+
+
+def test_plots_name_their_band_draw_reference_lines_and_keep_the_legend_off_the_data(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    figures = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figures.append(self), real_savefig(self, *a, **k)))
+    results = ([0.9, 0.8], [0.7, 0.6], [0.65, 0.6], [0.6, 0.55], [0.025, 0.05], [0.01, 0.02], [0.0, 0.0], [0.03, 0.01])
+    utils.save_results(tmp_path, "toy", {"seed": 0}, [0, 5], [1e4], results,
+                       reference_lines={"planted reward, unseen users": 0.87})
+    ax = figures[0].axes[0]
+    legend = ax.get_legend()
+    assert "0.25 std over users" in legend.get_title().get_text()          # the band says what it is
+    assert any(list(line.get_ydata()) == [87.0, 87.0] for line in ax.get_lines())      # the planted line
+    assert any("planted reward" in text.get_text() for text in ax.texts)
+    box, axes_box = legend.get_window_extent(), ax.get_window_extent()
+    assert box.x0 >= axes_box.x1 - 1                                          # outside the axes: off the data
