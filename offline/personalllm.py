@@ -15,8 +15,8 @@ extremes of a user's reward, and with same-sign deviations every user's extremes
 common mean deviation, so one shared reward (K = 1) would already get ~100%. A simulated PersonalLLM
 user (w ~ Dirichlet over the 10 models) then ranks responses by the head plus a personal part in the
 span of U*: the backbone's head ("ref") gets most comparisons right, a rank-B* basis the rest. Ground
-truth (D = g + U*, the signed a_r as user_weights, scales, offsets, g) is saved beside the data with
-the generator's version. Same seed -> byte-identical files.
+truth ([g | U*] as directions, [1 | a_r] as user_weights, scales, offsets, g) is saved beside the data
+with the generator's version. Same seed -> byte-identical files.
 
 Size: N_TRAIN_PROMPTS train prompts, so that the real simulation fractions (0.5% and 0.1% of the train
 prompts per seen / unseen user) give 25 and 5 prompts per user (the real 9,402 prompts give 47 and 9).
@@ -128,9 +128,13 @@ def write_raw(data_path: Path, n_train: int = N_TRAIN_PROMPTS, n_test: int = N_T
                                       seed=seed, general_margin_std=general_margin_std,
                                       personal_margin_std=personal_margin_std, concentration=concentration)
     signs = rng.choice([-1.0, 1.0], planted.user_weights.shape)     # reward models deviate both ways
-    planted = PlantedPopulation(planted.directions, planted.user_weights * signs, planted.general)
-    model_directions = planted.general[:, None] + (planted.directions - planted.general[:, None]) @ planted.user_weights.T
-    clean = (embeddings.astype(np.float64) @ model_directions) / TEMPERATURE     # [n, 10]
+    # stored as directions [g | U*] [d, 1 + B*] and weights [1 | a_r] [10, 1 + B*]: model r's direction
+    # is directions @ weights_r (g + U* a_r; the signed a_r do not sum to one)
+    personal = planted.directions - planted.general[:, None]
+    planted = PlantedPopulation(np.concatenate([planted.general[:, None], personal], 1),
+                                np.concatenate([np.ones((len(REWARD_MODELS), 1)), planted.user_weights * signs], 1),
+                                planted.general)
+    clean = (embeddings.astype(np.float64) @ planted.directions @ planted.user_weights.T) / TEMPERATURE  # [n, 10]
     scales = np.exp(rng.uniform(np.log(0.5), np.log(2.0), len(REWARD_MODELS)))
     offsets = rng.normal(0.0, 3.0, len(REWARD_MODELS))
     noise = noise_std * rng.standard_normal(clean.shape)
@@ -143,8 +147,9 @@ def write_raw(data_path: Path, n_train: int = N_TRAIN_PROMPTS, n_test: int = N_T
                "reward_models": list(REWARD_MODELS), "n_directions": n_directions, "noise_std": noise_std,
                "general_margin_std": general_margin_std, "personal_margin_std": personal_margin_std,
                "concentration": concentration, "scales": scales.tolist(), "offsets": offsets.tolist(),
-               "score_formula": "offset_r + scale_r * (e . D a_r / 100 + noise_std * z), D = g + U*",
-               "user_weights_are": "the signed mixtures a_r of the 10 reward models (rows, REWARD_MODELS order)"}
+               "score_formula": "offset_r + scale_r * (e . directions . user_weights_r / 100 + noise_std * z)",
+               "directions_are": "[g | U*]: the general direction (the tiny head, rescaled), then the personal ones",
+               "user_weights_are": "[1 | a_r] per reward model (rows, REWARD_MODELS order), a_r signed mixtures"}
     for split in SPLITS:
         prompts, responses = texts[split]
         n = sizes[split] * N_RESPONSES

@@ -22,7 +22,8 @@ world is itself a LoRe model of rank B*, whose basis columns are the head plus o
 each. `PlantedPopulation.directions` stores D; `.general` stores g.
 
 Labels are Bradley-Terry draws from r_i (PRISM: a softmax choice among a turn's candidates), so the
-Bayes-optimal accuracy is known and realistic (not 1). The same g decides the correct answers of the
+Bayes-optimal accuracy is known and realistic (not 1). PersonalLLM's 10 reward models are built the
+same way (head + deviation) and its users mix them (offline/personalllm.py). The same g decides the correct answers of the
 offline RewardBench 2 rows (offline/rewardbench2.py, with noise), so a basis that drifts away from the
 head loses RewardBench 2 accuracy there, as on the real benchmark.
 
@@ -42,9 +43,11 @@ embedding, the head reads a quiet one. The tiny model reproduces this with its f
 reads the normalised hidden state uniformly (its weight on a loud channel divided by the gain). The
 personal directions, in the top principal subspace, then lie in the loud channels, where embedding
 differences are ~100x those along the head: alpha = 1e4 keeps the basis at cos ~ 0.99999 to the head
-and still lets it recover most of the personal part, alpha = 0 drifts far (cos ~ 0.4). A gain of ~100
-is what Adam at the original learning rate (0.5) resolves well: at ~30 the pull still pins most of
-the personal part, at ~1000 the needed deviations are below Adam's step noise.
+and still lets it recover most of the personal part, alpha = 0 drifts far (cos ~ 0.4). The gain is
+the smallest that does so: with the same data, a gain of 10 pins the basis (K = 5 = ref), 30 recovers
+a little (+2 points), 100 most (+7 to +10); 300 or 1000 recover no more but overfit more and cost
+each basis column more of its RewardBench 2 accuracy (offline/experiments/explore_prism.py).
+The hidden size stays 128 (64-256 keeps every offline run and the tests fast on a CPU).
 """
 from __future__ import annotations
 
