@@ -23,17 +23,18 @@ each. `PlantedPopulation.directions` stores D; `.general` stores g.
 
 Labels are Bradley-Terry draws from r_i (PRISM: a softmax choice among a turn's candidates), so the
 Bayes-optimal accuracy is known and realistic (not 1). PersonalLLM's 10 reward models are built the
-same way (head + deviation) and its users mix them (offline/personalllm.py). The same g decides the correct answers of the
-offline RewardBench 2 rows (offline/rewardbench2.py, with noise), so a basis that drifts away from the
-head loses RewardBench 2 accuracy there, as on the real benchmark.
+same way (head + deviation) and its users mix them (offline/personalllm.py). The same g decides the
+correct answers of the offline RewardBench 2 rows (offline/rewardbench2.py, with noise), so a basis
+that drifts away from the head loses RewardBench 2 accuracy there, as on the real benchmark.
 
 Scales: why alpha = 1e4 (PRISM's real default) behaves here as on real data. LoRe_regularized's
 stationary point balances the NLL against alpha * mean_b (1 - cos(V_b, V_ref)). Rescaling every
 embedding by c rescales the fitted V by 1/c and leaves the cosine term unchanged, so the overall scale
 of the embeddings (the final norm's weight as a scalar) cannot matter, and neither does the hidden
-size d by itself: in a synthetic world with isotropic embedding differences, d = 128 or 4096, 1,000 to
-20,000 iterations, alpha = 1e4 pins every basis vector to the head (cos > 0.9999) and the fit equals
-"ref" (offline/experiments/synthetic_scale.py). At alpha = 1e4 the penalty of a deviation of angle t
+size d by itself (Adam's per-coordinate steps change the path, not where it ends, and the fits get
+there): in a synthetic world with isotropic embedding differences, d = 128 or 4096, 1,000 to 20,000
+iterations, alpha = 1e4 pins every basis vector to the head (cos > 0.9999) and the fit equals "ref"
+(offline/experiments/synthetic_scale.py). At alpha = 1e4 the penalty of a deviation of angle t
 is ~ 1e4 * t^2 / 2 nats, so the basis can only move by t ~ 1e-2 or less; such a deviation changes the
 rankings only along directions where embedding differences are ~1/t times larger than along the head.
 That is the real backbone's situation if alpha = 1e4 improves on the head there, as the original's

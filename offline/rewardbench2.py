@@ -157,8 +157,8 @@ def write(out_dir, seed: int = SEED, subset_rows: dict | None = None, ties_pairs
           population_path=None, noise_scale: float = 1.0) -> Path:
     """Write `out_dir/test.jsonl` (+ planted_head.safetensors, ground_truth.*); return the jsonl path.
     population_path: a saved PlantedPopulation (e.g. PRISM's `ground_truth`) whose general direction
-    decides the correct answers; None: the tiny model's head (the same direction). The jsonl is written last and atomically, so
-    its presence means the folder is complete."""
+    decides the correct answers; None: the tiny model's head (the same direction). noise_scale: as in
+    `generate`. The jsonl is written last and atomically, so its presence means the folder is complete."""
     from offline.planted import PlantedPopulation
     from safetensors.numpy import save_file
 
