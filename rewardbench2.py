@@ -68,9 +68,6 @@ REQUIRED_COLUMNS = ("id", "prompt", "chosen", "rejected", "subset")
 HEAD_SUFFIXES = (".npy", ".pt", ".pth", ".bin", ".safetensors")
 ROOT = Path(__file__).resolve().parent
 OFFLINE_DATA_DIR = ROOT / "PRISM" / "data" / "rewardbench2-offline"
-# The offline PRISM ground truth (PRISM/prepare.py --offline): its population-mean direction decides the
-# correct answers of the generated RewardBench 2 file, so a basis learned on offline PRISM has signal.
-PRISM_OFFLINE_TRUTH = ROOT / "PRISM" / "data" / "prism-offline" / "ground_truth"
 
 # Official Ties weights (rewardbench v2 `process_single_model`).
 TIES_WEIGHTS = {"tied_accuracy": 0.30, "ref_accuracy": 0.30, "correctness_preferred": 0.20,
@@ -81,19 +78,12 @@ TIES_WEIGHTS = {"tied_accuracy": 0.30, "ref_accuracy": 0.30, "correctness_prefer
 # rows
 
 
-def offline_dataset_path(data_dir: str | Path = OFFLINE_DATA_DIR,
-                         population_path: str | Path | None = PRISM_OFFLINE_TRUTH) -> Path:
-    """The generated RewardBench 2 file (`<data_dir>/test.jsonl`), built on first use (and rebuilt when
-    its population changed). Its planted reward is the mean direction of the population saved at
-    `population_path` (default: the offline PRISM ground truth) when that file exists, else of a
-    population planted by the generator itself."""
+def offline_dataset_path(data_dir: str | Path = OFFLINE_DATA_DIR) -> Path:
+    """The generated RewardBench 2 file (`<data_dir>/test.jsonl`), built on first use and rebuilt when
+    its generator or the tiny model changed. Its better answers are decided by the tiny model's own
+    head with noise (offline/rewardbench2.py): the general direction of the offline world."""
     from offline.rewardbench2 import dataset_path
-    if population_path is not None and not Path(population_path).with_suffix(".safetensors").exists():
-        print(f"note: {Path(population_path).with_suffix('.safetensors')} is missing (run PRISM/prepare.py "
-              f"--offline first for a RewardBench 2 file planted with the PRISM population); the generated "
-              f"file plants its own population")
-        population_path = None
-    return dataset_path(data_dir, population_path=population_path)
+    return dataset_path(data_dir)
 
 
 def _is_ties(subset: str) -> bool:

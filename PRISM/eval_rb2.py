@@ -4,6 +4,8 @@
     cd PRISM && python eval_rb2.py --rm_head PRISM_V_lore_K_5_alpha_10000.0.pt    # every basis column
     cd PRISM && python eval_rb2.py --offline                                      # tiny model, generated data
     cd PRISM && python eval_rb2.py --offline --rm_head PRISM_V_lore_K_5_alpha_10000.0.pt
+    cd PRISM && python eval_rb2.py --rm_head PRISM_V_lore_K_5_alpha_10000.0.pt \
+        --rm_weights PRISM_W_lore_seen_5_10000.0.pt                          # the average seen user's reward
 
 Reads: --dataset (default the hub's allenai/reward-bench-2, split test; or a local .jsonl / .parquet
 with the same columns; with --offline a generated file, data/rewardbench2-offline/test.jsonl, built on
@@ -41,6 +43,9 @@ def parse_args(argv=None):
     p.add_argument("--mode", default="auto", choices=["auto", "seqclf", "lmhead"])
     p.add_argument("--rm_head", default=None, help="head file (.npy/.pt/.pth/.bin/.safetensors), (H,), (H,1), (H,B)")
     p.add_argument("--head_key", default=None, help="tensor key when --rm_head is a dict checkpoint")
+    p.add_argument("--rm_weights", default=None, help="a W file of train_basis.py ([users, B] simplex weights): "
+                   "score the one head V @ mean_user(W), the average seen user's LoRe reward, instead of the "
+                   "B columns")
     p.add_argument("--head_bias", default=None, help="bias: a number, or a file of shape () or (B,)")
     p.add_argument("--dataset", default=None, help=f"hub id or local .jsonl/.parquet (default {rb2.HUB_DATASET}; "
                    "--offline: a generated file)")
@@ -88,10 +93,18 @@ def main(argv=None) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
 
-    head_path = None
+    head_path = weights_path = None
     if args.rm_head:  # check the head file before loading an 8B model
         head_path = rb2.resolve_file(args.rm_head, [results_path])
-        rb2.load_head(head_path, args.head_key)
+        columns = rb2.load_head(head_path, args.head_key).shape[1]
+        if args.rm_weights:
+            weights_path = rb2.resolve_file(args.rm_weights, [results_path])
+            mean_user = rb2.load_head(weights_path).mean(0, keepdim=True).T   # [users, B] -> [B, 1]
+            if mean_user.shape[0] != columns:
+                raise SystemExit(f"error: {weights_path} has {mean_user.shape[0]} columns, {head_path} {columns}: "
+                                 f"give the W file of the same fit (<DATASET>_W_lore_seen_<K>_<alpha>.pt)")
+    elif args.rm_weights:
+        raise SystemExit("error: --rm_weights weighs the columns of --rm_head: give both")
     rows = rb2.load_rows(args.dataset, split=args.split, subset=args.subset, limit=args.limit)
 
     print(f"model {args.model} ({mode}, {dtype}, {device}); dataset {args.dataset} [{args.split}]: "
@@ -101,6 +114,8 @@ def main(argv=None) -> dict:
     head = bias = None
     if mode == "lmhead":
         head = rb2.load_head(head_path, args.head_key, hidden_size=rb2.hidden_size(model))
+        if weights_path is not None:
+            head = head @ mean_user
         bias = rb2.load_bias(args.head_bias, head.shape[1])
         print(f"head {head_path}: {head.shape[0]} x {head.shape[1]}"
               + ("" if bias is None else f", bias {bias.tolist()[:8]}"))
@@ -123,9 +138,10 @@ def main(argv=None) -> dict:
         print(f"\n{len(lines)} failing prompts for head {best} (strict rule):")
         print("\n".join(lines))
 
-    tag = "seqclf" if mode == "seqclf" else f"lmhead_{head_path.stem}"
+    tag = "seqclf" if mode == "seqclf" else f"lmhead_{head_path.stem}" + ("_mean_user" if weights_path else "")
     settings = {**{k: v for k, v in vars(args).items() if k != "settings"}, "mode": mode, "dtype": dtype, "device": device,
-                "rm_head": None if head_path is None else str(head_path)}
+                "rm_head": None if head_path is None else str(head_path),
+                "rm_weights": None if weights_path is None else str(weights_path)}
     report = {"settings": settings, "seconds": seconds, **figures}
     json_path = Path(args.save_json) if args.save_json else results_path / f"rb2_{tag}.json"
     rb2.write_json(report, json_path)

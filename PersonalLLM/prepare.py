@@ -32,8 +32,8 @@ dataset = "namkoong-lab/PersonalLLM"
 data_dir = "data/personalllm"
 reward_models = list(generated.REWARD_MODELS)  # score-column suffixes; this order = the reward tensor's last axis
 seed = 0                         # offline generator seed
-offline_train_prompts = 5000     # offline generator: train prompts (real: 9,402), enough that the real
-offline_test_prompts = 500       # prompt fractions (0.5%, 0.1%) give every user some; test prompts (real: 1,000)
+offline_train_prompts = generated.N_TRAIN_PROMPTS  # offline generator: train prompts (real: 9,402), enough
+offline_test_prompts = generated.N_TEST_PROMPTS    # that the real fractions (0.5%, 0.1%) give every user some
 # -----------------------------------------------------------------------------
 settings = utils.configure(globals())
 data_path, _ = utils.script_dirs(__file__, settings)

@@ -4,11 +4,15 @@
     cd debias_lora && python demo_offline.py --smoke              # a few steps: checks it runs
 
 1. Data: generated GSM8K-style problems (offline/gsm8k.py) -> variants and pairs (build_pairs.py).
-2. A style-biased reward model: the built-in tiny reward model fine-tuned (all weights) with the
-   Bradley-Terry loss on correctness pairs (correct beats incorrect at equal style) AND on reversed
-   style and cross pairs (the more markdown-rich / verbose response wins, even when it is wrong).
-   So it knows correctness but prefers markdown over it: low "hard" accuracy. Saved as
-   results-offline/biased_base (a plain checkpoint, loaded like any base).
+2. A style-biased reward model: the built-in tiny reward model fine-tuned (its token embeddings,
+   BASE_TRAINABLE) with the Bradley-Terry loss on correctness pairs (correct beats incorrect at equal
+   style) AND on reversed style and cross pairs (the more markdown-rich / verbose response wins, even
+   when it is wrong). So it knows correctness but prefers markdown over it: low "hard" accuracy. The
+   rest of the network stays as it was, so the base keeps most of the general preferences of the
+   tiny model's head, on which the offline RewardBench 2 rows are built (fine-tuning every weight at
+   this learning rate scrambles them: RewardBench 2 below the 25% of random scores), as a real reward
+   model with a style bias still ranks general responses well. Saved as results-offline/biased_base
+   (a plain checkpoint, loaded like any base).
 3. A style forget LoRA trained on it (train_forget_lora.py: --pair-mode style --direction undesired).
 4. The lambda sweep (evaluate_lambdas.py) on held-out questions: hard / normal / easy accuracy and
    RewardBench 2 (the generated file) per lambda.
@@ -36,6 +40,7 @@ from debias_lora.pairs import load_pairs  # noqa: E402
 
 LAMBDAS = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]
 CORRECTNESS_WEIGHT = 1      # copies of each correctness pair in the biased mix
+BASE_TRAINABLE = ("model.embed_tokens.weight",)   # what the biased base's fine-tuning changes
 
 
 def parse_args(argv=None):
@@ -83,13 +88,14 @@ def biased_pairs(pairs: list[dict], label_noise: float, seed: int) -> list[dict]
 
 
 def train_biased_base(pairs_path: Path, out_dir: Path, args) -> Path:
-    """The tiny reward model, fine-tuned (all weights) in two phases: correctness pairs only (it learns
-    to check the arithmetic), then the biased mix (it learns to prefer markdown, even over correctness)."""
+    """The tiny reward model, fine-tuned (BASE_TRAINABLE) in two phases: correctness pairs only (it
+    learns to check the arithmetic), then the biased mix (it learns to prefer markdown, even over
+    correctness)."""
     from offline import tiny_model_path
     torch.manual_seed(args.seed)
     model, tokenizer = lora_math.load_base_model(tiny_model_path(), device="cpu")
-    for p in model.parameters():
-        p.requires_grad_(True)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in BASE_TRAINABLE)
     pairs = load_pairs(pairs_path)
     phases = [("biased base 1/2 (correctness)", [p for p in pairs if p["mode"] == "correctness"],
                args.base_correctness_steps, args.base_lr),
@@ -140,7 +146,7 @@ def main(argv=None) -> dict:
     build_pairs.main(["--offline", "--offline_questions", *map(str, args.questions), "--seed", str(args.seed),
                       "--data_dir", str(data_path)])
 
-    print("== 2. the style-biased base (tiny reward model, all weights)")
+    print("== 2. the style-biased base (tiny reward model, token embeddings fine-tuned)")
     base_dir = train_biased_base(data_path / "pairs_train.jsonl", results_path / "biased_base", args)
 
     print("== 3. the style forget LoRA (direction undesired)")

@@ -2,18 +2,24 @@
 
 The real dataset has, per prompt, 8 responses from different LLMs and the raw scores of 10 reward
 models on each (80 columns `response_{i}_{rm}`). Here the 10 "reward models" are linear in the tiny
-model's embedding space: each scores along a signed mixture of a few latent reward directions U*
-(d x B*), with its own scale and offset (raw scores of real reward models differ in both) and a
-little noise:
+model's embedding space, built on the offline world's premise (offline/planted.py): each is the
+backbone's own head g (the general part, shared by all) plus its own deviation U* a_r, a Dirichlet
+mixture |a_r| of a few personal directions U* whose entries get random signs, with its own scale and
+offset (raw scores of real reward models differ in both) and a little noise:
 
-    score[p, j, r] = offset_r + scale_r * (e(prompt_p, response_j) . U* a_r / 100 + noise_std * z)
+    score[p, j, r] = offset_r + scale_r * (e(prompt_p, response_j) . (g + U* a_r) / 100 + noise_std * z)
 
-where |a_r| is a planted Dirichlet mixture (PlantedPopulation.plant with the 10 models as its
-"users") and each entry of a_r gets a random sign: real reward models disagree, and with same-sign
-mixtures a single reward direction would serve every simulated user almost perfectly (nothing for a
-rank > 1 basis to find). A simulated PersonalLLM user (w ~ Dirichlet over the 10 models) ranks
-responses by a reward in the span of U*: a rank-B* structure that LoRe can recover. Ground truth
-(U*, signed a, scales, offsets) is saved beside the data. Same seed -> byte-identical files.
+(PlantedPopulation.plant with the 10 models as its "users"; margins measured over pairs of responses
+to one prompt). The signs matter: the simulated comparisons are best-vs-worst of 8 responses, the
+extremes of a user's reward, and with same-sign deviations every user's extremes are those of the
+common mean deviation, so one shared reward (K = 1) would already get ~100%. A simulated PersonalLLM
+user (w ~ Dirichlet over the 10 models) then ranks responses by the head plus a personal part in the
+span of U*: the backbone's head ("ref") gets most comparisons right, a rank-B* basis the rest. Ground
+truth ([g | U*] as directions, [1 | a_r] as user_weights, scales, offsets, g) is saved beside the data
+with the generator's version. Same seed -> byte-identical files.
+
+Size: N_TRAIN_PROMPTS train prompts, so that the real simulation fractions (0.5% and 0.1% of the train
+prompts per seen / unseen user) give 25 and 5 prompts per user (the real 9,402 prompts give 47 and 9).
 """
 from __future__ import annotations
 
@@ -22,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from offline.planted import TEMPERATURE, PlantedPopulation, embed_for_planting
 from embedding import conversation
+from offline.planted import (GENERAL_MARGIN_STD, N_PERSONAL, TEMPERATURE, PlantedPopulation, centred_within,
+                             embed_for_planting, generator_version, tiny_head)
 from offline.text import sentence
 
 # The published format (SPEC 2.3). The order of REWARD_MODELS defines the reward tensor's last axis.
@@ -39,7 +46,13 @@ RESPONSE_MODELS = ("offline-gen-alpha", "offline-gen-bravo", "offline-gen-charli
 SUBSETS = ("offline_chat", "offline_advice", "offline_code", "offline_facts")
 
 GROUND_TRUTH = "ground_truth"  # .safetensors + .json beside the data
-GENERATOR_VERSION = 2  # bump when the output for a given seed and settings changes
+GENERATOR_VERSION = generator_version(2)  # bump the number when the output for a seed and settings changes
+N_TRAIN_PROMPTS = 5000         # real: 9,402
+N_TEST_PROMPTS = 100           # real: 1,000
+# The reward models' deviations are larger than PRISM's users' (planted.PERSONAL_MARGIN_STD = 3): the
+# comparisons are best-vs-worst of 8, the extremes of a user's reward, which the general part alone
+# already orders right ~97% of the time at a deviation of 3; at 8 "ref" gets ~88% (K = 1 ~90%).
+MODEL_DEVIATION_MARGIN_STD = 8.0
 
 
 def response_columns() -> list[str]:
@@ -81,14 +94,17 @@ def oracle_accuracy(clean: np.ndarray, noisy: np.ndarray, n_users: int, rng: np.
     return float((margin[valid] > 0).mean())
 
 
-def write_raw(data_path: Path, n_train: int = 160, n_test: int = 40, seed: int = 0, n_directions: int = 3,
-              noise_std: float = 0.05, margin_std: float = 4.0, concentration: float = 0.3) -> dict:
+def write_raw(data_path: Path, n_train: int = N_TRAIN_PROMPTS, n_test: int = N_TEST_PROMPTS, seed: int = 0,
+              n_directions: int = N_PERSONAL, noise_std: float = 0.05,
+              general_margin_std: float = GENERAL_MARGIN_STD,
+              personal_margin_std: float = MODEL_DEVIATION_MARGIN_STD, concentration: float = 0.3) -> dict:
     """Write `data_path/raw/{train,test}-00000-of-00001.parquet` (exactly the published columns) and
     the ground truth `data_path/ground_truth.{safetensors,json}`; returns the summary.
 
     n_train, n_test: prompts per split (8 responses each). The 10 reward models are the planted
-    population's "users" (PlantedPopulation.plant with n_users=10, Dirichlet `concentration` over
-    `n_directions` latent directions), each mixture entry with a random sign.
+    population's "users": the tiny model's head (margin std `general_margin_std`) plus a
+    Dirichlet(`concentration`) mixture of `n_directions` personal directions (margin std
+    `personal_margin_std`).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -103,10 +119,17 @@ def write_raw(data_path: Path, n_train: int = 160, n_test: int = 40, seed: int =
                      for split in SPLITS for prompt, responses in zip(*texts[split]) for response in responses]
     embeddings = embed_for_planting(conversations)                   # [(n_train + n_test) * 8, d]
 
-    planted = PlantedPopulation.plant(embeddings, n_directions=n_directions, n_users=len(REWARD_MODELS),
-                                      seed=seed, margin_std=margin_std, concentration=concentration)
-    signs = rng.choice([-1.0, 1.0], planted.user_weights.shape)     # reward models disagree
-    planted = PlantedPopulation(planted.directions, planted.user_weights * signs)  # rows a_r [10, B*]
+    planted = PlantedPopulation.plant(centred_within(embeddings, [N_RESPONSES] * (len(embeddings) // N_RESPONSES)),
+                                      tiny_head(), n_directions=n_directions, n_users=len(REWARD_MODELS),
+                                      seed=seed, general_margin_std=general_margin_std,
+                                      personal_margin_std=personal_margin_std, concentration=concentration)
+    signs = rng.choice([-1.0, 1.0], planted.user_weights.shape)     # reward models deviate both ways
+    # stored as directions [g | U*] [d, 1 + B*] and weights [1 | a_r] [10, 1 + B*]: model r's direction
+    # is directions @ weights_r (g + U* a_r; the signed a_r do not sum to one)
+    personal = planted.directions - planted.general[:, None]
+    planted = PlantedPopulation(np.concatenate([planted.general[:, None], personal], 1),
+                                np.concatenate([np.ones((len(REWARD_MODELS), 1)), planted.user_weights * signs], 1),
+                                planted.general)
     clean = (embeddings.astype(np.float64) @ planted.directions @ planted.user_weights.T) / TEMPERATURE  # [n, 10]
     scales = np.exp(rng.uniform(np.log(0.5), np.log(2.0), len(REWARD_MODELS)))
     offsets = rng.normal(0.0, 3.0, len(REWARD_MODELS))
@@ -116,11 +139,13 @@ def write_raw(data_path: Path, n_train: int = 160, n_test: int = 40, seed: int =
     raw_path = Path(data_path) / "raw"
     raw_path.mkdir(parents=True, exist_ok=True)
     start = 0
-    summary = {"seed": seed, "n_prompts": sizes, "n_responses": N_RESPONSES, "reward_models": list(REWARD_MODELS),
-               "n_directions": n_directions, "noise_std": noise_std, "margin_std": margin_std,
+    summary = {"version": GENERATOR_VERSION, "seed": seed, "n_prompts": sizes, "n_responses": N_RESPONSES,
+               "reward_models": list(REWARD_MODELS), "n_directions": n_directions, "noise_std": noise_std,
+               "general_margin_std": general_margin_std, "personal_margin_std": personal_margin_std,
                "concentration": concentration, "scales": scales.tolist(), "offsets": offsets.tolist(),
-               "score_formula": "offset_r + scale_r * (e . U* a_r / 100 + noise_std * z)",
-               "user_weights_are": "the signed mixtures a_r of the 10 reward models (rows, REWARD_MODELS order)"}
+               "score_formula": "offset_r + scale_r * (e . directions . user_weights_r / 100 + noise_std * z)",
+               "directions_are": "[g | U*]: the general direction (the tiny head, rescaled), then the personal ones",
+               "user_weights_are": "[1 | a_r] per reward model (rows, REWARD_MODELS order), a_r signed mixtures"}
     for split in SPLITS:
         prompts, responses = texts[split]
         n = sizes[split] * N_RESPONSES
@@ -147,7 +172,7 @@ def write_raw(data_path: Path, n_train: int = 160, n_test: int = 40, seed: int =
         "that the noise-free planted linear reward orders correctly: a ceiling for a linear reward")
     gt = Path(data_path) / GROUND_TRUTH
     planted.save(gt, **summary)
-    save_file({"directions": planted.directions, "user_weights": planted.user_weights,
+    save_file({"directions": planted.directions, "user_weights": planted.user_weights, "general": planted.general,
                "scales": scales, "offsets": offsets}, str(gt.with_suffix(".safetensors")))
     return json.loads(gt.with_suffix(".json").read_text())
 

@@ -1,9 +1,54 @@
-"""A planted population in the tiny model's own embedding space, shared by every offline generator.
+"""The planted world of the offline default: a good general reward model, and users who deviate from it
+in a few directions (the method's premise), in the tiny backbone's own embedding space.
 
-Latent reward directions U* (d x B*) span high-variance directions of the embeddings, users are
-Dirichlet mixtures w ~ Dir(concentration), and user i prefers a over b with the Bradley-Terry
-probability sigmoid((e(a) - e(b)) . U* w_i / 100), the method's own 1/100 temperature. So LoRe has a
-real low-rank structure to recover, and the Bayes-optimal accuracy is known exactly.
+Every planted user i scores a conversation with embedding e as
+
+    r_i(e) = e . (g + U* w_i) / 100          (the method's 1/100 temperature, utils.TEMPERATURE)
+
+- g, the general-quality direction, is the backbone's own reward head (score.weight.T of the tiny
+  model, offline/tiny_model.py) rescaled: "ref" (K = 0) is the general part exactly, so it is clearly
+  above chance, and it is below the planted Bayes rate by what the personal part adds.
+- U* [d, B*]: a few personal directions, drawn in the top principal subspace of the embeddings (the
+  directions along which responses differ most: style, length, topic), orthogonal to the head and to
+  each other. w_i ~ Dirichlet(concentration): a small concentration makes most users lean on one or two
+  directions, so they differ, and the population mean leans on all (a single shared reward, K = 1,
+  captures only that mean).
+- The balance: over random pairs of responses to the same prompt, the general part's margin
+  (e_a - e_b) . g / 100 has standard deviation GENERAL_MARGIN_STD, and a pure user's personal part
+  (w_i a vertex of the simplex) PERSONAL_MARGIN_STD: a pure user's reward is about 40% general, 60%
+  personal in variance; an average user (w_i at the population mean) is mostly general.
+Since w_i sums to one, r_i(e) = e . D w_i / 100 with D = g 1^T + U* (columns g + U*_k): the planted
+world is itself a LoRe model of rank B*, whose basis columns are the head plus one personal deviation
+each. `PlantedPopulation.directions` stores D; `.general` stores g.
+
+Labels are Bradley-Terry draws from r_i (PRISM: a softmax choice among a turn's candidates), so the
+Bayes-optimal accuracy is known and realistic (not 1). PersonalLLM's 10 reward models are built the
+same way (head + deviation) and its users mix them (offline/personalllm.py). The same g decides the
+correct answers of the offline RewardBench 2 rows (offline/rewardbench2.py, with noise), so a basis
+that drifts away from the head loses RewardBench 2 accuracy there, as on the real benchmark.
+
+Scales: why alpha = 1e4 (PRISM's real default) behaves here as on real data. LoRe_regularized's
+stationary point balances the NLL against alpha * mean_b (1 - cos(V_b, V_ref)). Rescaling every
+embedding by c rescales the fitted V by 1/c and leaves the cosine term unchanged, so the overall scale
+of the embeddings (the final norm's weight as a scalar) cannot matter, and neither does the hidden
+size d by itself (Adam's per-coordinate steps change the path, not where it ends, and the fits get
+there): in a synthetic world with isotropic embedding differences, d = 128 or 4096, 1,000 to 20,000
+iterations, alpha = 1e4 pins every basis vector to the head (cos > 0.9999) and the fit equals "ref"
+(offline/experiments/synthetic_scale.py). At alpha = 1e4 the penalty of a deviation of angle t
+is ~ 1e4 * t^2 / 2 nats, so the basis can only move by t ~ 1e-2 or less; such a deviation changes the
+rankings only along directions where embedding differences are ~1/t times larger than along the head.
+That is the real backbone's situation if alpha = 1e4 improves on the head there, as the original's
+PRISM figure shows (ref ~71%, K = 1 ~77%, K = 5 ~87%): users' tastes ride on loud directions of the
+embedding, the head reads a quiet one. The tiny model reproduces this with its final norm's weight:
+1 on most channels, tiny_model.LOUD_GAIN = 100 on a few (tiny_model.LOUD_CHANNELS), and a head that
+reads the normalised hidden state uniformly (its weight on a loud channel divided by the gain). The
+personal directions, in the top principal subspace, then lie in the loud channels, where embedding
+differences are ~100x those along the head: alpha = 1e4 keeps the basis at cos ~ 0.99999 to the head
+and still lets it recover most of the personal part, alpha = 0 drifts far (cos ~ 0.4). The gain is
+the smallest that does so: with the same data, a gain of 10 pins the basis (K = 5 = ref), 30 recovers
+a little (+2 points), 100 most (+7 to +10); 300 or 1000 recover no more but overfit more and cost
+each basis column more of its RewardBench 2 accuracy (offline/experiments/explore_prism.py).
+The hidden size stays 128 (64-256 keeps every offline run and the tests fast on a CPU).
 """
 from __future__ import annotations
 
@@ -15,36 +60,66 @@ import torch
 
 from utils import TEMPERATURE, Comparisons, _generator
 
+GENERAL_MARGIN_STD = 2.5     # std of the general part's margin over random same-prompt pairs (after 1/100)
+PERSONAL_MARGIN_STD = 3.0    # ... and of a pure user's personal part
+N_PERSONAL = 3               # planted personal directions (B*)
+
+
+def generator_version(own: int) -> str:
+    """A generator's version string: its own number and the tiny model's version, whose head and
+    embeddings the planted labels depend on (a change of either must rebuild the offline data)."""
+    from offline.tiny_model import VERSION
+    return f"{own}+tiny-model-v{VERSION}"
+
+
+def pair_std(centred: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """Std of (e_a - e_b) . u over random pairs, for each column u of directions [d, B], from
+    embeddings already centred within their groups (responses to one prompt): sqrt(2) * std(e . u)."""
+    return np.sqrt(2.0) * (np.asarray(centred, dtype=np.float64) @ directions).std(0)
+
 
 class PlantedPopulation:
-    """Directions U* [d, B*] and user weights [n_users, B*] (rows on the simplex)."""
+    """Directions D [d, B*] (columns: general + one personal direction each), user weights [n_users, B*]
+    (rows on the simplex) and the general direction g [d] (None for a population without one)."""
 
-    def __init__(self, directions: np.ndarray, user_weights: np.ndarray):
+    def __init__(self, directions: np.ndarray, user_weights: np.ndarray, general: np.ndarray | None = None):
         self.directions = np.asarray(directions, dtype=np.float64)
         self.user_weights = np.asarray(user_weights, dtype=np.float64)
+        self.general = None if general is None else np.asarray(general, dtype=np.float64)
 
     @classmethod
-    def plant(cls, embeddings: np.ndarray, n_directions: int, n_users: int, seed: int,
-              margin_std: float = 4.0, concentration: float = 0.3) -> "PlantedPopulation":
-        """Directions drawn in the top principal subspace of `embeddings` [n, d], each scaled so that
-        its margin over a random pair of embeddings has std `margin_std` after the 1/100 temperature.
-        A small Dirichlet concentration makes users differ (mostly one or two directions each)."""
+    def plant(cls, embeddings: np.ndarray, head: np.ndarray, n_directions: int, n_users: int, seed: int,
+              general_margin_std: float = GENERAL_MARGIN_STD, personal_margin_std: float = PERSONAL_MARGIN_STD,
+              concentration: float = 0.1) -> "PlantedPopulation":
+        """The general direction g = head rescaled so its margin over random pairs of `embeddings` [n, d]
+        (centred within their groups by the caller) has std `general_margin_std`; `n_directions` personal
+        directions in the top principal subspace of the embeddings, orthogonal to the head and to each
+        other, each with margin std `personal_margin_std`; user weights Dirichlet(`concentration`)."""
         rng = np.random.default_rng(seed)
         E = np.asarray(embeddings, dtype=np.float64)
+        h = np.asarray(head, dtype=np.float64).reshape(-1)
+        if h.shape[0] != E.shape[1]:
+            raise ValueError(f"the head has dimension {h.shape[0]}, the embeddings {E.shape[1]}")
+        h = h / np.linalg.norm(h)
+        general = h * (general_margin_std * TEMPERATURE / pair_std(E, h[:, None])[0])
         centred = E - E.mean(0)
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        top = vt[: max(2 * n_directions, n_directions + 2)]              # [m, d] high-variance subspace
+        top = vt[: 2 * n_directions]                                     # [m, d] high-variance subspace
         U = (rng.standard_normal((n_directions, top.shape[0])) @ top).T  # [d, B*]
-        U, _ = np.linalg.qr(U)                                           # orthonormal, distinct tastes
-        pair_std = np.sqrt(2.0) * (centred @ U).std(0)                   # std of (e_a - e_b) . u
-        U = U * (margin_std * TEMPERATURE / pair_std)
+        U -= np.outer(h, h @ U)                                          # personal: orthogonal to the head
+        U, _ = np.linalg.qr(U)                                           # and to each other
+        U = U * (personal_margin_std * TEMPERATURE / pair_std(E, U))
         weights = rng.dirichlet(concentration * np.ones(n_directions), size=n_users)
-        return cls(U, weights)
+        return cls(general[:, None] + U, weights, general)
 
     def rewards(self, embeddings: np.ndarray, users: np.ndarray) -> np.ndarray:
-        """r[n] = e_n . U* w_{users[n]} / 100 for embeddings [n, d] and user indices [n]."""
+        """r[n] = e_n . D w_{users[n]} / 100 for embeddings [n, d] and user indices [n]."""
         E = np.asarray(embeddings, dtype=np.float64)
         return np.einsum("nb,nb->n", E @ self.directions, self.user_weights[users]) / TEMPERATURE
+
+    def general_rewards(self, embeddings: np.ndarray) -> np.ndarray:
+        """The general part alone, e . g / 100 [n] (what the backbone's head ranks by)."""
+        return np.asarray(embeddings, dtype=np.float64) @ self.general / TEMPERATURE
 
     def preference_probability(self, emb_a: np.ndarray, emb_b: np.ndarray, users: np.ndarray) -> np.ndarray:
         """P(user prefers a over b) = sigmoid(r(a) - r(b)) under Bradley-Terry."""
@@ -59,8 +134,10 @@ class PlantedPopulation:
         """Ground truth beside the data: safetensors arrays + JSON summary."""
         from safetensors.numpy import save_file
         path = Path(path)
-        save_file({"directions": self.directions, "user_weights": self.user_weights},
-                  str(path.with_suffix(".safetensors")))
+        arrays = {"directions": self.directions, "user_weights": self.user_weights}
+        if self.general is not None:
+            arrays["general"] = self.general
+        save_file(arrays, str(path.with_suffix(".safetensors")))
         summary = {"n_directions": self.directions.shape[1], "n_users": self.user_weights.shape[0],
                    "temperature": TEMPERATURE, **extra}
         path.with_suffix(".json").write_text(json.dumps(summary, indent=1))
@@ -69,7 +146,29 @@ class PlantedPopulation:
     def load(cls, path: Path) -> "PlantedPopulation":
         from safetensors.numpy import load_file
         arrays = load_file(str(Path(path).with_suffix(".safetensors")))
-        return cls(arrays["directions"], arrays["user_weights"])
+        return cls(arrays["directions"], arrays["user_weights"], arrays.get("general"))
+
+
+def centred_within(embeddings: np.ndarray, group_sizes) -> np.ndarray:
+    """Embeddings [n, d] minus the mean of their group (consecutive rows, `group_sizes` summing to n):
+    comparisons are differences within a group (responses to one prompt), so plant in that variation."""
+    E = np.asarray(embeddings, dtype=np.float64).copy()
+    start = 0
+    for m in group_sizes:
+        E[start:start + m] -= E[start:start + m].mean(0)
+        start += m
+    if start != len(E):
+        raise ValueError(f"group sizes sum to {start}, not to the {len(E)} embeddings")
+    return E
+
+
+def tiny_head() -> np.ndarray:
+    """The tiny backbone's reward head score.weight.T as a vector [d] (float64)."""
+    from safetensors.numpy import load_file
+    from offline.tiny_model import tiny_model_path
+
+    weights = load_file(str(Path(tiny_model_path()) / "model.safetensors"))
+    return weights["score.weight"].astype(np.float64).reshape(-1)
 
 
 def embed_for_planting(conversations: list[list[dict]], batch_size: int = 64) -> np.ndarray:

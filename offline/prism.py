@@ -16,9 +16,10 @@ the chosen one (no comparison, history goes on), turns where no response was cho
 usable history ends there), and the literal "EMPTY STRING" response.
 
 Labels come from a planted population (offline/planted.py) in the tiny model's own embedding space: each
-user is a planted user, every candidate response is embedded as the conversation so far + that response,
-and the chosen one is a softmax draw over the candidates' planted rewards (Bradley-Terry for two
-candidates, so the Bayes-optimal accuracy is realistic, not 1). Turns are labelled round by round because
+user's reward is the backbone's own head (the general part) plus a Dirichlet mixture of a few personal
+directions; every candidate response is embedded as the conversation so far + that response, and the
+chosen one is a softmax draw over the candidates' planted rewards (Bradley-Terry for two candidates, so
+the Bayes-optimal accuracy is realistic, not 1). Turns are labelled round by round because
 the history of turn t holds the chosen responses of earlier turns. The ground truth (directions, user
 weights, user order, the expected and realised Bayes-optimal pairwise accuracy of the comparisons) is
 saved as `ground_truth.safetensors/.json`. Same seed and settings, byte-identical files.
@@ -34,11 +35,12 @@ from pathlib import Path
 import numpy as np
 
 import utils
+from offline.planted import GENERAL_MARGIN_STD, N_PERSONAL, PERSONAL_MARGIN_STD, generator_version
 from offline.text import sentence
 
 RAW_FILES = ("survey.jsonl", "conversations.jsonl", "utterances.jsonl")
 GROUND_TRUTH = "ground_truth"
-GENERATOR_VERSION = 3              # bump when the output for a given seed and settings changes
+GENERATOR_VERSION = generator_version(3)  # bump the number when the output for a seed and settings changes
 EMPTY_RESPONSE = "EMPTY STRING"   # the literal content of an empty response in the real data
 
 MODELS = [("openai", "gpt-4-turbo"), ("anthropic", "claude-2.1"), ("meta", "llama-2-70b-chat"),
@@ -131,20 +133,20 @@ def _expected_bayes(rewards: np.ndarray, chosen_probs: np.ndarray) -> tuple[floa
 def generate(out_dir: Path, seed: int = 0, n_users: int = 240, zero_fraction: float = 0.08,
              few_fraction: float = 0.15, dropped_users: int = 3, turns_range=(2, 3),
              four_response_prob: float = 0.75, empty_prob: float = 0.03, single_response_prob: float = 0.03,
-             no_choice_prob: float = 0.03, unusable_dialog_prob: float = 0.02, n_directions: int = 3,
-             concentration: float = 0.1, margin_std: float = 4.0, opposition: float = 0.8,
-             no_rows_users: int = 2) -> dict:
+             no_choice_prob: float = 0.03, unusable_dialog_prob: float = 0.02, n_directions: int = N_PERSONAL,
+             concentration: float = 0.1, general_margin_std: float = GENERAL_MARGIN_STD,
+             personal_margin_std: float = PERSONAL_MARGIN_STD, no_rows_users: int = 2) -> dict:
     """Write the PRISM jsonl trio and `ground_truth.*` into `out_dir`; return the summary dict.
 
     Users: a `zero_fraction` with 0 completed conversations, a `few_fraction` with 1-5 dialogs,
     `dropped_users` whose every dialog is unusable, `no_rows_users` of the 1-5 kind whose survey row
     counts completed conversations that conversations.jsonl does not hold, the rest with 6 or 7 dialogs
-    (as in the real data, where the most is 7). Dialogs have `turns_range` turns (inclusive). Tastes: `n_directions` planted
-    directions, the second one turned to cosine -`opposition` with the first (users who want opposite
-    things, so one shared reward serves them badly), users Dirichlet(`concentration`) mixtures (small:
-    mostly one taste each).
+    (as in the real data, where the most is 7). Dialogs have `turns_range` turns (inclusive). Tastes (offline/planted.py): the
+    tiny model's head with margin std `general_margin_std` plus `n_directions` personal directions with
+    margin std `personal_margin_std`, users Dirichlet(`concentration`) mixtures of them (small: mostly
+    one taste each); margins measured over random pairs of turn-0 candidates of one turn.
     """
-    from offline.planted import PlantedPopulation, embed_for_planting
+    from offline.planted import PlantedPopulation, centred_within, embed_for_planting, tiny_head
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -214,16 +216,12 @@ def generate(out_dir: Path, seed: int = 0, n_users: int = 240, zero_fraction: fl
             continue
         print(f"offline PRISM: turn {t}: embedding {len(conversations)} candidate responses to plant labels")
         emb = embed_for_planting(conversations)
-        # Comparisons measure differences within a turn: plant in the within-turn variation.
-        centred = emb.copy()
-        for _, start, m in jobs:
-            centred[start:start + m] -= emb[start:start + m].mean(0)
         if population is None:
-            population = PlantedPopulation.plant(centred, n_directions, n_users, seed, margin_std=margin_std,
-                                                 concentration=concentration)
-            if n_directions >= 2 and opposition:  # about the same margin std
-                U = population.directions
-                U[:, 1] = -opposition * U[:, 0] + np.sqrt(1.0 - opposition ** 2) * U[:, 1]
+            # Comparisons measure differences within a turn: plant in the within-turn variation.
+            population = PlantedPopulation.plant(
+                centred_within(emb, [m for _, _, m in jobs]), tiny_head(), n_directions, n_users, seed,
+                general_margin_std=general_margin_std, personal_margin_std=personal_margin_std,
+                concentration=concentration)
         users = np.array([d["user"] for d, start, m in jobs for _ in range(m)])
         rewards = population.rewards(emb, users)
         for d, start, m in jobs:
@@ -285,7 +283,8 @@ def generate(out_dir: Path, seed: int = 0, n_users: int = 240, zero_fraction: fl
             "four_response_prob": four_response_prob, "empty_prob": empty_prob,
             "single_response_prob": single_response_prob, "no_choice_prob": no_choice_prob,
             "unusable_dialog_prob": unusable_dialog_prob, "n_directions": n_directions,
-            "concentration": concentration, "margin_std": margin_std, "opposition": opposition},
+            "concentration": concentration, "general_margin_std": general_margin_std,
+            "personal_margin_std": personal_margin_std},
         "user_ids": user_ids,
         "n_survey_rows": len(survey), "n_conversations": len(conversations_rows),
         "n_utterances": len(utterance_rows), "n_labelled_pairs": n_pairs,

@@ -5,6 +5,14 @@ the real checkpoint (`from_pretrained(path)`): same class, `num_labels=1`, a bia
 a byte-level BPE tokenizer with Llama-3 special tokens and chat template (it adds BOS on its own, so
 tokenising an already-rendered template gives the double-BOS pitfall of the real tokenizer).
 Building it twice gives byte-identical files.
+
+Its final norm's weight is 1 on most channels and LOUD_GAIN on the few LOUD_CHANNELS, and its head
+`score` reads the normalised hidden state with seeded random weights (in the embedding's coordinates:
+divided by the gain of each channel). So embedding differences are ~LOUD_GAIN times larger along a few
+directions (where the planted users' tastes lie) than along the head: the geometry under which the
+cosine pull of PRISM's real default, alpha = 1e4, keeps a basis next to the head and still lets it
+improve on it (offline/planted.py explains the choice). The folder name carries VERSION, so a model
+built by an older version is never mixed with a newer one's data.
 """
 from __future__ import annotations
 
@@ -16,9 +24,13 @@ from pathlib import Path
 
 # Where the model is built on first use; LORE_OFFLINE_BUILD moves it (the tests build into a temporary folder)
 BUILD_DIR = Path(os.environ.get("LORE_OFFLINE_BUILD") or Path(__file__).resolve().parent / "build")
-MODEL_DIR = BUILD_DIR / "tiny-reward-model"
+VERSION = 2                  # bump when the built model changes: a new folder, never an old build reused
+MODEL_DIR = BUILD_DIR / f"tiny-reward-model-v{VERSION}"
 SEED = 0
 HIDDEN_SIZE = 128
+NUM_LAYERS = 2
+LOUD_CHANNELS = tuple(range(0, HIDDEN_SIZE, 16))   # 8 channels of the final norm with a large gain
+LOUD_GAIN = 100.0
 
 BOS, EOT, PAD = "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>"
 SPECIAL_TOKENS = [BOS, "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", EOT, PAD]
@@ -82,11 +94,16 @@ def build_model(tokenizer):
 
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=HIDDEN_SIZE, intermediate_size=2 * HIDDEN_SIZE,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        num_hidden_layers=NUM_LAYERS, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
         num_labels=1, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False, initializer_range=0.2)
     torch.manual_seed(SEED)
     model = LlamaForSequenceClassification(config)
+    gain = torch.ones(HIDDEN_SIZE)
+    gain[list(LOUD_CHANNELS)] = LOUD_GAIN
+    with torch.no_grad():
+        model.model.norm.weight.copy_(gain)
+        model.score.weight.div_(gain)      # the head reads the normalised state, not the gains
     return model.eval()
 
 

@@ -7,7 +7,8 @@ The rows are those of the hub's parquet conversion of the `comparisons` config (
 with `post` null, as in the real validation data, so the consumer's skip-and-count path is exercised.
 
 Labels come from a planted population (offline/planted.py) in the tiny model's own embedding space:
-every worker is a planted user, and worker w prefers summary a over b of the same post with the
+every worker is a planted user (the backbone's head as the general part plus a Dirichlet mixture of a
+few personal directions), and worker w prefers summary a over b of the same post with the
 Bradley-Terry probability of its planted reward on the (user = post, assistant = summary)
 conversations. The worker layout mirrors what the RedditTLDR split has to cope with: regular workers
 in both HF splits, two tiny workers (the "two smallest per split" that the split drops), and workers
@@ -26,6 +27,7 @@ import numpy as np
 
 import utils
 from embedding import conversation
+from offline.planted import GENERAL_MARGIN_STD, N_PERSONAL, PERSONAL_MARGIN_STD, generator_version
 from offline.text import paragraph, sentence
 
 SUBREDDITS = ["relationships", "AskReddit", "relationship_advice", "tifu", "dating_advice",
@@ -33,7 +35,7 @@ SUBREDDITS = ["relationships", "AskReddit", "relationship_advice", "tifu", "dati
 POLICIES = ["ref", "sup2", "sup4_ppo_rm3_kl10", "sup4_6b_ppo_rm4_6b_kl14", "pretrain_6b_t.7",
             "sup4_t.7", "sup1", "bo8_rm3"]
 HF_SPLITS = ("train", "validation")
-GENERATOR_VERSION = 2  # bump when the output for a given seed and settings changes
+GENERATOR_VERSION = generator_version(2)  # bump the number when the output for a seed and settings changes
 
 # Layout of the extra (non-regular) workers: counts per HF split; 0 = absent from that split.
 TINY_WORKERS = [{"train": 2, "validation": 1}, {"train": 3, "validation": 2}]   # dropped as smallest
@@ -69,21 +71,25 @@ def _write_parquet_atomic(rows: list[dict], path: Path) -> None:
 
 def generate(out_dir: Path, seed: int = 0, n_workers: int = 60, train_posts: int = 200,
              validation_posts: int = 80, summaries_per_post: int = 6, train_range=(60, 200),
-             validation_range=(20, 50), cnndm_fraction: float = 0.05, n_directions: int = 3,
-             concentration: float = 0.2, margin_std: float = 6.0) -> dict:
+             validation_range=(20, 50), cnndm_fraction: float = 0.05, n_directions: int = N_PERSONAL,
+             concentration: float = 0.2, general_margin_std: float = GENERAL_MARGIN_STD,
+             personal_margin_std: float = PERSONAL_MARGIN_STD) -> dict:
     """Write `out_dir/comparisons/{train,validation}/0000.parquet` and `out_dir/ground_truth.*`.
 
     `n_workers` regular workers have `train_range` / `validation_range` (inclusive) comparisons per HF
-    split; the extra workers of TINY_WORKERS and ONE_SIDED_WORKERS are added. Returns a summary dict
-    (also in ground_truth.json) with "data_files" {split: [path]}.
+    split; the extra workers of TINY_WORKERS and ONE_SIDED_WORKERS are added. Tastes: the tiny model's
+    head (margin std `general_margin_std`) plus Dirichlet(`concentration`) mixtures of `n_directions`
+    personal directions (margin std `personal_margin_std`), margins over pairs of summaries of a post.
+    Returns a summary dict (also in ground_truth.json, with "version") with "data_files" {split: [path]}.
     """
-    from offline.planted import PlantedPopulation, embed_for_planting
+    from offline.planted import PlantedPopulation, centred_within, embed_for_planting, tiny_head
 
     generator_args = dict(seed=seed, n_workers=n_workers, train_posts=train_posts,
                           validation_posts=validation_posts, summaries_per_post=summaries_per_post,
                           train_range=list(train_range), validation_range=list(validation_range),
                           cnndm_fraction=cnndm_fraction, n_directions=n_directions,
-                          concentration=concentration, margin_std=margin_std)
+                          concentration=concentration, general_margin_std=general_margin_std,
+                          personal_margin_std=personal_margin_std)
 
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -121,10 +127,10 @@ def generate(out_dir: Path, seed: int = 0, n_workers: int = 60, train_posts: int
     emb = embed_for_planting(conversations)
     emb_index = {key: i for i, key in enumerate((s, p, j) for s in HF_SPLITS
                                                  for p in range(len(posts[s])) for j in range(summaries_per_post))}
-    centred = emb.reshape(-1, summaries_per_post, emb.shape[1])
-    centred = (centred - centred.mean(1, keepdims=True)).reshape(emb.shape)
-    population = PlantedPopulation.plant(centred, n_directions, len(workers), seed, margin_std=margin_std,
-                                         concentration=concentration)
+    population = PlantedPopulation.plant(
+        centred_within(emb, [summaries_per_post] * (len(emb) // summaries_per_post)), tiny_head(), n_directions,
+        len(workers), seed, general_margin_std=general_margin_std, personal_margin_std=personal_margin_std,
+        concentration=concentration)
 
     data_files, bayes_by_worker, counts = {}, {}, {}
     for split in HF_SPLITS:
@@ -178,7 +184,8 @@ def generate(out_dir: Path, seed: int = 0, n_workers: int = 60, train_posts: int
                          "workers": len(bayes_by_worker[split])}
 
     summary = {
-        "generator": "offline.tldr", "generator_args": generator_args, "counts": counts,
+        "generator": "offline.tldr", "version": GENERATOR_VERSION, "generator_args": generator_args,
+        "counts": counts,
         "workers": workers, "worker_layout": layout,
         "bayes_accuracy": {s: float(np.mean(list(bayes_by_worker[s].values()))) for s in HF_SPLITS},
         "bayes_accuracy_by_worker": bayes_by_worker,

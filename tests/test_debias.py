@@ -185,10 +185,14 @@ def _scores(model, tokenizer):
 
 
 # Merged and scaled models are compared in float64: their float32 forwards differ by summation order
-# (~1e-5, and with the thread layout, which made the comparison fail by chance). In float64 only the
-# float32 rounding of the merged weights is left (at most 2^-24 relative per entry; measured: 9e-7 on
-# scores of size 1.3), a deterministic gap; MERGED_TOLERANCE is 20x that.
+# (which made the comparison fail by chance). In float64 only the float32 rounding of the merged weights
+# is left: at most 2^-24 relative per entry, a deterministic gap of ~1e-6 of the scores' size (measured
+# 7e-7). The comparison allows 2e-5 of the largest score: 20x that gap, and far below any real change.
 MERGED_TOLERANCE = 2e-5
+
+
+def _close_to(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.allclose(a, b, atol=MERGED_TOLERANCE * float(b.abs().max()), rtol=0)
 
 
 def _scores_float64(model, tokenizer):
@@ -252,8 +256,7 @@ def test_merged_weights_exact_and_scores_match_scaled(tiny, adapter_dir):
         else:
             assert torch.equal(weight, base_weights[name]), name   # everything else, head included
     assert n_checked == 8
-    assert torch.allclose(_scores_float64(merged, tokenizer), _scores_float64(scaled, tokenizer),
-                          atol=MERGED_TOLERANCE, rtol=0)
+    assert _close_to(_scores_float64(merged, tokenizer), _scores_float64(scaled, tokenizer))
 
 
 def test_subtract_script_saves_plain_model(tmp_path, tiny, adapter_dir):
@@ -266,8 +269,7 @@ def test_subtract_script_saves_plain_model(tmp_path, tiny, adapter_dir):
     model, _ = lora_math.load_base_model(tiny_model_path(), device="cpu")
     scaled = lora_math.apply_forget_lora(model, str(adapter_dir))
     lora_math.set_lambda(scaled, 0.5)
-    assert torch.allclose(_scores_float64(merged, tok), _scores_float64(scaled, tokenizer), atol=MERGED_TOLERANCE,
-                          rtol=0)
+    assert _close_to(_scores_float64(merged, tok), _scores_float64(scaled, tokenizer))
     assert json.loads((out / "debias.json").read_text())["lambda"] == 0.5
 
 
@@ -291,7 +293,7 @@ def test_base_that_is_a_lora_adapter_is_merged_first(tmp_path, tiny, adapter_dir
                                           str(base_dir)).eval()
     expected = _scores_float64(reference, tokenizer)
     merged_base, tok = lora_math.load_base_model(str(base_dir), device="cpu")
-    assert torch.allclose(_scores_float64(merged_base, tok), expected, atol=MERGED_TOLERANCE, rtol=0)
+    assert _close_to(_scores_float64(merged_base, tok), expected)
     assert not torch.allclose(expected, _scores_float64(lora_math.load_base_model(tiny_model_path(), device="cpu")[0],
                                                         tokenizer), atol=1e-3)
     # the forget LoRA then attaches to the merged base, and lambda 0 is that base exactly (the LoRA
@@ -429,3 +431,17 @@ def test_demo_bias_mix_and_claim_check():
             {"lambda": 2.0, "hard": 0.85, "normal": 0.6, "easy": 0.6}]
     claim = demo_offline.check_claim(rows)
     assert claim["best_lambda"] == 1.0 and claim["hard_rises"] and claim["normal_holds"]
+
+
+@pytest.mark.slow
+def test_demo_debiases_a_reward_model_that_is_still_a_reasonable_one(tmp_path):
+    """The whole offline demonstration (seed 0, deterministic): subtracting the style forget LoRA raises
+    the hard accuracy while the normal one holds (check_claim's margins), and the biased base stays a
+    reasonable reward model on RewardBench 2 (official overall above the 0.25 of random scores; measured
+    0.42: fine-tuning only its token embeddings keeps the head's general preferences)."""
+    from debias_lora import demo_offline
+    summary = demo_offline.main(["--data_dir", str(tmp_path / "data"), "--results_dir", str(tmp_path / "results")])
+    assert summary["claim"]["hard_rises"] and summary["claim"]["normal_holds"], summary["claim"]
+    base = next(r for r in summary["results"] if r["lambda"] == 0.0)
+    assert base["rb2_overall"] > 0.25
+    assert (tmp_path / "results" / "demo_offline.md").exists() and (tmp_path / "results" / "biased_base").is_dir()

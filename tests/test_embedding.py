@@ -54,6 +54,24 @@ def one_at_a_time_logits(model, tokenizer, conversations):
     return torch.cat(out)
 
 
+def assert_same(a, b, tolerance=1e-5):
+    """Scores a == b to float32 rounding, relative to the largest of them (the tiny model's loud channels
+    make its logits ~100, not ~1)."""
+    scale = float(b.abs().max().clamp(min=1e-6))
+    torch.testing.assert_close(a / scale, b / scale, atol=tolerance, rtol=tolerance)
+
+
+def assert_same_embeddings(a, b, tolerance=5e-5):
+    """Embeddings a == b to float32 rounding in the normalised coordinates: divided by the final norm's
+    gain, which is 100 on a few loud channels of the tiny model (offline/tiny_model.py) and 1 elsewhere,
+    so float32's rounding is measured alike on every channel. Measured there: batched against one at a
+    time 8e-6, float32 against float64 1.4e-5; 5e-5 leaves room for another CPU's summation order."""
+    from offline.tiny_model import HIDDEN_SIZE, LOUD_CHANNELS, LOUD_GAIN
+    gain = torch.ones(HIDDEN_SIZE)
+    gain[list(LOUD_CHANNELS)] = LOUD_GAIN
+    torch.testing.assert_close(a / gain, b / gain, atol=tolerance, rtol=tolerance)
+
+
 def test_exactly_one_bos(tiny, convs):
     _, tok = tiny
     bos = tok.bos_token_id
@@ -75,7 +93,7 @@ def test_embedding_at_exported_head_equals_logits(tiny, convs, tmp_path):
     assert torch.equal(head, model.score.weight.detach().T)
     E = embed_conversations(model, tok, convs, batch_size=4)
     assert E.shape == (len(convs), model.config.hidden_size) and E.dtype == torch.float32
-    torch.testing.assert_close(E @ head, one_at_a_time_logits(model, tok, convs), atol=1e-5, rtol=1e-5)
+    assert_same(E @ head, one_at_a_time_logits(model, tok, convs))
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +115,9 @@ def test_batched_equals_one_at_a_time(tiny, tiny_eager, convs, side, attention):
         scores = score_conversations(model, tok, convs, batch_size=6)
     finally:
         tok.padding_side = old
-    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(budget, single, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(scores, one_at_a_time_logits(model, tok, convs), atol=1e-5, rtol=1e-5)
+    assert_same_embeddings(batched, single)
+    assert_same_embeddings(budget, single)
+    assert_same(scores, one_at_a_time_logits(model, tok, convs))
 
 
 def dialog_tree(seed=0):
@@ -138,14 +156,14 @@ def test_shared_prompts_equal_whole_conversations(tiny, tiny_eager, attention, m
     finally:
         hook.remove()
     single = embed_conversations(model, tok, convs, batch_size=1, share_prefixes=False)
-    torch.testing.assert_close(shared, single, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(windows, single, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(shared[2], shared[6])  # the duplicate
+    assert_same_embeddings(shared, single)
+    assert_same_embeddings(windows, single)
+    assert_same_embeddings(shared[2][None], shared[6][None])  # the duplicate
     # the prefixes really ran once: fewer tokens (pads included) went through the model, in both runs,
     # than the conversations hold
     assert sum(processed) < 2 * sum(len(x) for x in ids)
     scores = score_conversations(model, tok, convs, batch_size=4)
-    torch.testing.assert_close(scores, one_at_a_time_logits(model, tok, convs), atol=1e-5, rtol=1e-5)
+    assert_same(scores, one_at_a_time_logits(model, tok, convs))
 
 
 def test_shared_prefix_groups_save_the_most_tokens():
@@ -221,16 +239,14 @@ def test_score_conversations_heads(tiny, convs):
     logits = one_at_a_time_logits(model, tok, convs)
     own = score_conversations(model, tok, convs, batch_size=4)
     assert own.shape == (len(convs), 1) and own.dtype == torch.float32
-    torch.testing.assert_close(own, logits, atol=1e-5, rtol=1e-5)
+    assert_same(own, logits)
     E = embed_conversations(model, tok, convs)
     V_ref = reward_head(model)
-    torch.testing.assert_close(score_conversations(model, tok, convs, head=V_ref), own, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(score_conversations(model, tok, convs, head=V_ref[:, 0].numpy(), bias=2.0),
-                               own + 2.0, atol=1e-5, rtol=1e-5)
+    assert_same(score_conversations(model, tok, convs, head=V_ref), own)
+    assert_same(score_conversations(model, tok, convs, head=V_ref[:, 0].numpy(), bias=2.0), own + 2.0)
     V = torch.randn(model.config.hidden_size, 3, generator=torch.Generator().manual_seed(0))
     bias = torch.tensor([1.0, -2.0, 0.5])
-    torch.testing.assert_close(score_conversations(model, tok, convs, head=V, bias=bias),
-                               E @ V + bias, atol=1e-4, rtol=1e-5)
+    assert_same(score_conversations(model, tok, convs, head=V, bias=bias), E @ V + bias)
     with pytest.raises(ValueError, match="head must have shape"):
         score_conversations(model, tok, convs, head=torch.zeros(7, 2))
 
@@ -250,10 +266,10 @@ def test_score_conversations_peft_model(tiny, convs):
     for side in ("left", "right"):
         tok.padding_side = side
         got = score_conversations(peft_model, tok, convs, batch_size=5)
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        assert_same(got, expected)
     tok.padding_side = "right"
     E = embed_conversations(peft_model, tok, convs)
-    torch.testing.assert_close(E @ reward_head(peft_model), expected, atol=1e-5, rtol=1e-5)
+    assert_same(E @ reward_head(peft_model), expected)
     base_scores = one_at_a_time_logits(tiny[0], tiny[1], convs)
     assert not torch.allclose(expected, base_scores, atol=1e-3)  # the adapter really changed the scores
 
@@ -264,7 +280,7 @@ def test_embed_to_file_resumes_after_kill(tiny, convs, tmp_path, monkeypatch, ca
                               batch_size=3, progress=False)
     ref = load_embeddings(reference)
     model, tok = tiny
-    torch.testing.assert_close(ref, embed_conversations(model, tok, convs), atol=1e-5, rtol=1e-5)
+    assert_same_embeddings(ref, embed_conversations(model, tok, convs))
 
     out = tmp_path / "run" / "emb.safetensors"
     done = []
@@ -372,9 +388,11 @@ def test_dtype_and_attention_selectable(tiny, convs):
     assert bf16.config._attn_implementation == "eager"
     E = embed_conversations(bf16, tok16, convs, batch_size=4)
     assert E.dtype == torch.float32
-    assert (E - reference).norm() / reference.norm() < 0.05
-    torch.testing.assert_close(score_conversations(bf16, tok16, convs, batch_size=4),
-                               one_at_a_time_logits(bf16, tok16, convs), atol=0.1, rtol=0.05)
+    # bf16 rounds each operation by up to 2^-9 relative; through two layers and the loud final norm
+    # (gain 100 on a few channels) the embeddings differ from float32 by ~5% (measured 0.050): bound 0.1
+    assert (E - reference).norm() / reference.norm() < 0.1
+    assert_same(score_conversations(bf16, tok16, convs, batch_size=4), one_at_a_time_logits(bf16, tok16, convs),
+                tolerance=0.05)
 
 
 def test_missing_input_file_is_clear(tmp_path):

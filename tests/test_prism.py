@@ -341,7 +341,7 @@ import json, runpy, sys
 sys.path.insert(0, ".")
 for argv in json.loads(sys.argv[1]):
     sys.argv = argv
-    print("=== " + " ".join(argv), flush=True)
+    print("@@@ step " + " ".join(argv), flush=True)
     runpy.run_path(argv[0], run_name="__main__")
 """
 
@@ -353,15 +353,20 @@ def offline_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("prism_offline")
     common = ["--offline", f"--data_dir={base / 'data' / 'prism'}"]
     results = ["--results_dir=" + str(base / "results"), "--num_iterations=500", "--alpha_list=[0.0,10000.0]"]
+    rb2 = ["eval_rb2.py", "--offline", "--data_dir", str(base / "data" / "rewardbench2"), "--results_dir",
+           str(base / "results"), "--batch_size", "32"]
     steps = [["prepare.py", *common, f"--offline_users={OFFLINE_USERS}"],
              ["generate-prism-embeddings.py", *common],
              ["train_basis.py", *common, *results, "--K_list=[0,1,5,10]"],
-             ["vary_fewshot.py", *common, *results, "--K_list=[1,5]", "--num_shots=[2,10]", "--trials=2"]]
+             ["vary_fewshot.py", *common, *results, "--K_list=[1,5]", "--num_shots=[2,10]", "--trials=2"],
+             rb2] + [rb2 + ["--rm_head", f"PRISM_V_lore_K_5_alpha_{alpha}.pt"] + weights
+                     for alpha in ("10000.0", "0.0")
+                     for weights in ([], ["--rm_weights", f"PRISM_W_lore_seen_5_{alpha}.pt"])]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="")
     result = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(steps)], cwd=PRISM, capture_output=True,
                             text=True, env=env, timeout=600)
     assert result.returncode == 0, f"the offline PRISM pipeline failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    logs = result.stdout.split("=== ")[1:]
+    logs = result.stdout.split("@@@ step ")[1:]
     assert [log.split()[0] for log in logs] == [step[0] for step in steps]
     return base / "data" / "prism", base / "results", logs
 
@@ -410,21 +415,35 @@ def test_offline_embeddings_index_every_side(offline_run):
 
 
 @pytest.mark.slow
-def test_offline_lore_beats_ref_and_single_reward_on_unseen_users(offline_run):
+def test_offline_world_tells_the_papers_story(offline_run):
+    """The relations the offline world is built for, at PRISM's real alpha = 1e4 and the alpha = 0
+    contrast, on the test-sized data (100 users, 500 iterations, seed 0: deterministic). Each margin is
+    about half the smallest gap measured over generator seeds 0-4 at this size, so a regression of the
+    world or of the method fails while a change of seed would not."""
     _, results, logs = offline_run
     payload = json.loads((results / "train_basis.json").read_text())
-    assert payload["seed"] == 0 and payload["settings"]["num_iterations"] == 500
-    assert payload["alpha_list"] == [0.0, 1e4]
-    unseen = {r["K"]: r["unseen_test"]["mean"] for r in payload["results"] if r["alpha"] == 0.0}
-    print(logs[2])
-    for K in (5, 10):
-        assert unseen[K] > unseen[0] + 0.05 and unseen[K] > unseen[1] + 0.05, unseen
-    assert unseen[10] < payload["planted_accuracy"]["unseen_test"] + 0.05           # not above the truth
-    # alpha = 1e4 pins the basis to the tiny model's head (unrelated to the planted tastes): "ref" again
-    pinned = [r for r in payload["results"] if r["alpha"] == 1e4]
-    for r in pinned:
-        for group in ("seen_test", "unseen_test"):
-            assert abs(r[group]["mean"] - pinned[0][group]["mean"]) < 0.03, (r, pinned[0])
+    assert payload["seed"] == 0 and payload["settings"]["num_iterations"] == 500 and payload["alpha_list"] == [0.0, 1e4]
+    figure = {(r["alpha"], r["K"], group): r[group]["mean"] for r in payload["results"]
+              for group in ("seen_test", "unseen_test")}
+    planted = payload["planted_accuracy"]
+    # the backbone's head is a good general reward: clearly above chance, below the planted rate
+    assert 0.6 < figure[1e4, 0, "seen_test"] < planted["seen_test"] - 0.07
+    # at alpha = 1e4 LoRe's best rank beats the head and one shared reward (K = 1)
+    for group, over_ref, over_one in (("seen_test", 0.03, 0.013), ("unseen_test", 0.02, 0.0)):
+        best = max(figure[1e4, K, group] for K in (5, 10))
+        assert best > figure[1e4, 0, group] + over_ref and best > figure[1e4, 1, group] + over_one, (group, figure)
+    # without the pull towards the head (alpha = 0) the basis drifts away and loses seen-user accuracy
+    assert max(figure[0.0, K, "seen_test"] for K in (5, 10)) < max(figure[1e4, K, "seen_test"] for K in (5, 10)) - 0.02
+    cosine = {(r["alpha"], r["K"]): r["mean_cosine_to_ref"] for r in payload["results"] if r["K"] >= 1}
+    assert all(cosine[1e4, K] > 0.999 for K in (1, 5, 10)) and cosine[0.0, 5] < 0.7
+    # RewardBench 2: the head is a good reward there too; the alpha = 1e4 basis keeps most of it, the
+    # alpha = 0 basis loses clearly more (its columns point elsewhere)
+    overall = {path.stem: json.loads(path.read_text())["official"]["mean_overall"] for path in results.glob("rb2_*.json")}
+    head = overall["rb2_seqclf"]
+    assert head > 0.5
+    assert overall["rb2_lmhead_PRISM_V_lore_K_5_alpha_10000.0_mean_user"] >= head - 0.06
+    assert overall["rb2_lmhead_PRISM_V_lore_K_5_alpha_10000.0"] >= head - 0.08
+    assert overall["rb2_lmhead_PRISM_V_lore_K_5_alpha_0.0"] < overall["rb2_lmhead_PRISM_V_lore_K_5_alpha_10000.0"] - 0.2
     for K in (1, 5, 10):
         V = torch.load(results / f"PRISM_V_lore_K_{K}_alpha_0.0.pt", weights_only=True)
         W = torch.load(results / f"PRISM_W_lore_seen_{K}_0.0.pt", weights_only=True)

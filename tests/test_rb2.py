@@ -478,9 +478,11 @@ def test_cli_end_to_end_on_a_generated_file(data, tmp_path, capsys):
     csv_lines = (tmp_path / "heads.csv").read_text().splitlines()
     assert len(csv_lines) == 5 and csv_lines[0].startswith("head,original_Factuality")
 
-    # the planted head ranks every generated row right (non-Ties: official 100%)
-    eval_rb2.main(["--offline", "--dataset", str(data), "--rm_head", str(data.parent / "planted_head.safetensors"),
-                   "--batch_size", "32", "--save_json", str(tmp_path / "planted.json")])
+    # without the generator's noise the planted head (the tiny model's own) ranks every row right
+    noiseless = gen.write(tmp_path / "noiseless", **SMALL, noise_scale=0.0)
+    eval_rb2.main(["--offline", "--dataset", str(noiseless), "--rm_head",
+                   str(noiseless.parent / "planted_head.safetensors"), "--batch_size", "32",
+                   "--save_json", str(tmp_path / "planted.json")])
     planted = json.loads((tmp_path / "planted.json").read_text())
     assert all(planted["official"]["per_subset"][n] == [1.0] for n in rb2.SUBSETS[:5])
     assert planted["official"]["ties"]["tied_accuracy"] == [1.0] and planted["official"]["ties"]["ref_accuracy"] == [1.0]
