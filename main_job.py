@@ -36,9 +36,15 @@ only: str | None = None      # run only the steps of these folders (e.g. "PRISM,
 # where noted.
 FAST = ["--num_iterations=30", "--fewshot_iterations=30"]   # smoke: every fit runs, none converges
 # The paper's comparison in every train_basis.py: PAL and VPL beside LoRe over two seeds (the scripts'
-# default is one seed and no baselines: the original's run); smoke: one seed
-COMPARE = ["--baselines=['PAL','VPL']", "--seeds=2"]
-SMOKE_COMPARE = ["--baselines=['PAL','VPL']", "--seeds=1"]
+# default is one seed and no baselines: the original's run); smoke: one seed. PersonalLLM: one seed and
+# 300 seen / 150 new users (the real 1,000 / 500: VPL's decoder over 150,000 test comparisons alone takes
+# about 4 minutes per seed here)
+# --overwrite=True: the bases under <results> are this job's own, remade by every run (an edit of the
+# settings here would otherwise stop the next run at the V files the last one saved)
+COMPARE = ["--baselines=['PAL','VPL']", "--seeds=2", "--overwrite=True"]
+SMOKE_COMPARE = ["--baselines=['PAL','VPL']", "--seeds=1", "--overwrite=True"]
+PERSONALLLM_COMPARE = ["--baselines=['PAL','VPL']", "--seeds=1", "--n_seen_users=300", "--n_unseen_users=150",
+                       "--overwrite=True"]
 RB2 = ["--batch_size", "32"]
 STEPS = [
     ("PRISM", "prepare.py", "prism", [], []),
@@ -61,7 +67,7 @@ STEPS = [
     ("RedditTLDR", "vary_fewshot.py", "tldr", [], FAST + ["--trials=2", "--num_shots=[5,10]"]),
     ("PersonalLLM", "prepare.py", "personalllm", [], []),
     ("PersonalLLM", "generate-personalllm-embeddings.py", "personalllm", [], []),
-    ("PersonalLLM", "train_basis.py", "personalllm", COMPARE,
+    ("PersonalLLM", "train_basis.py", "personalllm", PERSONALLLM_COMPARE,
      FAST + ["--n_seen_users=100", "--n_unseen_users=50"] + SMOKE_COMPARE),
     ("PersonalLLM", "vary_fewshot.py", "personalllm", ["--trials=5"],
      FAST + ["--n_seen_users=100", "--n_unseen_users=50", "--trials=2", "--num_shots=[1,5]"]),

@@ -17,7 +17,8 @@
 4. The lambda sweep (evaluate_lambdas.py) on held-out questions: hard / normal / easy accuracy and
    RewardBench 2 (the generated file) per lambda.
 
-The claim checked: the hard accuracy rises with lambda while the normal (same-style, correctness-only)
+The claim checked, at lambda = 1 (the whole LoRA subtracted; fixed in advance, the sweep is
+there to look at, not to pick from): the hard accuracy rises while the normal (same-style, correctness-only)
 accuracy holds. Writes results-offline/demo_offline.{json,md} (the table and the claim's check) beside
 lambda_sweep_style.{json,md,png}, the biased base and the LoRA.
 """
@@ -39,6 +40,7 @@ from debias_lora import build_pairs, evaluate_lambdas, lora_math, train_forget_l
 from debias_lora.pairs import load_pairs  # noqa: E402
 
 LAMBDAS = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]
+CLAIM_LAMBDA = 1.0          # the claim's lambda: subtract the whole forget LoRA (fixed, not chosen on the sweep)
 CORRECTNESS_WEIGHT = 1      # copies of each correctness pair in the biased mix
 BASE_TRAINABLE = ("model.embed_tokens.weight",)   # what the biased base's fine-tuning changes
 
@@ -117,16 +119,20 @@ def train_biased_base(pairs_path: Path, out_dir: Path, args) -> Path:
     return out_dir
 
 
-def check_claim(results: list[dict], min_rise: float = 0.2, max_drop: float = 0.05) -> dict:
-    """The demo's claim on a sweep: at lambda* = argmax over lambda of (hard + normal) / 2 (the best
-    debiasing that keeps correctness), hard has risen by at least `min_rise` over lambda 0 and normal
-    has dropped by at most `max_drop`."""
-    base = next((r for r in results if r["lambda"] == 0.0), results[0])
-    best = max(results, key=lambda r: (r["hard"] + r["normal"], -abs(r["lambda"])))
-    return {"hard_at_0": base["hard"], "normal_at_0": base["normal"], "easy_at_0": base["easy"],
-            "best_lambda": best["lambda"], "hard_at_best": best["hard"], "normal_at_best": best["normal"],
-            "easy_at_best": best["easy"], "hard_rises": best["hard"] >= base["hard"] + min_rise,
-            "normal_holds": best["normal"] >= base["normal"] - max_drop}
+def check_claim(results: list[dict], at_lambda: float = CLAIM_LAMBDA, min_rise: float = 0.2,
+                max_drop: float = 0.05) -> dict:
+    """The demo's claim on a sweep: at lambda = `at_lambda` (fixed before the run, not picked by the
+    figures it then reports), hard has risen by at least `min_rise` over lambda 0 and normal has dropped
+    by at most `max_drop`."""
+    by_lambda = {r["lambda"]: r for r in results}
+    if 0.0 not in by_lambda or at_lambda not in by_lambda:
+        raise SystemExit(f"error: the claim compares lambda 0 with lambda {at_lambda:g}; the sweep has "
+                         f"{sorted(by_lambda)}. Add both to --lambdas.")
+    base, debiased = by_lambda[0.0], by_lambda[at_lambda]
+    return {"claim_lambda": at_lambda, "hard_at_0": base["hard"], "normal_at_0": base["normal"],
+            "easy_at_0": base["easy"], "hard_at_claim": debiased["hard"], "normal_at_claim": debiased["normal"],
+            "easy_at_claim": debiased["easy"], "hard_rises": debiased["hard"] >= base["hard"] + min_rise,
+            "normal_holds": debiased["normal"] >= base["normal"] - max_drop}
 
 
 def main(argv=None) -> dict:
@@ -179,9 +185,9 @@ def main(argv=None) -> dict:
     text = (f"Offline debias demo: style-biased tiny RM minus lambda * style forget LoRA "
             f"({args.questions[1]} held-out questions; {seconds:.0f} s)\n\n"
             f"{evaluate_lambdas.markdown_table(sweep['results'])}\n\n"
-            f"From lambda 0 to lambda* = {claim['best_lambda']:g} (the best (hard + normal) / 2): hard "
-            f"{claim['hard_at_0']:.3f} -> {claim['hard_at_best']:.3f}, normal {claim['normal_at_0']:.3f} -> "
-            f"{claim['normal_at_best']:.3f}, easy {claim['easy_at_0']:.3f} -> {claim['easy_at_best']:.3f}: "
+            f"From lambda 0 to lambda = {claim['claim_lambda']:g} (fixed before the run): hard "
+            f"{claim['hard_at_0']:.3f} -> {claim['hard_at_claim']:.3f}, normal {claim['normal_at_0']:.3f} -> "
+            f"{claim['normal_at_claim']:.3f}, easy {claim['easy_at_0']:.3f} -> {claim['easy_at_claim']:.3f}: "
             f"{verdict}.\n")
     utils.write_text_atomic(results_path / "demo_offline.md", text)
     print("\n" + text)

@@ -430,7 +430,10 @@ def test_demo_bias_mix_and_claim_check():
             {"lambda": 1.0, "hard": 0.8, "normal": 0.88, "easy": 0.7},
             {"lambda": 2.0, "hard": 0.85, "normal": 0.6, "easy": 0.6}]
     claim = demo_offline.check_claim(rows)
-    assert claim["best_lambda"] == 1.0 and claim["hard_rises"] and claim["normal_holds"]
+    assert claim["claim_lambda"] == 1.0 and claim["hard_rises"] and claim["normal_holds"]
+    assert not demo_offline.check_claim(rows, at_lambda=2.0)["normal_holds"]     # 0.87 -> 0.6
+    with pytest.raises(SystemExit, match="Add both to --lambdas"):
+        demo_offline.check_claim(rows[1:])
 
 
 @pytest.mark.slow
