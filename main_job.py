@@ -153,6 +153,12 @@ def findings(results: Path) -> list[str]:
         if base is not None:
             lines.append(f"- Debias demo: the biased base's RewardBench 2 overall is {100 * base:.1f}, above the "
                          f"25 that random scores get: {verdict(base > 0.25)}.")
+        claim = demo["claim"]
+        lines.append(f"- Debias demo: base - {claim['claim_lambda']:g} x the style forget LoRA raises the hard "
+                     f"(style against correctness) accuracy {claim['hard_at_0']:.3f} -> {claim['hard_at_claim']:.3f} "
+                     f"while the normal one holds ({claim['normal_at_0']:.3f} -> {claim['normal_at_claim']:.3f}); "
+                     f"easy (style and correctness agree) {claim['easy_at_0']:.3f} -> {claim['easy_at_claim']:.3f}: "
+                     f"{verdict(claim['hard_rises'] and claim['normal_holds'])}.")
     return lines
 
 

@@ -53,10 +53,14 @@ def test_main_job_runs_every_folder_in_order_and_prints_the_tables(tmp_path):
     assert "RewardBench 2 (official scoring)" in out and "| lambda | hard | normal | easy" in out
     # the personalize demo on the PRISM basis and data this run wrote: 5 new users, one exported and reloaded
     demo = json.loads((tmp_path / "results" / "personalize" / "personalize_demo.json").read_text())
-    assert demo["basis"] == str(tmp_path / "results" / "PRISM" / "PRISM_V_lore_K_5_alpha_0.0.pt")
+    assert demo["basis"] == str(tmp_path / "results" / "PRISM" / "PRISM_V_lore_K_5_alpha_10000.0.pt")
     assert len(demo["users"]) == 5 and demo["users"][0]["exported_model_accuracy"] is not None
     assert "| user | few-shot comparisons | held-out comparisons | pipeline (train_basis.json)" in out
     assert "a table of an earlier run" not in out                      # only this run's tables
+    # the findings are computed from this run's files (smoke: whether each holds is not meaningful)
+    story = (tmp_path / "results" / "findings.md").read_text()
+    assert story.count("- PRISM") == 3 and "- Reddit TLDR" in story and "- PersonalLLM" in story
+    assert "biased base's RewardBench 2 overall" in story and "x the style forget LoRA raises the hard" in story
     assert all(t.read_text().startswith("> SMOKE run") for f in FOLDERS
                for t in (tmp_path / "results" / f).glob("*.md") if t != stale)
     after = sorted(p for p in ROOT.rglob("*") if ".git" not in p.parts and "__pycache__" not in p.parts)
