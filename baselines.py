@@ -234,6 +234,23 @@ class _Baseline:
         if comparisons.d != self.d:
             raise ValueError(f"{what} has d = {comparisons.d}; the {self.name} model was built for d = {self.d}")
 
+    def _chunked_margins(self, comparisons: utils.Comparisons, per_user: torch.Tensor, featurize, margin):
+        """[N] margins of `comparisons`, for both methods: `featurize` maps each distinct table row in use
+        once ([rows, d] -> [rows, f]), then margin(features of chosen [n, f], of rejected [n, f], the
+        users' rows of `per_user` [n, ...]) runs in chunks of EVAL_CHUNK comparisons."""
+        self._check(comparisons, "the comparisons")
+        per_user = per_user.to(self.device, self.dtype)
+        if per_user.shape[0] != comparisons.n_users:
+            raise ValueError(f"the user state has {per_user.shape[0]} users, the comparisons {comparisons.n_users}")
+        table, chosen, rejected = _indexed(comparisons)
+        rows, inverse = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
+        features = _map_rows(featurize, table, rows, self.device, self.dtype)      # once per row
+        users, N = comparisons.users.to(self.device), comparisons.N
+        inv_c, inv_r = inverse[:N], inverse[N:]
+        out = [margin(features[inv_c[i:i + EVAL_CHUNK]], features[inv_r[i:i + EVAL_CHUNK]],
+                      per_user[users[i:i + EVAL_CHUNK]]) for i in range(0, N, EVAL_CHUNK)]
+        return torch.cat(out) if out else torch.zeros(0, dtype=self.dtype, device=self.device)
+
     def per_user_accuracy(self, comparisons: utils.Comparisons, state) -> torch.Tensor:
         """[C] fraction of each user's comparisons with margin > 0 (a tie is wrong; NaN: no comparison).
         C = comparisons.n_users; `state` is `seen_state` or what `personalize` returned for these users."""
@@ -471,19 +488,8 @@ class PAL(_Baseline):
     @torch.no_grad()
     def margins(self, comparisons: utils.Comparisons, state: dict) -> torch.Tensor:
         """[N] r_u(chosen) - r_u(rejected) of every comparison for its user's state (no grad)."""
-        self._check(comparisons, "the comparisons")
-        logits = state["logits"].to(self.device, self.dtype)
-        if logits.shape[0] != comparisons.n_users:
-            raise ValueError(f"the user state has {logits.shape[0]} users, the comparisons {comparisons.n_users}")
-        table, chosen, rejected = _indexed(comparisons)
-        points = self.user_points(torch.softmax(logits, 1))
-        rows, inverse = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
-        projected = _map_rows(self.project, table, rows, self.device, self.dtype)   # once per row
-        users, N = comparisons.users.to(self.device), comparisons.N
-        inv_c, inv_r = inverse[:N], inverse[N:]
-        out = [self.margin(projected[inv_c[i:i + EVAL_CHUNK]], projected[inv_r[i:i + EVAL_CHUNK]],
-                           points[users[i:i + EVAL_CHUNK]]) for i in range(0, N, EVAL_CHUNK)]
-        return torch.cat(out) if out else torch.zeros(0, dtype=self.dtype, device=self.device)
+        points = self.user_points(torch.softmax(state["logits"].to(self.device, self.dtype), 1))
+        return self._chunked_margins(comparisons, points, self.project, self.margin)
 
     def loss(self, comparisons: utils.Comparisons, state: dict) -> torch.Tensor:
         """Pooled mean loss of `comparisons` for the users' state (the training objective of one batch)."""
@@ -753,22 +759,9 @@ class VPL(_Baseline):
     @torch.no_grad()
     def margins(self, comparisons: utils.Comparisons, state: dict) -> torch.Tensor:
         """[N] r(e_c, z_u) - r(e_r, z_u) with z_u = the user's latent mean (no grad)."""
-        self._check(comparisons, "the comparisons")
-        z = state["mean"].to(self.device, self.dtype)
-        if z.shape[0] != comparisons.n_users:
-            raise ValueError(f"the user state has {z.shape[0]} users, the comparisons {comparisons.n_users}")
-        table, chosen, rejected = _indexed(comparisons)
-        latent = self.latent_hidden(z)                                            # [C, h]
-        rows, inverse = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
-        dec_rows = _map_rows(self.decoder_rows, table, rows, self.device, self.dtype)
-        users, N = comparisons.users.to(self.device), comparisons.N
-        inv_c, inv_r = inverse[:N], inverse[N:]
-        out = []
-        for i in range(0, N, EVAL_CHUNK):
-            lat = latent[users[i:i + EVAL_CHUNK]]
-            out.append(self.reward(dec_rows[inv_c[i:i + EVAL_CHUNK]], lat)
-                       - self.reward(dec_rows[inv_r[i:i + EVAL_CHUNK]], lat))
-        return torch.cat(out) if out else torch.zeros(0, dtype=self.dtype, device=self.device)
+        latent = self.latent_hidden(state["mean"].to(self.device, self.dtype))     # [C, h]
+        return self._chunked_margins(comparisons, latent, self.decoder_rows,
+                                     lambda chosen, rejected, lat: self.reward(chosen, lat) - self.reward(rejected, lat))
 
     def _shared_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())

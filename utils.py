@@ -552,6 +552,9 @@ def _per_user_mean_weights(comparisons: "Comparisons", dtype) -> torch.Tensor:
 
 
 class _Trainer:
+    """The two LoRe trainers' common state. `V_sft` is the reference head V_ref [d, 1] under the original
+    classes' argument name (kept so their callers run unchanged)."""
+
     W_INIT = staticmethod(torch.randn)    # the draw of the user logits W [C, B] (V is always N(0, 1))
 
     def __init__(self, V_sft, alpha, num_classes, num_features, num_basis_vectors, num_iterations,
@@ -1158,7 +1161,8 @@ def save_results(results_dir, name, settings, K_list, alpha_list, results, *, pl
         for row in (r for r in rows if r["alpha"] == alpha):
             cells = [percent(row[key]["mean"], row[key]["std"]) for key in GROUP_NAMES]
             if show_cosine:
-                cells.append(f"{row['mean_cosine_to_ref']:.3f}" if "mean_cosine_to_ref" in row else "1")
+                # 5 decimals: at alpha = 1e4 the basis sits within 1e-4 of the head, which .3f shows as 1
+                cells.append(f"{row['mean_cosine_to_ref']:.5f}" if "mean_cosine_to_ref" in row else "1")
             label = rank_label(row["K"]) + (" (chosen on seen users)" if row["K"] == chosen[alpha] else "")
             markdown.append(f"| {label} | " + " | ".join(cells) + " |")
         for method in method_rows:
@@ -1189,6 +1193,25 @@ def save_results(results_dir, name, settings, K_list, alpha_list, results, *, pl
         plots.append(path)
     return {"json": json_path, "markdown": md_path, "plots": plots, "rows": rows}
 
+
+
+def save_train_basis(results_dir, dataset: str, settings, K_list, alpha_list, results, extra: dict, *,
+                     user_ids=None, method_rows=()) -> dict:
+    """Every folder's train_basis.py outputs under the same names: save_results as train_basis.{json,md} and
+    generalization_accuracy_vs_rank_lore_alpha_{alpha}.png, with the planted rate on unseen users as a
+    line when `extra` has the offline data's "planted_accuracy"; prints that rate, the table and the files."""
+    planted = extra.get("planted_accuracy")
+    if planted:
+        print("planted (true) user rewards: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in planted.items()))
+    files = save_results(results_dir, "train_basis", settings, K_list, alpha_list, results,
+                         plot_name="generalization_accuracy_vs_rank_lore_alpha_{alpha}.png",
+                         title=f"{dataset}: LoRe accuracy vs rank", extra=extra, user_ids=user_ids,
+                         method_rows=method_rows,
+                         reference_lines={"planted reward, unseen users": (planted or {}).get("unseen_test")})
+    print(files["markdown"].read_text())
+    print(f"wrote {files['json']}, {files['markdown']}, {', '.join(str(p) for p in files['plots'])} and the bases "
+          f"per K in {results_dir}")
+    return files
 
 def save_fewshot_results(results_dir, name, settings, num_shots, K_list, alpha_list, results, *, plot_name=None,
                          title=None, extra=None, reference_lines=None) -> dict:

@@ -54,8 +54,6 @@ extra = {"counts": counts}
 if offline:
     from offline import prism as offline_prism
     extra["planted_accuracy"] = offline_prism.planted_accuracy(data_path, groups, users)
-    print("planted (true) user rewards: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in
-                                                       extra["planted_accuracy"].items()))
 
 start = time.time()
 results, method_rows = compare(
@@ -66,11 +64,5 @@ results, method_rows = compare(
         overwrite=overwrite),
     seed, seeds, baselines, groups, K_list, alpha_list, results_path, settings, dataset="PRISM", device=device)
 extra["seconds"] = round(time.time() - start, 1)
-files = utils.save_results(results_path, "train_basis", settings, K_list, alpha_list, results,
-                           plot_name="generalization_accuracy_vs_rank_lore_alpha_{alpha}.png",
-                           title="PRISM: LoRe accuracy vs rank", extra=extra, user_ids=users,
-                           method_rows=method_rows,
-                           reference_lines={"planted reward, unseen users": extra.get("planted_accuracy", {}).get("unseen_test")})
-print(files["markdown"].read_text())
-print(f"wrote {files['json']}, {files['markdown']}, " + ", ".join(str(p) for p in files["plots"])
-      + f" and V/W per K in {results_path} ({extra['seconds']} s)")
+utils.save_train_basis(results_path, "PRISM", settings, K_list, alpha_list, results, extra,
+                       user_ids=users, method_rows=method_rows)

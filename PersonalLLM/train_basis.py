@@ -66,8 +66,6 @@ extra = {"reward_models": reward_models, "simulation": population.settings, "cou
 if offline:
     from offline import personalllm as offline_personalllm
     extra["planted_accuracy"] = offline_personalllm.planted_accuracy(data_path, groups, population)
-    print("planted (true) user rewards: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in
-                                                       extra["planted_accuracy"].items()))
 simulated = time.time()
 results, method_rows = compare(
     lambda s, out: utils.run(K_list, alpha_list, V_ref, *groups.values(), n_seen_users, n_unseen_users, device,
@@ -76,10 +74,5 @@ results, method_rows = compare(
                              seed=s, results_dir=out, dataset_name="PersonalLLM", overwrite=overwrite),
     seed, seeds, baselines, groups, K_list, alpha_list, results_path, settings, dataset="PersonalLLM", device=device)
 extra["seconds"] = {"load_and_simulate": round(simulated - start, 1), "run": round(time.time() - simulated, 1)}
-files = utils.save_results(results_path, "train_basis", settings, K_list, alpha_list, results,
-                           plot_name="generalization_accuracy_vs_rank_lore_alpha_{alpha}.png",
-                           title="PersonalLLM: LoRe accuracy vs rank", extra=extra,
-                           method_rows=method_rows,
-                           reference_lines={"planted reward, unseen users": extra.get("planted_accuracy", {}).get("unseen_test")})
-print(files["markdown"].read_text())
-print(f"wrote {files['json']}, {files['markdown']}, {', '.join(str(p) for p in files['plots'])}")
+utils.save_train_basis(results_path, "PersonalLLM", settings, K_list, alpha_list, results, extra,
+                       method_rows=method_rows)

@@ -56,8 +56,6 @@ extra = {"split": split_counts, "seen_workers": users["seen"], "unseen_workers":
 if offline:
     from offline import tldr as offline_tldr
     extra["planted_accuracy"] = offline_tldr.planted_accuracy(data_path, groups, users)
-    print("planted (true) worker rewards: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in
-                                                         extra["planted_accuracy"].items()))
 
 start = time.time()
 results, method_rows = compare(
@@ -67,10 +65,5 @@ results, method_rows = compare(
                              seed=s, results_dir=out, dataset_name="TLDR", overwrite=overwrite),
     seed, seeds, baselines, groups, K_list, alpha_list, results_path, settings, dataset="Reddit TLDR", device=device)
 extra["seconds"] = round(time.time() - start, 1)
-files = utils.save_results(results_path, "train_basis", settings, K_list, alpha_list, results,
-                           plot_name="generalization_accuracy_vs_rank_lore_alpha_{alpha}.png",
-                           title="Reddit TLDR: LoRe accuracy vs rank", extra=extra, user_ids=users,
-                           method_rows=method_rows,
-                           reference_lines={"planted reward, unseen users": extra.get("planted_accuracy", {}).get("unseen_test")})
-print(files["markdown"].read_text())
-print(f"wrote {files['json']}, {files['markdown']}, {', '.join(str(p) for p in files['plots'])} ({extra['seconds']} s)")
+utils.save_train_basis(results_path, "Reddit TLDR", settings, K_list, alpha_list, results, extra,
+                       user_ids=users, method_rows=method_rows)

@@ -4,7 +4,7 @@
         --base_model "xxccho/margin_reg_baseline/checkpoint-2460" \
         --lora_path "xxccho/rm-debias-loras-llama-margin-reg/style" --lambda 0.5 \
         --output_dir results/debiased_style_0.5
-    cd debias_lora && python subtract_lora.py --offline --lambda 1.5   # the demo's biased tiny RM and style LoRA
+    cd debias_lora && python subtract_lora.py --offline --lambda 1.0   # the demo's biased tiny RM and style LoRA
 
 Every LoRA layer's weight becomes W - lambda * (alpha / r) * B @ A (alpha / sqrt(r) for rsLoRA),
 computed in float32 and stored in the model's dtype; the reward head stays the base head. A base that is
