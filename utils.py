@@ -55,8 +55,10 @@ _PLAIN_TYPES = (bool, int, float, str, list, tuple, type(None))
 
 
 def _is_setting(name: str, value) -> bool:
-    # settings are the lower-case public globals of a plain type; constants are UPPER_CASE
-    return not name.startswith("_") and not name.isupper() and isinstance(value, _PLAIN_TYPES)
+    # settings are the public globals of a plain type; constants are UPPER_CASE (a single capital, K or B,
+    # is a symbol: a setting)
+    constant = name.isupper() and len(name) > 1
+    return not name.startswith("_") and not constant and isinstance(value, _PLAIN_TYPES)
 
 
 def _declared(annotation) -> tuple[tuple, type | None]:
@@ -131,7 +133,7 @@ def configure(settings: dict, argv: list[str] | None = None) -> Settings:
     """Override a script's settings in place from `--name=value` arguments (nanoGPT style).
 
     `settings` is the script's `globals()`, called right after its settings block: the settings are
-    the lower-case public globals of a plain type defined by then. A setting whose default is None
+    the public globals of a plain type defined by then, except UPPER_CASE constants. A setting whose default is None
     declares its type with an annotation (`max_length: int | None = None`); others take their
     default's type (and a list its elements' type). Values are Python literals (`--K_list=[0,1,5]`,
     `--alpha_list=[1e4]`, `--offline=True`; a bare `--offline` sets a bool to True). An unknown name, a

@@ -178,7 +178,7 @@ def part_timing():
 
     def lore_rest():
         new = utils.learn_multiple_few_shot(groups["unseen_train"], V, lore_fewshot_iterations, 0.5, progress=False)
-        return [utils.eval_multiple(groups[name], V, w)[0] for name, w in
+        return [utils.accuracy_mean_std(groups[name], V, w)[0] for name, w in
                 (("seen_train", weights), ("seen_test", weights), ("unseen_train", new), ("unseen_test", new))]
     _, rest = timed(lore_rest)
     results["LoRe_regularized"] = {"per_iteration": per_iteration, "iterations": lore_iterations, "rest": rest}
@@ -258,7 +258,7 @@ def part_memory():
         weights, V = utils.solve_regularized(head, 0.0, groups["seen_train"], 5, memory_steps, 0.5, seed=seed,
                                              progress=False)
         new = utils.learn_multiple_few_shot(groups["unseen_train"], V, lore_fewshot_iterations, 0.1, progress=False)
-        return utils.eval_multiple(groups["unseen_test"], V, new)[0]
+        return utils.accuracy_mean_std(groups["unseen_test"], V, new)[0]
     phase("LoRe (K = 5)", lore_work)
     for method in methods:
         def work(method=method):

@@ -1,4 +1,4 @@
-"""RewardBench 2 scoring speed: the engine vs one prompt per forward pass (the seed's way).
+"""RewardBench 2 scoring speed: the engine vs one prompt per forward pass (the original's way).
 
     python bench/rb2_speed.py                      # the tiny offline model on the generated RB2 file
     python bench/rb2_speed.py --batch_size=32 --repeats=1 --threads=[1] --limit=40
@@ -29,6 +29,7 @@ max_tokens = 0         # padded tokens per forward pass when batching (0: no cap
 repeats = 2            # timings per way; the best is reported
 threads = [0, 1]       # torch thread counts to measure (0: torch's default, all cores)
 limit = 0              # first N prompts only (0: all)
+data_dir: str | None = None  # the generated RB2 file's folder (None: the offline default, PRISM/data/rewardbench2-offline)
 # -----------------------------------------------------------------------------
 settings = utils.configure(globals())
 
@@ -44,7 +45,8 @@ def best_time(fn, n):
 
 def main():
     from offline.tiny_model import tiny_model_path
-    rows = rb2.load_rows(rb2.offline_dataset_path(), limit=limit or None)
+    path = rb2.offline_dataset_path() if data_dir is None else rb2.offline_dataset_path(data_dir)
+    rows = rb2.load_rows(path, limit=limit or None)
     model, tokenizer = rb2.load_scoring_model(tiny_model_path(), "seqclf", device="cpu")
     n = len(rows)
     responses = sum(len(r["chosen"]) + len(r["rejected"]) for r in rows)

@@ -27,6 +27,13 @@ def test_override_parses_literals_and_keeps_types():
     assert utils.configure(settings(), ["--limit=None"])["limit"] is None
 
 
+def test_a_single_capital_is_a_setting_and_an_upper_case_name_a_constant():
+    snapshot = utils.configure({**settings(), "K": 10}, ["--K=3"])        # a symbol, as bench/baselines_speed.py's K
+    assert snapshot["K"] == 3 and "CONSTANT" not in snapshot
+    with pytest.raises(utils.SettingsError, match="unknown setting --CONSTANT"):
+        utils.configure(settings(), ["--CONSTANT=4"])
+
+
 @pytest.mark.parametrize("arg, message", [
     ("--nope=1", "unknown setting --nope"),
     ("--num_iterations=1.5", "--num_iterations takes int"),
