@@ -500,8 +500,8 @@ def load_head(path, key: str | None = None, hidden_size: int | None = None) -> t
         raise SystemExit(f"error: the head in {path} has shape {tuple(head.shape)}; expected (H,), (H, 1) "
                          f"or (H, B) with H the backbone's hidden size")
     if hidden_size is not None and head.shape[0] != hidden_size:
-        hint = (f" (it looks transposed: a [B, H] weight such as score.weight must be saved as its "
-                f"transpose [H, B])" if head.shape[1] == hidden_size else "")
+        hint = (" (it looks transposed: a [B, H] weight such as score.weight must be saved as its "
+                "transpose [H, B])" if head.shape[1] == hidden_size else "")
         raise SystemExit(f"error: the head in {path} has shape {tuple(head.shape)}, so H = {head.shape[0]}, "
                          f"but the backbone's hidden size is {hidden_size}{hint}. Use a head trained on "
                          f"this backbone's embeddings.")

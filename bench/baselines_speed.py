@@ -198,8 +198,8 @@ def part_timing():
 
     lore = results["LoRe_regularized"]
     lore_fit_seconds = lore["per_iteration"] * lore["iterations"]
-    print(f"\n| method | s / iteration | vs LoRe | iterations (default fit) | fit (extrapolated) | vs LoRe fit | "
-          f"new users + evaluation | parameters total |")
+    print("\n| method | s / iteration | vs LoRe | iterations (default fit) | fit (extrapolated) | vs LoRe fit | "
+          "new users + evaluation | parameters total |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         fit_seconds = r["per_iteration"] * r["iterations"]

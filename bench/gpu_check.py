@@ -470,13 +470,13 @@ def section_device(context, table):
     reps = 10
     seconds, _ = timed(lambda: [a @ b for _ in range(reps)], dev)
     out["matmul_tflops"] = 2.0 * n ** 3 * reps / seconds / 1e12
-    del a, b
+    a = b = None   # free the GPU memory
     x = torch.empty(copy_mib * 2 ** 20 // 4, device=dev, dtype=torch.float32).fill_(1.0)
     y = torch.empty_like(x)
     y.copy_(x)
     seconds, _ = timed(lambda: [y.copy_(x) for _ in range(reps)], dev)
     out["copy_tbs"] = 2.0 * x.numel() * 4 * reps / seconds / 1e12   # bytes read + written
-    del x, y
+    x = y = None
     peak = out["peak_bf16_tflops"]
     table.append(("device", "GPU", f"{out['name']}; torch {out['torch']}, transformers {out.get('transformers')}"))
     bandwidth = out["bandwidth_tbs"]
