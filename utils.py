@@ -209,9 +209,10 @@ def script_dirs(script_file: str, settings: Settings) -> tuple[Path, Path | None
     return folder("data_dir"), folder("results_dir")
 
 
-def command_line(script: str, settings: Settings, keep=("offline", "data_dir", "results_dir")) -> str:
+def command_line(script: str, settings: Settings, keep=("offline", "data_dir")) -> str:
     """The command that (re)makes an input, with the overrides in force that matter to it:
-    `python prepare.py --offline --data_dir=/x` (a hint for an error message)."""
+    `python prepare.py --offline --data_dir=/x` (a hint for an error message). `keep`: settings that
+    script has too (every prepare and embedding script has offline and data_dir, none results_dir)."""
     args = [f"--{k}" if settings[k] is True else f"--{k}={settings[k]}"
             for k in keep if k in settings and (k in settings.overridden or (k == "offline" and settings[k]))]
     return " ".join(["python", script, *args])

@@ -205,7 +205,14 @@ def apply_forget_lora(model, lora_path: str):
     config.modules_to_save = None
     config.task_type = None        # a plain PeftModel: no head copy is created
     config.inference_mode = True
-    state = load_peft_weights(repo, device="cpu", **kwargs)
+    try:
+        state = load_peft_weights(repo, device="cpu", **kwargs)
+    except Exception as error:      # safetensors, torch and hub errors share no base class
+        if not Path(lora_path).is_dir():
+            raise
+        raise SystemExit(f"error: the adapter weights in {lora_path} are unreadable ({type(error).__name__}: "
+                         f"{str(error)[:200]}); train the adapter again with train_forget_lora.py "
+                         f"(--output {lora_path} --overwrite) or copy it again") from None
     lora_state = {k: v for k, v in state.items() if ".lora_A." in k or ".lora_B." in k}
     ignored = sorted(set(state) - set(lora_state))
     if ignored:

@@ -273,6 +273,19 @@ def test_subtract_script_saves_plain_model(tmp_path, tiny, adapter_dir):
     assert json.loads((out / "debias.json").read_text())["lambda"] == 0.5
 
 
+def test_unreadable_adapter_weights_are_a_clear_error(tmp_path, adapter_dir):
+    """A damaged adapter_model.safetensors: an error naming the folder and the remedy, no traceback."""
+    import shutil
+    from debias_lora import subtract_lora
+    broken = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(SystemExit, match="adapter weights in .* are unreadable.*train_forget_lora.py"):
+        subtract_lora.main(["--base_model", tiny_model_path(), "--lora_path", str(broken), "--lambda", "0.5",
+                            "--output_dir", str(tmp_path / "merged"), "--device", "cpu"])
+    assert not (tmp_path / "merged").exists()
+
+
 def test_base_that_is_a_lora_adapter_is_merged_first(tmp_path, tiny, adapter_dir):
     from peft import LoraConfig, PeftModel, get_peft_model
     base, tokenizer = tiny
