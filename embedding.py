@@ -104,9 +104,9 @@ def _from_pretrained(loader, model_name: str, **kwargs):
     if folder.is_dir():
         try:
             return loader.from_pretrained(str(folder), **kwargs)
-        except OSError as e:
+        except Exception as e:     # missing files (OSError), damaged weights (safetensors, torch), bad config
             raise ModelNotAvailable(f"error: {folder} is a folder but not a loadable checkpoint "
-                                    f"({e}); rebuild or re-download it") from e
+                                    f"({type(e).__name__}: {str(e)[:300]}); rebuild or re-download it") from e
     try:
         return loader.from_pretrained(model_name, **kwargs)
     except OSError as e:

@@ -61,7 +61,12 @@ def load_raw_splits(data_files: dict | None = None, dataset: str = HUB_DATASET, 
         builder = "parquet" if suffixes == {".parquet"} else "json" if suffixes <= {".json", ".jsonl"} else None
         if builder is None:
             raise SystemExit(f"error: raw TLDR files must be all .parquet or all .json/.jsonl, got {suffixes}")
-        loaded = datasets.load_dataset(builder, data_files={s: [str(p) for p in v] for s, v in data_files.items()})
+        try:
+            loaded = datasets.load_dataset(builder, data_files={s: [str(p) for p in v] for s, v in data_files.items()})
+        except Exception as error:   # pyarrow, json and datasets errors share no base class
+            raise SystemExit(f"error: the raw TLDR files {sorted(str(p) for v in data_files.values() for p in v)} "
+                             f"are unreadable ({type(error).__name__}: {str(error)[:200]}); replace the damaged "
+                             f"file (offline: `{offline_command}` rebuilds them)") from None
     else:
         what = f"{dataset} ({config}, revision {revision})"
         cached_only = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")

@@ -25,8 +25,9 @@ def ensure_generated(folder, generator: str, version, settings: dict, files, gen
 
     The stamp `folder/generated.json` ({generator, version, settings}) is written after `generate()`
     returns; the folder is reused when the stamp matches and every one of `files` (paths relative to
-    `folder`) is there and not empty, and generated again otherwise (an older generator version, other
-    settings, an interrupted or damaged generation: never a mix). Returns True when it generated.
+    `folder`) is there, not empty and readable, and generated again otherwise (an older generator
+    version, other settings, an interrupted or damaged generation: never a mix). Returns True when it
+    generated.
     """
     folder = Path(folder)
     stamp = {"generator": generator, "version": version, "settings": settings}
@@ -34,13 +35,36 @@ def ensure_generated(folder, generator: str, version, settings: dict, files, gen
         current = json.loads((folder / STAMP).read_text())
     except (OSError, ValueError):
         current = None
-    if current == stamp and all((folder / f).exists() and (folder / f).stat().st_size > 0 for f in files):
+    if current == stamp and all(_readable(folder / f) for f in files):
         print(f"offline {generator}: reusing the generated files in {folder}")
         return False
-    print(f"offline {generator}: generating into {folder}")
+    print(f"offline {generator}: generating into {folder}" + (" (a file was missing, empty or damaged)"
+                                                                if current == stamp else ""))
     (folder / STAMP).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     generate()
     import utils
     utils.write_json_atomic(folder / STAMP, stamp)
+    return True
+
+
+def _readable(path: Path) -> bool:
+    """A generated file is there, not empty and parses (parquet metadata, safetensors header, JSON lines)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet
+            pyarrow.parquet.read_metadata(path)
+        elif path.suffix == ".safetensors":
+            from safetensors import safe_open
+            with safe_open(str(path), framework="pt"):
+                pass
+        elif path.suffix in (".json", ".jsonl"):
+            with open(path) as lines:
+                for line in lines if path.suffix == ".jsonl" else [lines.read()]:
+                    if line.strip():
+                        json.loads(line)
+    except Exception:       # any parse error: the file is damaged, so the folder is generated again
+        return False
     return True
