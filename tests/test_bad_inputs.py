@@ -75,14 +75,15 @@ def test_prism_damaged_inputs_are_named_with_the_command_that_remakes_them(prism
 
 
 @pytest.mark.slow
-def test_prism_raw_files_a_bad_line_is_named_and_an_emptied_one_rebuilt(prism, tmp_path):
-    copy = damaged_copy(prism, tmp_path, "survey.jsonl", (prism / "survey.jsonl").read_bytes() + b'{"user_id": 3\n')
+def test_prism_raw_files_a_bad_row_is_named_and_a_damaged_one_rebuilt(prism, tmp_path):
+    copy = damaged_copy(prism, tmp_path, "survey.jsonl", (prism / "survey.jsonl").read_bytes() + b'{"user_id": 3}\n')
     lines = len((prism / "survey.jsonl").read_text().splitlines())
     refused(run("PRISM", "prepare.py", "--offline", f"--data_dir={copy}", "--offline_users=60"),
-            "survey.jsonl", f"line {lines + 1}")
-    (copy / "survey.jsonl").write_bytes(b"")                        # an emptied built-in file: rebuilt
-    ok(run("PRISM", "prepare.py", "--offline", f"--data_dir={copy}", "--offline_users=60"))
-    assert (copy / "survey.jsonl").read_bytes() == (prism / "survey.jsonl").read_bytes()
+            "survey.jsonl", f"line {lines + 1}")                      # valid JSON, not a survey row: named
+    for damage in (b"", GARBAGE):                                    # an emptied or damaged built-in file: rebuilt
+        (copy / "survey.jsonl").write_bytes(damage)
+        ok(run("PRISM", "prepare.py", "--offline", f"--data_dir={copy}", "--offline_users=60"))
+        assert (copy / "survey.jsonl").read_bytes() == (prism / "survey.jsonl").read_bytes()
 
 
 @pytest.mark.slow
