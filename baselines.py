@@ -234,6 +234,13 @@ class _Baseline:
         if comparisons.d != self.d:
             raise ValueError(f"{what} has d = {comparisons.d}; the {self.name} model was built for d = {self.d}")
 
+    def _training_data(self, train: utils.Comparisons):
+        """(table, chosen, rejected) of `train`, checked to hold this model's d and users."""
+        self._check(train, "the training data")
+        if train.n_users != self.n_users:
+            raise ValueError(f"training data have {train.n_users} users, the model {self.n_users}")
+        return _indexed(train)
+
     def _chunked_margins(self, comparisons: utils.Comparisons, per_user: torch.Tensor, featurize, margin):
         """[N] margins of `comparisons`, for both methods: `featurize` maps each distinct table row in use
         once ([rows, d] -> [rows, f]), then margin(features of chosen [n, f], of rejected [n, f], the
@@ -392,11 +399,8 @@ class PAL(_Baseline):
     def fit(self, train: utils.Comparisons) -> "PAL":
         """Fit projection, prototypes, scale and the training users' weights (mini-batch Adam, pooled
         mean loss per batch, as PAL's code). Sets `seen_state` and `loss_history` (one mean per epoch)."""
-        self._check(train, "the training data")
-        if train.n_users != self.n_users:
-            raise ValueError(f"training data have {train.n_users} users, the model {self.n_users}")
         h = self.hyper
-        table, chosen, rejected = _indexed(train)
+        table, chosen, rejected = self._training_data(train)
         users = train.users
         groups = [{"params": list(self.layers.parameters()), "lr": h["lr_projection"],
                    "weight_decay": h["weight_decay_projection"]},
@@ -670,11 +674,8 @@ class VPL(_Baseline):
         """Train encoder and decoder on the ELBO (AdamW, cosine schedule with warm-up, clipped gradients).
         Sets `seen_state` (latents of the training users from all their training comparisons) and
         `loss_history` (mean loss per epoch)."""
-        self._check(train, "the training data")
-        if train.n_users != self.n_users:
-            raise ValueError(f"training data have {train.n_users} users, the model {self.n_users}")
         h = self.hyper
-        table, chosen, rejected = _indexed(train)
+        table, chosen, rejected = self._training_data(train)
         users = train.users
         order, starts, counts = _user_layout(users, train.n_users)
         decay = [p for n, p in self.net.named_parameters() if not n.endswith("bias")]
