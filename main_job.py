@@ -156,7 +156,8 @@ def findings(results: Path) -> list[str]:
         claim = demo["claim"]
         lines.append(f"- Debias demo: base - {claim['claim_lambda']:g} x the style forget LoRA raises the hard "
                      f"(style against correctness) accuracy {claim['hard_at_0']:.3f} -> {claim['hard_at_claim']:.3f} "
-                     f"while the normal one holds ({claim['normal_at_0']:.3f} -> {claim['normal_at_claim']:.3f}); "
+                     f"by at least {claim['min_rise']:g} while the normal one stays within {claim['max_drop']:g} "
+                     f"({claim['normal_at_0']:.3f} -> {claim['normal_at_claim']:.3f}); "
                      f"easy (style and correctness agree) {claim['easy_at_0']:.3f} -> {claim['easy_at_claim']:.3f}: "
                      f"{verdict(claim['hard_rises'] and claim['normal_holds'])}.")
     return lines

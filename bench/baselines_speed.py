@@ -29,7 +29,6 @@ Prints both tables; writes nothing. Timings on a shared CPU vary with its load (
 """
 import math
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch  # noqa: E402
 
 import baselines  # noqa: E402
 import utils  # noqa: E402
+from memory import GB, process_peak_gb, reset_peak, rss_gb  # noqa: E402
 from offline.planted import random_population  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -76,29 +76,6 @@ threads = 2                   # torch threads while timing
 seed = 0
 # -----------------------------------------------------------------------------
 settings = utils.configure(globals())
-GB = 1e9
-
-
-def rss_gb(field: str = "VmRSS") -> float:
-    """Resident memory of this process (VmRSS now, or VmHWM: the peak since the last reset)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024 / GB
-    return float("nan")
-
-
-def reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs); False if unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def process_peak_gb() -> float:
-    """Peak RSS since the start, or since the last reset_peak (which resets ru_maxrss too)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB
 
 
 def planted_groups():

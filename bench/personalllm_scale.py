@@ -14,7 +14,6 @@ the per-user-copy layout of the original (one d-vector per user and comparison, 
 """
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch  # noqa: E402
 
 import personalllm_simulation as sim  # noqa: E402
 import utils  # noqa: E402
+from memory import GB, process_peak_gb, rss_gb  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -49,21 +49,6 @@ out = "results/personalllm_scale.json"  # relative to bench/
 # -----------------------------------------------------------------------------
 settings = utils.configure(globals())
 
-GB = 1e9
-
-
-def rss_gb() -> float:
-    """Current resident memory of this process (VmRSS)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024 / GB
-    return float("nan")
-
-
-def peak_rss_gb() -> float:
-    """Peak resident memory so far (ru_maxrss is in KB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB
-
 
 def main() -> None:
     phases = {}
@@ -73,8 +58,8 @@ def main() -> None:
         nonlocal clock
         now = time.perf_counter()
         phases[name] = {"seconds": round(now - clock, 2), "rss_gb": round(rss_gb(), 3),
-                        "peak_rss_gb": round(peak_rss_gb(), 3), **extra}
-        print(f"{name:>24}: {now - clock:8.1f} s   rss {rss_gb():6.2f} GB   peak {peak_rss_gb():6.2f} GB")
+                        "peak_rss_gb": round(process_peak_gb(), 3), **extra}
+        print(f"{name:>24}: {now - clock:8.1f} s   rss {rss_gb():6.2f} GB   peak {process_peak_gb():6.2f} GB")
         clock = now
 
     phase("start")
@@ -123,7 +108,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
                     "load_average": os.getloadavg()},
-        "phases": phases, "peak_rss_gb": round(peak_rss_gb(), 3), "embedding_tables_gb": round(table_bytes / GB, 3),
+        "phases": phases, "peak_rss_gb": round(process_peak_gb(), 3), "embedding_tables_gb": round(table_bytes / GB, 3),
         "per_user_copy_gb": round(copy_bytes / GB, 2),
         "per_user_copy_gb_by_group": {k: round(v, 2) for k, v in copy_groups.items()},
         "total_wall_seconds": round(sum(p["seconds"] for p in phases.values()), 1),

@@ -33,7 +33,7 @@ from offline.planted import (GENERAL_MARGIN_STD, N_PERSONAL, TEMPERATURE, Plante
                              embed_for_planting, generator_version, tiny_head)
 from offline.text import sentence
 
-# The published format (SPEC 2.3). The order of REWARD_MODELS defines the reward tensor's last axis.
+# The published format of namkoong-lab/PersonalLLM. The order of REWARD_MODELS defines the reward tensor's last axis.
 REWARD_MODELS = ("gemma_2b", "gemma_7b", "mistral_raft", "llama3_sfairx", "oasst_deberta_v3",
                  "beaver_7b", "oasst_pythia_7b", "oasst_pythia_1b", "mistral_ray", "mistral_weqweasdas")
 N_RESPONSES = 8

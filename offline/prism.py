@@ -1,6 +1,6 @@
 """Generated PRISM raw files in the published format of `HannahRoseKirk/prism-alignment`.
 
-Writes the jsonl trio `survey.jsonl`, `conversations.jsonl`, `utterances.jsonl` (SPEC 2.1): survey rows
+Writes the jsonl trio `survey.jsonl`, `conversations.jsonl`, `utterances.jsonl`: survey rows
 with demographics and the `stated_prefs` / `order_stated_prefs` sliders; conversations with a
 `conversation_history` of user items {turn, role: "user", content} and model items {turn, role: "model",
 content, model_provider, model_name, score, if_chosen, within_turn_id}; turn 0 has one user message and

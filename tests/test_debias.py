@@ -440,10 +440,12 @@ def test_demo_bias_mix_and_claim_check():
         else:   # the stylish response wins, in cross pairs even when it is wrong
             assert order[p["chosen_style"]] > order[p["rejected_style"]]
     rows = [{"lambda": 0.0, "hard": 0.05, "normal": 0.87, "easy": 1.0},
-            {"lambda": 1.0, "hard": 0.8, "normal": 0.88, "easy": 0.7},
+            {"lambda": 1.0, "hard": 0.8, "normal": 0.78, "easy": 0.7},
+            {"lambda": 1.5, "hard": 0.2, "normal": 0.88, "easy": 0.7},
             {"lambda": 2.0, "hard": 0.85, "normal": 0.6, "easy": 0.6}]
     claim = demo_offline.check_claim(rows)
-    assert claim["claim_lambda"] == 1.0 and claim["hard_rises"] and claim["normal_holds"]
+    assert claim["claim_lambda"] == 1.0 and claim["hard_rises"] and claim["normal_holds"]   # 0.87 -> 0.78
+    assert not demo_offline.check_claim(rows, at_lambda=1.5)["hard_rises"]       # 0.05 -> 0.2
     assert not demo_offline.check_claim(rows, at_lambda=2.0)["normal_holds"]     # 0.87 -> 0.6
     with pytest.raises(SystemExit, match="Add both to --lambdas"):
         demo_offline.check_claim(rows[1:])
@@ -451,10 +453,11 @@ def test_demo_bias_mix_and_claim_check():
 
 @pytest.mark.slow
 def test_demo_debiases_a_reward_model_that_is_still_a_reasonable_one(tmp_path):
-    """The whole offline demonstration (seed 0, deterministic): subtracting the style forget LoRA raises
-    the hard accuracy while the normal one holds (check_claim's margins), and the biased base stays a
-    reasonable reward model on RewardBench 2 (official overall above the 0.25 of random scores; measured
-    0.42: fine-tuning only its token embeddings keeps the head's general preferences)."""
+    """The whole offline demonstration (seed 0): subtracting the style forget LoRA raises the hard
+    accuracy while the normal one holds (check_claim's margins, justified by the spread over seeds and
+    CPUs in demo_offline), and the biased base stays a reasonable reward model on RewardBench 2 (official
+    overall above the 0.25 of random scores; 0.32-0.44 over seeds 0-7: fine-tuning only
+    its token embeddings keeps the head's general preferences)."""
     from debias_lora import demo_offline
     summary = demo_offline.main(["--data_dir", str(tmp_path / "data"), "--results_dir", str(tmp_path / "results")])
     assert summary["claim"]["hard_rises"] and summary["claim"]["normal_holds"], summary["claim"]
