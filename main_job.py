@@ -109,8 +109,9 @@ def run_step(index: int, command: list[str], folder: str, log_dir: Path) -> floa
     return time.time() - start
 
 
-def findings(results: Path) -> list[str]:
-    """The offline world's story, each sentence computed from this run's result files with its test and
+def findings(results: Path, since: float) -> list[str]:
+    """The offline world's story, each sentence computed from this run's result files (written at or
+    after `since`; a stale file of an earlier run, or of another version, is not read) with its test and
     whether it holds: the head (ref) is a good but imperfect reward, LoRe beats it and one shared
     reward on new users, the regularised PRISM basis keeps the head's RewardBench 2 score, and the
     debias demo's base is a reasonable reward model."""
@@ -118,7 +119,7 @@ def findings(results: Path) -> list[str]:
 
     def load(path):
         path = results / path
-        return json.loads(path.read_text()) if path.exists() else None
+        return json.loads(path.read_text()) if path.exists() and path.stat().st_mtime >= since else None
 
     def verdict(ok):
         return "holds" if ok else "does NOT hold"
@@ -192,7 +193,7 @@ def main() -> None:
             utils.write_text_atomic(table, f"> SMOKE run (iteration counts cut to {' '.join(FAST)}): the figures "
                                            f"are not meaningful.\n\n" + table.read_text())
         print(f"## {table.parent.name}: {table.stem}\n\n{table.read_text().strip()}\n")
-    story = findings(results)
+    story = findings(results, since=started)
     if story:
         text = ("# What the offline run shows\n\n" + ("> SMOKE run: the figures are not meaningful.\n\n" if smoke else "")
                 + "\n".join(story) + "\n")

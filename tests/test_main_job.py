@@ -70,3 +70,23 @@ def test_main_job_runs_every_folder_in_order_and_prints_the_tables(tmp_path):
 def test_main_job_refuses_an_unknown_folder():
     done = subprocess.run([sys.executable, "main_job.py", "--only=PRISMA"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0 and "PRISMA" in done.stderr and "RedditTLDR" in done.stderr
+
+
+def test_findings_read_only_this_runs_files(tmp_path):
+    """A result file left by an earlier run (here an older demo JSON without the claim's margins) is not
+    read into this run's findings; the same file written during the run is."""
+    import os
+    import time
+    sys.path.insert(0, str(ROOT))
+    import main_job
+    demo = tmp_path / "debias_lora" / "demo_offline.json"
+    demo.parent.mkdir(parents=True)
+    claim = {"claim_lambda": 1.0, "hard_at_0": 0.1, "normal_at_0": 0.7, "easy_at_0": 1.0, "hard_at_claim": 0.6,
+             "normal_at_claim": 0.68, "easy_at_claim": 0.5, "hard_rises": True, "normal_holds": True}
+    demo.write_text(json.dumps({"claim": claim, "results": [{"lambda": 0.0, "rb2_overall": 0.4}]}))
+    os.utime(demo, (time.time() - 3600, time.time() - 3600))
+    assert main_job.findings(tmp_path, since=time.time()) == []
+    demo.write_text(json.dumps({"claim": dict(claim, min_rise=0.2, max_drop=0.15),
+                                "results": [{"lambda": 0.0, "rb2_overall": 0.4}]}))
+    story = main_job.findings(tmp_path, since=time.time() - 60)
+    assert len(story) == 2 and "40.0" in story[0] and "0.100 -> 0.600" in story[1] and story[1].endswith("holds.")
