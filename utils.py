@@ -774,13 +774,13 @@ def _save_tensor(path: Path, tensor: torch.Tensor, key: str, record: dict) -> No
         save_file({key: tensor}, str(tmp), metadata={"fit": json.dumps(record, sort_keys=True)})
 
 
-def _fit_record(fit_settings: dict, K: int, alpha, seed: int, train: "Comparisons") -> dict:
-    """What makes a fitted basis: the trainer and its settings, and a hash of the training data."""
+def _training_data_record(train: "Comparisons") -> dict:
+    """The training data's part of a fit record: its sizes and a hash of its comparisons and rows."""
+    train = train.compact()
     digest = hashlib.sha256()
     for tensor in (train.users, train.chosen, train.rejected, train.table):
         digest.update(np.ascontiguousarray(tensor.detach().cpu().numpy()).data)
-    return {**fit_settings, "K": int(K), "alpha": float(alpha), "seed": int(seed), "users": train.n_users,
-            "comparisons": train.N, "d": train.d, "data_sha256": digest.hexdigest()}
+    return {"users": train.n_users, "comparisons": train.N, "d": train.d, "data_sha256": digest.hexdigest()}
 
 
 def _check_fits_to_replace(results_dir, dataset_name, records: dict, overwrite: bool) -> None:
@@ -842,8 +842,11 @@ def _reference(V_final, K):
 def _pipeline(fit, fit_settings, K_list, alpha_list, V_final, groups, N, N_unseen, device, fewshot_iterations,
               fewshot_learning_rate, seed, results_dir, dataset_name, progress, overwrite) -> SweepResults:
     V_final, (train, test, train_unseen, test_unseen), device = _prepare(V_final, groups, N, N_unseen, device)
-    records = {(alpha, K): _fit_record(fit_settings, K, alpha, seed, train.compact())
-               for alpha in alpha_list for K in K_list if K >= 1} if results_dir is not None else {}
+    records = {}      # what makes each saved basis: trainer settings, K, alpha, seed, training data (hashed once)
+    if results_dir is not None:
+        data = _training_data_record(train)
+        records = {(alpha, K): {**fit_settings, "K": int(K), "alpha": float(alpha), "seed": int(seed), **data}
+                   for alpha in alpha_list for K in K_list if K >= 1}
     _check_fits_to_replace(results_dir, dataset_name, records, overwrite)
     means, bands, runs = [[], [], [], []], [[], [], [], []], []
     for alpha, K in tqdm([(a, K) for a in alpha_list for K in K_list], desc="alpha, K",

@@ -326,6 +326,29 @@ def test_run_returns_eight_lists_and_saves_when_asked(tmp_path):
     assert V.shape == (8, 2) and (tmp_path / "toy_W_lore_seen_2_0.0.safetensors").exists()
 
 
+
+def test_a_saved_basis_is_not_replaced_by_another_fit_unless_overwrite(tmp_path):
+    V_final, groups = small_groups()
+    other_data = [groups[1], groups[0], *groups[2:]]          # seen train and test swapped: other training data
+
+    def sweep(groups=groups, **changes):
+        settings = dict(num_iterations=30, fewshot_iterations=20, results_dir=tmp_path, dataset_name="toy",
+                        progress=False)
+        return utils.run([0, 2], [0.0], V_final, *groups, 20, 10, "cpu", **{**settings, **changes})
+
+    path = tmp_path / "toy_V_lore_K_2_alpha_0.0.pt"
+    sweep()
+    sweep()                                                    # the same fit again: allowed
+    saved, V_saved = path.read_bytes(), torch.load(path, weights_only=True)
+    with pytest.raises(SystemExit, match=r"toy_V_lore_K_2_alpha_0\.0\.pt .*num_iterations: 30 -> 31.*--overwrite=True"):
+        sweep(num_iterations=31)
+    with pytest.raises(SystemExit, match=r"data_sha256"):
+        sweep(other_data)
+    assert path.read_bytes() == saved                          # refused before anything was written
+    sweep(num_iterations=31, overwrite=True)
+    assert not torch.equal(torch.load(path, weights_only=True), V_saved)
+
+
 def original_vary_shots(trials, alpha_list, K_list, num_shots, train_features_unseen, test_features_sparse_unseen,
                         V_final, N_unseen, fit_joint, draw, fit_few_shot):
     """Transcription of the original run_few_shot_vary_shots, with its fits and draws passed in, for
