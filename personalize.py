@@ -155,15 +155,9 @@ def read_jsonl(path, what: str, row_format: str, keys: tuple) -> list[tuple[int,
         raise SystemExit(f"error: the {what} file {path} does not exist; give a .jsonl, one row per line: "
                          f"{row_format}")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"error: {path} line {number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SystemExit(f"{where} is not valid JSON ({e.msg}); each line: {row_format}") from None
-        missing = [k for k in keys if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+    for number, row in utils.read_jsonl(path, f"each line: {row_format}"):
+        where = f"error: {path}, line {number},"
+        missing = [k for k in keys if not isinstance(row.get(k), str)]
         if missing:
             raise SystemExit(f"{where} has no {missing[0]!r} (a string); fix or remove that row. Each line: "
                              f"{row_format}")
@@ -171,7 +165,7 @@ def read_jsonl(path, what: str, row_format: str, keys: tuple) -> list[tuple[int,
         if not isinstance(prompt, str) and not (isinstance(prompt, list) and prompt and all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                 for m in prompt)):
-            raise SystemExit(f"{where}: 'prompt' must be a string or a non-empty list of {{\"role\", \"content\"}} "
+            raise SystemExit(f"{where} 'prompt' must be a string or a non-empty list of {{\"role\", \"content\"}} "
                              f"messages (strings). Each line: {row_format}")
         rows.append((number, row))
     if not rows:

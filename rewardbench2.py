@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -115,16 +114,8 @@ def _normalise(row: dict, where: str) -> dict:
 
 def _read_local(path: Path) -> list[dict]:
     if path.suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise SystemExit(f"error: {path}, line {number}, is not valid JSON ({e.msg}); a RewardBench 2 "
-                                         f"file has one row per line with {list(REQUIRED_COLUMNS)}") from None
-        return rows
+        return [row for _, row in utils.read_jsonl(
+            path, f"a RewardBench 2 file has one row per line with {list(REQUIRED_COLUMNS)}")]
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
         try:

@@ -259,6 +259,23 @@ def write_jsonl_atomic(path, rows) -> None:
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+def read_jsonl(path, hint: str):
+    """Yield (line number, row) for every non-blank line of a JSON-lines file of objects. A line that is
+    not UTF-8 JSON, or not an object, exits naming the file and the line, then `hint` (what to do)."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                why = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+                raise SystemExit(f"error: {path}, line {number}, is not valid JSON ({why}); {hint}") from None
+            if not isinstance(row, dict):
+                raise SystemExit(f"error: {path}, line {number}, is not a JSON object; {hint}")
+            yield number, row
+
+
 def file_sha256(path) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

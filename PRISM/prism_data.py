@@ -173,16 +173,13 @@ def read_rows(path: Path, model: type[BaseModel], remade_by: str = "prepare.py")
     or not such a row exits naming the file and the line."""
     from pydantic import ValidationError
 
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield model.model_validate(json.loads(line))
-            except (json.JSONDecodeError, ValidationError) as e:
-                what = e.msg if isinstance(e, json.JSONDecodeError) else str(e).splitlines()[1:3]
-                raise SystemExit(f"error: {path}, line {n}, is not a valid {model.__name__} ({what}); delete "
-                                 f"the file and run {remade_by} again") from None
+    hint = f"delete the file and run {remade_by} again"
+    for n, row in utils.read_jsonl(path, hint):
+        try:
+            yield model.model_validate(row)
+        except ValidationError as e:
+            raise SystemExit(f"error: {path}, line {n}, is not a valid {model.__name__} "
+                             f"({str(e).splitlines()[1:3]}); {hint}") from None
 
 
 def top_preferences(stated_prefs: dict, k: int = 3) -> list[str]:

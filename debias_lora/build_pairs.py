@@ -49,8 +49,7 @@ def parse_args(argv=None):
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [row for _, row in utils.read_jsonl(path, "a GSM8K file has one {question, answer} object per line")]
 
 
 def load_rows(source: str, split: str, n_splits: int) -> list[dict]:

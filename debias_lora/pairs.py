@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+import utils
+
 STYLES = ("concise", "detailed_plain", "detailed_markdown")   # RM-Bench order: least to most styled
 MODES = ("style", "correctness", "cross")
 STYLE_PAIRS = ((0, 1), (0, 2), (1, 2))                        # (plainer, more stylish) style indices
@@ -306,23 +308,10 @@ def build(rows: list[dict], split: str, seed: int = 0) -> tuple[list[dict], list
 def read_jsonl(path, remade_by: str) -> list[dict]:
     """The rows of a JSON-lines file; a missing file, or a line that is not a JSON object, exits naming the
     file, the line and the command that remakes it."""
-    import json
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"error: {path} does not exist; run `{remade_by}`")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SystemExit(f"error: {path}, line {number}, is not valid JSON ({e.msg}); run `{remade_by}`") from None
-            if not isinstance(row, dict):
-                raise SystemExit(f"error: {path}, line {number}, is not a JSON object; run `{remade_by}`")
-            rows.append(row)
-    return rows
+    return [row for _, row in utils.read_jsonl(path, f"run `{remade_by}`")]
 
 
 def load_pairs(path, mode: str | None = None, remade_by: str = "python build_pairs.py") -> list[dict]:

@@ -304,12 +304,12 @@ def test_bad_comparisons_files(files, tmp_path):
     for key in ("chosen", "rejected", "user_id"):
         rows = [dict(r) for r in good]
         del rows[2][key]
-        fit_fails(files, tmp_path, rf"no_{key}.jsonl line 3 has no '{key}'",
+        fit_fails(files, tmp_path, rf"no_{key}.jsonl, line 3, has no '{key}'",
                   comparisons=write_jsonl(tmp_path / f"no_{key}.jsonl", rows))
-    fit_fails(files, tmp_path, r"bad_prompt.jsonl line 1: 'prompt' must be",
+    fit_fails(files, tmp_path, r"bad_prompt.jsonl, line 1, 'prompt' must be",
               comparisons=write_jsonl(tmp_path / "bad_prompt.jsonl", [dict(good[0], prompt=[{"role": "user"}])]))
     (tmp_path / "not_json.jsonl").write_text(json.dumps(good[0]) + "\n{oops\n")
-    fit_fails(files, tmp_path, r"not_json.jsonl line 2 is not valid JSON", comparisons=tmp_path / "not_json.jsonl")
+    fit_fails(files, tmp_path, r"not_json.jsonl, line 2, is not valid JSON", comparisons=tmp_path / "not_json.jsonl")
     # a user whose every row has chosen == rejected is a user with no comparisons
     rows = good + [dict(good[0], user_id="dave", rejected=good[0]["chosen"])]
     fit_fails(files, tmp_path, r"dave.jsonl: user\(s\) 'dave' have no comparisons left",
