@@ -1,18 +1,18 @@
 """The main job: every dataset folder's scripts in their documented order on the offline default, then the
 result tables.
 
-    python main_job.py                 # about 6 minutes on 2 cores (bash main.sh installs, then runs this)
+    python main_job.py                 # 6.5-9.5 minutes on 2 cores (bash main.sh installs, then runs this)
     python main_job.py --smoke         # tiny iteration counts: checks that everything runs (tables marked SMOKE)
     python main_job.py --only=PRISM    # one folder (--only=PRISM,personalize: several)
 
 Each step runs as its own process (`python <script> --offline ...`), exactly as a user would run it, with
 the overrides listed in STEPS; its output goes to <results>/logs/. Every step writes its tables, JSON and
 plots into <results>/<folder>/ (a top-level script: <results>/<its name>/; results/, or results-smoke/
-with --smoke); at the end the tables this run
-wrote are printed (and listed, with the steps' timings, in <results>/main_job.json). The offline data stay
-in each folder's data/*-offline (or under --data_dir), so a second run reuses the built model, data and
-embeddings.
+with --smoke); at the end the tables and findings of the files this run wrote are printed (and listed,
+with the steps' timings, in <results>/main_job.json). The offline data stay in each folder's
+data/*-offline (or under --data_dir), so a second run reuses the built model, data and embeddings.
 """
+import json
 import os
 import subprocess
 import sys
@@ -115,8 +115,6 @@ def findings(results: Path, since: float) -> list[str]:
     whether it holds: the head (ref) is a good but imperfect reward, LoRe beats it and one shared
     reward on new users, the regularised PRISM basis keeps the head's RewardBench 2 score, and the
     debias demo's base is a reasonable reward model."""
-    import json
-
     def load(path):
         path = results / path
         return json.loads(path.read_text()) if path.exists() and path.stat().st_mtime >= since else None
