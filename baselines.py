@@ -1,4 +1,5 @@
-"""PAL and VPL on frozen reward-model embeddings: the personalised baselines of the LoRe comparison table.
+"""PAL and VPL on frozen reward-model embeddings: the personalised baselines of the LoRe comparison table
+(reports.py writes the table).
 
 Every method here sees exactly what LoRe sees: a `utils.Comparisons` in indexed form (embedding table
 [T, d], chosen/rejected row indices [N], user indices [N]), the same users, splits and few-shot data.
@@ -13,8 +14,7 @@ users, or, with several seeds, the mean over seeds of that mean with its std ove
     model = baselines.fit("PAL", groups["seen_train"], K=5, seed=0)
     new_users = model.personalize(groups["unseen_train"])
     accuracy = model.per_user_accuracy(groups["unseen_test"], new_users)       # [C], NaN: no comparison
-    rows = baselines.evaluate_methods(["PAL", "VPL"], groups, seeds=[0, 1, 2], K=5)
-    baselines.save_paper_table(results_dir, "prism_paper_table", rows + lore_rows, settings)
+    results = baselines.evaluate_methods(["PAL", "VPL"], groups, seeds=[0, 1, 2], K=5)   # reports.paper_row(**r)
 
 Methods (METHODS: name -> class):
 
@@ -108,20 +108,14 @@ import contextlib
 import math
 import time
 import weakref
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+import harness
 import utils
 
-GROUPS = ("seen_train", "seen_test", "unseen_train", "unseen_test")
-GROUP_LABELS = {"seen_train": "seen users: train", "seen_test": "seen users / unseen prompts",
-                "unseen_train": "unseen users: few-shot train", "unseen_test": "unseen users (few-shot)"}
-TABLE_GROUPS = ("seen_test", "unseen_test")     # the paper table's accuracy columns
 EVAL_CHUNK = 1 << 15                            # comparisons per evaluation block (memory: chunk x width)
 ROW_CHUNK = 4096                                # table rows per projection block
 _INDEXED = weakref.WeakKeyDictionary()          # dense Comparisons -> its indexed view (built once)
@@ -173,14 +167,6 @@ def _per_user_mean(values: torch.Tensor, users: torch.Tensor, n_users: int) -> t
     return total / torch.bincount(users, minlength=n_users).double()
 
 
-def _generator(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed))
-
-
-def _progress(iterable, desc: str, progress: bool):
-    return tqdm(iterable, desc=desc, disable=None if progress else True, leave=False, mininterval=1.0)
-
-
 @contextlib.contextmanager
 def _small_ops(device: torch.device):
     """Mini-batch and few-shot loops on one intra-op thread (CPU): their tensors are small, and a team of
@@ -218,10 +204,10 @@ class _Baseline:
                  dtype=torch.float32, progress: bool = False, **hyper):
         unknown = sorted(set(hyper) - set(self.DEFAULTS))
         if unknown:
-            raise utils.SettingsError(f"error: unknown hyperparameter(s) {', '.join(unknown)} for {self.name}; "
+            raise harness.SettingsError(f"error: unknown hyperparameter(s) {', '.join(unknown)} for {self.name}; "
                                       f"known: {', '.join(sorted(self.DEFAULTS))}")
         if self.uses_K and (K is None or int(K) < 1):
-            raise utils.SettingsError(f"error: {self.name} needs K >= 1 (its number of prototypes), got {K!r}")
+            raise harness.SettingsError(f"error: {self.name} needs K >= 1 (its number of prototypes), got {K!r}")
         self.d, self.n_users, self.K = int(d), int(n_users), (int(K) if self.uses_K else None)
         self.seed, self.progress = int(seed), progress
         self.device = utils.get_device() if device is None else torch.device(device)
@@ -324,15 +310,15 @@ class PAL(_Baseline):
         h = self.hyper
         for key, choices in self._CHOICES.items():
             if h[key] not in choices:
-                raise utils.SettingsError(f"error: {self.name} {key} must be one of {choices}, got {h[key]!r}")
+                raise harness.SettingsError(f"error: {self.name} {key} must be one of {choices}, got {h[key]!r}")
         self.m = self.d if h["projection"] == "identity" else int(h["d_pref"])
         if h["residual"] and (self.m != self.d or h["projection"] == "identity"):
-            raise utils.SettingsError(f"error: {self.name} residual=True needs a learned projection with "
+            raise harness.SettingsError(f"error: {self.name} residual=True needs a learned projection with "
                                       f"d_pref = d = {self.d} (x + mlp(x)), got d_pref = {self.m}")
         cosine = self.form == "B" and h["similarity"] == "cosine"
         scale = h["scale"] if h["scale"] is not None else (1 / 0.07 if cosine else 1 / utils.TEMPERATURE)
         self.learn_scale = bool(cosine if h["learn_scale"] is None else h["learn_scale"])
-        g = _generator(self.seed)
+        g = utils.cpu_generator(self.seed)
         prototype_dim = self.m if self.form == "B" else self.d     # PAL-A: prototypes in the input space
         prototypes = torch.randn(self.K, prototype_dim, generator=g, dtype=torch.float64)
         self.prototypes = (prototypes / prototypes.norm(dim=1, keepdim=True)).to(self.device, self.dtype)
@@ -412,14 +398,14 @@ class PAL(_Baseline):
         groups = [g for g in groups if g["params"]]
         optimizer = torch.optim.Adam(groups, foreach=True)
         row_adam = _RowAdam(self.W, h["lr_weights"])
-        g = _generator(utils.derived_seed(self.seed, 2))
+        g = utils.cpu_generator(utils.derived_seed(self.seed, 2))
         batch, history = int(h["batch_size"]), []
         steps = [(epoch, start) for epoch in range(int(h["epochs"])) for start in range(0, train.N, batch)]
         steps = steps[:h["max_steps"]] if h["max_steps"] is not None else steps
         order = None
         total = 0.0
         with _small_ops(self.device):
-            for epoch, start in _progress(steps, self.name, self.progress):
+            for epoch, start in harness.progress(steps, self.name, self.progress):
                 if start == 0:
                     order = torch.randperm(train.N, generator=g).to(users.device)
                     total = 0.0
@@ -450,7 +436,7 @@ class PAL(_Baseline):
         self._check(fewshot, "the few-shot data")
         h = self.hyper
         C = fewshot.n_users
-        W = (torch.randn(C, self.K, generator=_generator(seed), dtype=self.dtype) if init is None
+        W = (torch.randn(C, self.K, generator=utils.cpu_generator(seed), dtype=self.dtype) if init is None
              else torch.as_tensor(init, dtype=self.dtype).clone()).to(self.device)
         if W.shape != (C, self.K):
             raise ValueError(f"init must be [{C}, {self.K}], got {tuple(W.shape)}")
@@ -465,7 +451,7 @@ class PAL(_Baseline):
         W.requires_grad_(True)
         optimizer = torch.optim.Adam([W], lr=h["personalize_lr"], foreach=True)
         with _small_ops(self.device):
-            for _ in _progress(range(int(h["personalize_iterations"])), f"{self.name} new users", self.progress):
+            for _ in harness.progress(range(int(h["personalize_iterations"])), f"{self.name} new users", self.progress):
                 loss = (self.pair_loss(margin_of(torch.softmax(W, 1))) * row_weight).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -694,12 +680,12 @@ class VPL(_Baseline):
             progress = (step - warmup) / max(1, total_steps - warmup)
             return max(0.0, 0.5 * (1 + math.cos(math.pi * progress)))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        g = _generator(utils.derived_seed(self.seed, 2))
+        g = utils.cpu_generator(utils.derived_seed(self.seed, 2))
         history, total, perm = [], 0.0, None
         self.net.train()
         run_steps = total_steps if h["max_steps"] is None else min(total_steps, int(h["max_steps"]))
         with _small_ops(self.device):
-            for step in _progress(range(run_steps), self.name, self.progress):
+            for step in harness.progress(range(run_steps), self.name, self.progress):
                 start = (step % per_epoch) * batch
                 if start == 0:
                     perm = torch.randperm(train.N, generator=g).to(users.device)
@@ -792,10 +778,10 @@ def check_methods(methods) -> list[str]:
     methods = list(methods or [])
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise utils.SettingsError(f"error: unknown baseline(s) {', '.join(map(repr, unknown))}; known: "
+        raise harness.SettingsError(f"error: unknown baseline(s) {', '.join(map(repr, unknown))}; known: "
                                   f"{', '.join(METHODS)}")
     if len(set(methods)) != len(methods):
-        raise utils.SettingsError(f"error: a baseline is listed twice in {methods}")
+        raise harness.SettingsError(f"error: a baseline is listed twice in {methods}")
     return methods
 
 
@@ -820,15 +806,13 @@ def fit(method: str, train: utils.Comparisons, *, K=None, seed=0, device=None, d
 
 
 # -----------------------------------------------------------------------------
-# the comparison: every method on the same groups and seeds, one row per method
+# the comparison: every method fitted and scored on LoRe's groups and seeds
 
 
-def _check_groups(groups, methods, dataset=None) -> dict:
-    if not isinstance(groups, dict):
-        groups = dict(zip(GROUPS, groups))
-    missing = [g for g in GROUPS if g not in groups]
+def _check_groups(groups: dict, methods, dataset=None) -> dict:
+    missing = [g for g in utils.GROUP_NAMES if g not in groups]
     if missing:
-        raise ValueError(f"groups needs {', '.join(GROUPS)}; missing {', '.join(missing)}")
+        raise ValueError(f"groups needs {', '.join(utils.GROUP_NAMES)}; missing {', '.join(missing)}")
     where = f" on {dataset}" if dataset else ""
     for name in ("unseen_train", "unseen_test"):
         group = groups[name]
@@ -849,96 +833,26 @@ def _check_groups(groups, methods, dataset=None) -> dict:
     return groups
 
 
-def group_counts(groups) -> dict:
-    """{group: {"users": users with at least one comparison, "comparisons": N}}."""
-    return {name: {"users": int((g.counts() > 0).sum()), "comparisons": int(g.N)} for name, g in groups.items()}
-
-
-def lore_parameter_counts(d: int, B: int, n_users: int) -> dict:
-    """Parameters of a LoRe row in make_row's format: B = 0 is the reference head (d numbers, no user
-    parameter), B = 1 a single Bradley-Terry reward (d; every user weight is 1), B >= 2 the basis V
-    [d, B] plus B simplex weights per user (B = the kept columns)."""
-    d, B, n_users = int(d), int(B), int(n_users)
-    if B <= 1:
-        return {"per_user": 0, "shared": d, "total": d, "note": "one reward direction shared by all users"}
-    return {"per_user": B, "shared": d * B, "total": d * B + n_users * B,
-            "note": f"LoRe: basis V [d, {B}]; per user {B} simplex weights"}
-
-
-def _summary(value) -> tuple[float, float]:
-    """(mean over users, std over users) of a per-user accuracy tensor/array (NaN users dropped), or a
-    (mean, std) tuple passed through."""
-    if isinstance(value, tuple):
-        if len(value) != 2:
-            raise ValueError(f"a summary must be (mean over users, std over users), got {value!r}")
-        return float(value[0]), float(value[1])
-    array = np.asarray(torch.as_tensor(value).double().cpu(), dtype=float)
-    array = array[~np.isnan(array)]
-    if len(array) == 0:
-        return float("nan"), float("nan")
-    return float(array.mean()), float(array.std())
-
-
-def make_row(method: str, per_seed: list, groups, parameters: dict, *, K=None, seeds=None,
-             hyperparameters=None, seconds=None, label: str | None = None) -> dict:
-    """One row of the paper table (the format every row uses, LoRe's and the reference's too).
-
-    per_seed: one dict per seed, {group name: per-user accuracy [C] (tensor or array, NaN for a user
-    without comparisons) or (mean over users, std over users)}, for any of GROUPS (the table needs
-    "seen_test" and "unseen_test"). groups: the Comparisons the accuracies were computed on (for the
-    counts). parameters: {"per_user", "total", ...} (model.parameter_counts(n_seen) or
-    lore_parameter_counts). label: the table's row label (default: method, with " (K = K)" when K is
-    given). Returns
-      {"method", "label", "K", "seeds", "parameters", "hyperparameters", "seconds",
-       "groups": {group: {"mean": mean over seeds of the mean over users,
-                          "std": std over seeds (population form) when there are >= 2 seeds, else the
-                                 std over users of the one seed,
-                          "std_over": "seeds" | "users",
-                          "per_seed": [mean over users, one per seed], "std_users": [one per seed],
-                          "users": users with >= 1 comparison, "comparisons": N}}}
-    """
-    seeds = list(range(len(per_seed))) if seeds is None else list(seeds)
-    if len(seeds) != len(per_seed):
-        raise ValueError(f"{len(per_seed)} per-seed results for {len(seeds)} seeds")
-    counts = group_counts(groups if isinstance(groups, dict) else dict(zip(GROUPS, groups)))
-    entries = {}
-    for name in GROUPS:
-        if not all(name in result for result in per_seed) or not per_seed:
-            continue
-        summaries = [_summary(result[name]) for result in per_seed]
-        means = [m for m, _ in summaries]
-        several = len(means) > 1
-        entries[name] = {"mean": float(np.mean(means)),
-                         "std": float(np.std(means)) if several else summaries[0][1],
-                         "std_over": "seeds" if several else "users",
-                         "per_seed": means, "std_users": [s for _, s in summaries], **counts[name]}
-    if label is None:
-        label = method if K is None else f"{method} (K = {K})"
-    return {"method": method, "label": label, "K": K, "seeds": seeds, "groups": entries,
-            "parameters": {k: (int(v) if k in ("per_user", "shared", "total") else v)
-                           for k, v in parameters.items()},
-            "hyperparameters": dict(hyperparameters or {}), "seconds": seconds}
-
-
-def evaluate_methods(methods, groups, seeds=(0,), *, K=None, hyper=None, device=None, dtype=None,
+def evaluate_methods(methods, groups: dict, seeds=(0,), *, K=None, hyper=None, device=None, dtype=None,
                      progress=False, dataset=None) -> list[dict]:
-    """Fit, personalise and evaluate every method for every seed on the same groups; one row each.
+    """Fit, personalise and evaluate every method for every seed on the same groups; one result each.
 
-    groups: {"seen_train", "seen_test", "unseen_train", "unseen_test"} Comparisons (or a 4-tuple in
-    that order) with the user indexing of the LoRe pipeline (seen groups share their users, unseen
-    groups theirs). For each method and seed s: fit on seen_train with seed utils.derived_seed(s, 0)
-    (the seed of LoRe's fits), evaluate seen_train and seen_test with the seen users' state,
-    personalise on unseen_train (seed utils.derived_seed(s, 1)) and evaluate unseen_train and
-    unseen_test. K: an int for every method or {method: K}; hyper: {method: {name: value}}.
-    Returns make_row rows (counts per group; parameters for the seen users)."""
+    groups: {"seen_train", "seen_test", "unseen_train", "unseen_test"} Comparisons with the user indexing
+    of the LoRe pipeline (seen groups share their users, unseen groups theirs). For each method and seed
+    s: fit on seen_train with seed utils.derived_seed(s, 0) (the seed of LoRe's fits), evaluate seen_train
+    and seen_test with the seen users' state, personalise on unseen_train (seed utils.derived_seed(s, 1))
+    and evaluate unseen_train and unseen_test. K: an int for every method or {method: K}; hyper: {method:
+    {name: value}}. Returns per method {"method", "K", "seeds", "per_seed": [{group: per-user accuracy
+    [C]}], "counts" (utils.group_counts), "parameters" (for the seen users), "hyperparameters",
+    "seconds"}: the arguments of reports.paper_row."""
     methods = check_methods(methods)
     groups = _check_groups(groups, methods, dataset)
     hyper = dict(hyper or {})
     unknown = sorted(set(hyper) - set(methods))
     if unknown:
-        raise utils.SettingsError(f"error: hyperparameters given for {', '.join(unknown)}, which is not among "
-                                  f"the baselines run ({', '.join(methods)})")
-    rows = []
+        raise harness.SettingsError(f"error: hyperparameters given for {', '.join(unknown)}, which is not among "
+                                    f"the baselines run ({', '.join(methods)})")
+    results = []
     for method in methods:
         k = K.get(method) if isinstance(K, dict) else K
         k = k if METHODS[method].uses_K else None
@@ -952,128 +866,8 @@ def evaluate_methods(methods, groups, seeds=(0,), *, K=None, hyper=None, device=
                 "seen_test": model.per_user_accuracy(groups["seen_test"], model.seen_state),
                 "unseen_train": model.per_user_accuracy(groups["unseen_train"], new_users),
                 "unseen_test": model.per_user_accuracy(groups["unseen_test"], new_users)})
-        rows.append(make_row(method, per_seed, groups, model.parameter_counts(groups["seen_train"].n_users),
-                             K=k, seeds=seeds, hyperparameters=model.hyper,
-                             seconds=round(time.time() - start, 2)))
-    return rows
-
-
-# -----------------------------------------------------------------------------
-# the paper table: methods as rows; seen users / unseen prompts, unseen users, parameters as columns
-
-
-def _cell(entry) -> str:
-    if entry is None or entry["mean"] is None or not math.isfinite(entry["mean"]):
-        return "n/a"
-    return f"{100 * entry['mean']:.1f} ± {100 * entry['std']:.1f}"
-
-
-def _check_same_comparisons(rows) -> dict:
-    """The counts every row shares per table group; a ValueError naming the rows that differ."""
-    shared = {}
-    for name in TABLE_GROUPS + ("unseen_train",):
-        seen = {}
-        for row in rows:
-            entry = row["groups"].get(name)
-            if entry is not None:
-                seen.setdefault((entry["users"], entry["comparisons"]), []).append(row.get("label") or row["method"])
-        if len(seen) > 1:
-            detail = "; ".join(f"{', '.join(m)}: {u} users, {c} comparisons" for (u, c), m in seen.items())
-            raise ValueError(f"the rows were not computed on the same {name} comparisons ({detail})")
-        if seen:
-            (users, comparisons), = seen
-            shared[name] = {"users": users, "comparisons": comparisons}
-    return shared
-
-
-def save_paper_table(results_dir, name: str, rows: list[dict], settings: dict, extra: dict | None = None,
-                     title: str | None = None) -> dict:
-    """Write `<name>.json` and `<name>.md` into results_dir (created if missing).
-
-    rows: make_row dicts in the order to print (e.g. ref, K = 1, LoRe at its K, then evaluate_methods'
-    rows). Every row must have been computed on the same comparisons: equal user and comparison counts
-    per group, else a ValueError. Markdown: methods as rows; columns seen users / unseen prompts,
-    unseen users (few-shot), parameters per user, parameters total; cells "mean ± std" in %, and a
-    note saying whether each std is over seeds or over users. JSON: name, settings, seed(s), columns,
-    counts, rows, + extra. Returns {"json": Path, "markdown": Path}."""
-    results_dir = Path(results_dir)
-    if not rows:
-        raise ValueError("no rows to write")
-    counts = _check_same_comparisons(rows)
-    std_over = {row["groups"][g]["std_over"] for row in rows for g in TABLE_GROUPS if g in row["groups"]}
-    markers = {"seeds": "", "users": ""} if len(std_over) <= 1 else {"seeds": "", "users": "†"}
-    header = ["method", GROUP_LABELS["seen_test"], GROUP_LABELS["unseen_test"], "parameters per user",
-              "parameters total"]
-    lines = [f"# {title or name}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for row in rows:
-        cells = [row.get("label") or row["method"]]
-        for group in TABLE_GROUPS:
-            entry = row["groups"].get(group)
-            cells.append(_cell(entry) + (markers[entry["std_over"]] if entry else ""))
-        cells += [f"{row['parameters']['per_user']:,}", f"{row['parameters']['total']:,}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    seeds = sorted({s for row in rows for s in row.get("seeds", [])})
-    if std_over == {"seeds"}:
-        note = f"mean ± std over seeds ({len(seeds)} seeds: {', '.join(map(str, seeds))}) of the mean over users"
-    elif std_over == {"users"}:
-        note = "mean ± std over users (one seed)"
-    else:
-        note = ("mean ± std over seeds of the mean over users; † marks a row with one seed, whose std is "
-                "over users")
-    lines += ["", f"Accuracy in %, {note}; a prediction is correct iff the user's reward margin is > 0 "
-              "(a tie is wrong)."]
-    lines.append("Every row is computed on the same comparisons: " + "; ".join(
-        f"{GROUP_LABELS[g]}: {c['users']:,} users, {c['comparisons']:,} comparisons" for g, c in counts.items())
-        + ". Parameters total = shared + users x per user, for the seen users.")
-    payload = {"name": name, "settings": settings, "seed": settings.get("seed"), "seeds": seeds,
-               "columns": {"accuracy": {g: GROUP_LABELS[g] for g in TABLE_GROUPS},
-                           "parameters": ["per_user", "total"]},
-               "std_over": sorted(std_over), "counts": counts, "rows": rows, **(extra or {})}
-    json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
-    utils.write_json_atomic(json_path, payload)
-    utils.write_text_atomic(md_path, "\n".join(lines) + "\n")
-    return {"json": json_path, "markdown": md_path}
-
-
-# -----------------------------------------------------------------------------
-# the comparison of a train_basis.py: LoRe over seeds, the baselines on the same groups and seeds
-
-
-def compare(run_seed, seed: int, seeds: int, methods, groups: dict, K_list, alpha_list, results_dir, settings,
-            *, dataset: str, hyper=None, device=None):
-    """The LoRe sweep of a folder's train_basis.py over `seeds` seeds (seed, seed + 1, ...) and, with
-    `methods`, those baselines on the same groups and seeds.
-
-    run_seed(s, results_dir): the folder's LoRe sweep (utils.run / run_regularized) with seed s; only
-    the first seed saves its bases (results_dir is None for the others). Returns (the sweeps combined
-    over seeds: utils.combine_seeds, the baselines' rows for save_results). With methods or several
-    seeds it also writes <results_dir>/paper_table.{md,json}: ref, K = 1 and LoRe at the K chosen on seen
-    users / unseen prompts (at the first alpha), then the baselines (PAL at that K), methods as rows.
-    With neither, nothing else runs: the original's sweep, files and tables."""
-    methods = check_methods(methods) if methods else []
-    seed_list = [seed + i for i in range(seeds)]
-    sweeps = [run_seed(s, results_dir if s == seed else None) for s in seed_list]
-    combined = utils.combine_seeds(sweeps)
-    if not methods and seeds == 1:
-        return combined, []
-    alpha, runs = alpha_list[0], combined.runs
-    seen_test = {run["K"]: combined[1][i] for i, run in enumerate(runs) if run["alpha"] == alpha}
-    lore_Ks = [K for K in seen_test if K >= 1]
-    chosen = max(lore_Ks, key=lambda K: (seen_test[K], -K)) if lore_Ks else None
-    method_rows = evaluate_methods(methods, groups, seed_list, K=chosen, hyper=hyper, device=device,
-                                   dataset=dataset) if methods else []
-    n_seen, d = groups["seen_train"].n_users, groups["seen_train"].d
-    lore_rows = []
-    for K, label in ((0, "ref (the backbone's head)"), (1, "K = 1 (one Bradley-Terry reward)"),
-                     (chosen, f"LoRe (K = {chosen}, chosen on seen users)")):
-        index = next((i for i, run in enumerate(runs) if run["alpha"] == alpha and run["K"] == K), None)
-        if K is None or index is None or (K == chosen and K == 1):
-            continue
-        per_seed = [{group: sweep.runs[index]["per_user"][group] for group in GROUPS} for sweep in sweeps]
-        lore_rows.append(make_row("LoRe", per_seed, groups, lore_parameter_counts(d, runs[index]["basis_size"] if K
-                                                                                  else 0, n_seen),
-                                  K=K, seeds=seed_list, label=label))
-    save_paper_table(results_dir, "paper_table", lore_rows + method_rows, settings,
-                     extra={"alpha": alpha, "K_chosen_on_seen_users": chosen},
-                     title=f"{dataset}: LoRe and the baselines (alpha = {alpha})")
-    return combined, method_rows
+        results.append({"method": method, "K": k, "seeds": list(seeds), "per_seed": per_seed,
+                        "counts": utils.group_counts(groups),
+                        "parameters": model.parameter_counts(groups["seen_train"].n_users),
+                        "hyperparameters": model.hyper, "seconds": round(time.time() - start, 2)})
+    return results

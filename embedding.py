@@ -53,6 +53,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+import harness
 import utils
 
 REWARD_HEAD_FILE = "reward_head.safetensors"  # V_ref beside the embeddings (export_reward_head)
@@ -67,12 +68,8 @@ class ModelNotAvailable(OSError):
 # loading
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def _not_available(model_name: str, cause: BaseException | None = None) -> ModelNotAvailable:
-    return ModelNotAvailable(utils.hub_unreachable(
+    return ModelNotAvailable(harness.hub_unreachable(
         f"the model {model_name!r} (neither a local folder nor a reachable hub id)",
         "<the same script> --offline", cause).code)
 
@@ -96,7 +93,7 @@ def _from_pretrained(loader, model_name: str, **kwargs):
     ~30 s); otherwise ModelNotAvailable at once.
     """
     folder = Path(model_name).expanduser()
-    if not folder.is_dir() and not utils.hub_reachable():
+    if not folder.is_dir() and not harness.hub_reachable():
         snapshot = _cached_snapshot(model_name)
         if snapshot is None:
             raise _not_available(model_name)
@@ -142,7 +139,7 @@ def load_reward_model(model_name: str, dtype: str = "float32", attn_implementati
     """
     from transformers import AutoModelForSequenceClassification
 
-    device = str(device or default_device())
+    device = str(device or str(utils.get_device()))
     kwargs = dict(num_labels=1, dtype=_torch_dtype(dtype))
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -151,17 +148,6 @@ def load_reward_model(model_name: str, dtype: str = "float32", attn_implementati
     model = _from_pretrained(AutoModelForSequenceClassification, model_name, **kwargs)
     model = model.to(device).eval()
     return model, load_tokenizer(model_name)
-
-
-def script_model(settings) -> tuple[str, str]:
-    """(model, dtype) of a script with the settings `model_name` and `dtype`: as set, or with `offline`
-    the built-in tiny model in float32 (a model or dtype given on the command line still wins)."""
-    model_name, dtype = settings["model_name"], settings["dtype"]
-    if settings.get("offline"):
-        from offline import tiny_model_path
-        model_name = model_name if "model_name" in settings.overridden else tiny_model_path()
-        dtype = dtype if "dtype" in settings.overridden else "float32"
-    return str(model_name), dtype
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -573,7 +559,7 @@ def _save_atomic(tensors: dict, path: Path, metadata: dict | None = None) -> Non
     """safetensors written atomically: never a half-written `path`."""
     from safetensors.torch import save_file
 
-    with utils.atomic_path(path) as tmp:
+    with harness.atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
@@ -621,7 +607,7 @@ def export_reward_head(model, path, *, dtype: str = "float32", attn_implementati
             current = None           # unreadable: export again
         if current != name or not isinstance(model, (str, Path)):
             if isinstance(model, (str, Path)):
-                model = _cached_reward_model(name, dtype, attn_implementation, str(device or default_device()))[0]
+                model = _cached_reward_model(name, dtype, attn_implementation, str(device or str(utils.get_device())))[0]
             head = _parts(model)[1]
             tensors = {"reward_head": reward_head(model)}
             if getattr(head, "bias", None) is not None:
@@ -748,7 +734,7 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
         "truncation_side": truncation_side, "shard_size": shard_size, "count": n,
         "conversations_sha256": conversations_sha256(conversations),
     }
-    device = str(device or (state.device if state.num_processes > 1 else default_device()))
+    device = str(device or (state.device if state.num_processes > 1 else str(utils.get_device())))
     refuse = "Run again with --overwrite=True to replace it, or with the settings that made it."
     if out_path.exists():
         try:
@@ -787,7 +773,7 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
     if is_main and not resume:
         shutil.rmtree(shards, ignore_errors=True)
         shards.mkdir(parents=True, exist_ok=True)
-        utils.write_text_atomic(manifest_file, json.dumps(manifest, indent=1, sort_keys=True))
+        harness.write_text_atomic(manifest_file, json.dumps(manifest, indent=1, sort_keys=True))
     if done and is_main:
         print(f"resuming: {len(done)} of {n_shards} shards done")
     state.wait_for_everyone()
@@ -822,14 +808,14 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
     return out_path
 
 
-def embed_dataset(script: str, settings, data_path: Path, conversations: Sequence) -> tuple[Path, Path]:
+def embed_dataset(script: str, settings, data_path: Path, conversations: Sequence, model_name: str,
+                  dtype: str) -> tuple[Path, Path]:
     """The embedding step of a dataset folder: `conversations` (every distinct conversation its
-    comparisons need) embedded into data_path/EMBEDDINGS_FILE (embed_to_file: sharded, resumable,
-    accelerate-aware) and the model's reward head exported to data_path/REWARD_HEAD_FILE, with the
-    script's settings (model_name, dtype, attn_implementation, batch_size, max_tokens, max_length,
-    shard_size, device, overwrite, offline). A model that cannot be loaded exits naming the offline
+    comparisons need) embedded with model_name in dtype into data_path/EMBEDDINGS_FILE (embed_to_file:
+    sharded, resumable, accelerate-aware) and the model's reward head exported to
+    data_path/REWARD_HEAD_FILE, with the script's settings (attn_implementation, batch_size, max_tokens,
+    max_length, shard_size, device, overwrite). A model that cannot be loaded exits naming the offline
     command. Returns (embeddings path, head path)."""
-    model_name, dtype = script_model(settings)
     print(f"{len(conversations)} distinct conversations to embed with {model_name} ({dtype}, attention "
           f"{settings['attn_implementation'] or 'default'})")
     out, head = Path(data_path) / EMBEDDINGS_FILE, Path(data_path) / REWARD_HEAD_FILE
@@ -840,9 +826,9 @@ def embed_dataset(script: str, settings, data_path: Path, conversations: Sequenc
                       shard_size=settings["shard_size"], overwrite=settings["overwrite"], **load)
         export_reward_head(model_name, head, **load)
     except ModelNotAvailable as e:
-        raise utils.hub_unreachable(f"the model {model_name!r}", utils.command_line(script, settings) + " --offline",
+        raise harness.hub_unreachable(f"the model {model_name!r}", harness.command_line(script, settings) + " --offline",
                                     e.__cause__) from None
     if _process_state().is_main_process:
-        table = load_embeddings(out, utils.command_line(script, settings))
+        table = load_embeddings(out, harness.command_line(script, settings))
         print(f"wrote {out} {tuple(table.shape)} and {head.name} ({tuple(load_reward_head(head, script).shape)})")
     return out, head

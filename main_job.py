@@ -7,7 +7,7 @@ result tables.
 
 Each step runs as its own process (`python <script> --offline ...`), exactly as a user would run it, with
 the overrides listed in STEPS; its output goes to <results>/logs/. Every step writes its tables, JSON and
-plots into <results>/<folder>/ (a top-level script: <results>/<its name>/; results/, or results-smoke/
+plots into <results>/<folder>/ (the personalize demo: <results>/personalize/; results/, or results-smoke/
 with --smoke); at the end the tables and findings of the files this run wrote are printed (and listed,
 with the steps' timings, in <results>/main_job.json). The offline data stay in each folder's
 data/*-offline (or under --data_dir), so a second run reuses the built model, data and embeddings.
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import utils
+import harness
 
 ROOT = Path(__file__).resolve().parent
 
@@ -58,8 +58,8 @@ STEPS = [
 ] + [("PRISM", "eval_rb2.py", "rewardbench2", RB2 + ["--rm_head", f"PRISM_V_lore_K_5_alpha_{alpha}.pt"] + weights, [])
      for alpha in ("10000.0", "0.0")               # every column of the K = 5 basis, then the average seen user
      for weights in ([], ["--rm_weights", f"PRISM_W_lore_seen_5_{alpha}.pt"])] + [
-    # personalize.py's demo on PRISM's data and basis at the real alpha ({results}: this run's results)
-    (".", "personalize.py", "PRISM/prism", ["--basis={results}/PRISM/PRISM_V_lore_K_5_alpha_10000.0.pt"],
+    # personalize.py's fit, export and score on new PRISM users, against this run's basis at the real alpha
+    ("PRISM", "personalize_demo.py", "prism", ["--basis={results}/PRISM/PRISM_V_lore_K_5_alpha_10000.0.pt"],
      ["--num_iterations=30"]),
     ("RedditTLDR", "prepare.py", "tldr", [], []),
     ("RedditTLDR", "generate-tldr-embeddings.py", "tldr", [], []),
@@ -77,9 +77,12 @@ ARGPARSE_SCRIPTS = {"eval_rb2.py", "demo_offline.py"}     # published command li
 TABLES = "*.md"
 
 
+OWN_RESULTS = {"personalize_demo.py": "personalize"}   # a model folder and scores, not PRISM's tables
+
+
 def results_name(folder: str, script: str) -> str:
-    """The folder of a step's results under <results>: its own folder's name, a top-level script's name."""
-    return Path(script).stem if folder == "." else folder
+    """The folder of a step's results under <results>: its own folder's name, or its own (OWN_RESULTS)."""
+    return OWN_RESULTS.get(script, folder)
 
 
 def step_command(folder, script, data_name, arguments, results: Path, data_root: Path | None) -> list[str]:
@@ -163,11 +166,11 @@ def findings(results: Path, since: float) -> list[str]:
 
 
 def main() -> None:
-    settings = utils.configure(globals())
+    settings = harness.configure(globals())
     folders = list(dict.fromkeys(results_name(folder, script) for folder, script, *_ in STEPS))
     wanted = folders if only is None else only.split(",")
     if set(wanted) - set(folders):
-        raise utils.SettingsError(f"error: --only={only!r} names no folder of the main job; choose among {folders}")
+        raise harness.SettingsError(f"error: --only={only!r} names no folder of the main job; choose among {folders}")
     default = "results-smoke" if smoke and "results_dir" not in settings.overridden else results_dir
     results = Path(default) if Path(default).is_absolute() else ROOT / default
     data_root = None if data_dir is None else Path(data_dir).resolve()
@@ -188,16 +191,16 @@ def main() -> None:
                if path.stat().st_mtime >= started]          # this run's tables only, not stale ones
     for table in written:
         if smoke:   # a smoke table says so, in the file too
-            utils.write_text_atomic(table, f"> SMOKE run (iteration counts cut to {' '.join(FAST)}): the figures "
+            harness.write_text_atomic(table, f"> SMOKE run (iteration counts cut to {' '.join(FAST)}): the figures "
                                            f"are not meaningful.\n\n" + table.read_text())
         print(f"## {table.parent.name}: {table.stem}\n\n{table.read_text().strip()}\n")
     story = findings(results, since=started)
     if story:
         text = ("# What the offline run shows\n\n" + ("> SMOKE run: the figures are not meaningful.\n\n" if smoke else "")
                 + "\n".join(story) + "\n")
-        utils.write_text_atomic(results / "findings.md", text)
+        harness.write_text_atomic(results / "findings.md", text)
         print(text)
-    utils.write_json_atomic(results / "main_job.json", {"settings": settings, "steps": timings,
+    harness.write_json_atomic(results / "main_job.json", {"settings": settings, "steps": timings,
                                                         "tables": [str(t) for t in written], "findings": story})
     print(f"tables, JSON and plots: {results}")
 

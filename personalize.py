@@ -1,7 +1,6 @@
 """Your own reward model: fit new users' weights against a trained LoRe basis, export a user's
 personalized reward model, and score responses for many users in one backbone pass.
 
-    python personalize.py --offline      # the demo: fit 5 new PRISM users, export one, reload it, score
     python personalize.py --command=fit --basis=PRISM/results/PRISM_V_lore_K_5_alpha_10000.0.pt \\
         --comparisons=my_users.jsonl     # every user's weights at once, V frozen
     python personalize.py --command=export --user=alice     # alice's reward model: a from_pretrained folder
@@ -28,16 +27,10 @@ export  reward_model_<user>/ (config, tokenizer, model.safetensors with the user
 score   --responses: a .jsonl, one {"prompt": ..., "response": "...", "id": optional} per line. One backbone
         forward per distinct conversation, then E @ V @ W.T / 100 for all users: scores.csv (rows x users; a
         user's column is its exported model's logit) and scores.json.
-demo    (the default) the first --demo_users unseen PRISM users (by id) of --data_dir: fitted from their
-        train comparisons, the first exported and reloaded with from_pretrained alone, everyone's held-out
-        (test) responses scored; prints each user's held-out accuracy next to the pipeline's figure for that
-        user (the train_basis.json beside --basis). Writes personalize_demo.json / .md besides the files of
-        the three commands. It needs the PRISM steps first:
-            cd PRISM && python prepare.py --offline && python generate-prism-embeddings.py --offline && \\
-                python train_basis.py --offline
+The demo of all three on new PRISM users is PRISM/personalize_demo.py.
 
 Backbone: --model_name in --dtype; export and score use the one fit recorded unless given. --offline: the
-tiny model in float32, PRISM/data/prism-offline and PRISM/results-offline/. Paths given on the command line
+tiny model in float32 and PRISM/results-offline/'s basis. Paths given on the command line
 are relative to the working folder, defaults to this script's. Results: results/personalize(-offline)/.
 """
 from __future__ import annotations
@@ -54,20 +47,21 @@ from pathlib import Path
 import torch
 
 import embedding
+import harness
 import utils
+from offline import script_model
 
 ROOT = Path(__file__).resolve().parent
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
-command = "demo"              # fit | export | score | demo (all three on new PRISM users)
-offline = False               # True: the built-in tiny model, the PRISM offline data and basis, no network
+command: str | None = None    # fit | export | score
+offline = False               # True: the built-in tiny model and the PRISM offline basis, no network
 model_name = "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"  # export, score: the one fit recorded unless given
 dtype = "bfloat16"            # offline: float32 unless given
 attn_implementation: str | None = None  # None: the library default (sdpa)
 device: str | None = None     # None: cuda if available, else cpu (the weights are fitted on the cpu)
-basis: str | None = None      # fit, demo: a V file; None: PRISM/results/PRISM_V_lore_K_5_alpha_10000.0.pt
-data_dir = "PRISM/data/prism"  # demo: the PRISM data folder (offline: PRISM/data/prism-offline)
+basis: str | None = None      # fit: a V file; None: PRISM/results/PRISM_V_lore_K_5_alpha_10000.0.pt
 results_dir = "results/personalize"
 comparisons: str | None = None  # fit: the comparisons .jsonl
 weights: str | None = None    # export, score: a user_weights.safetensors; None: the results folder's
@@ -83,16 +77,13 @@ learning_rate: float | None = None  # None: the pipeline's few-shot learning rat
 batch_size = 16               # conversations per forward pass (at most)
 max_tokens: int | None = 32768  # padded tokens per forward pass (at most); None: rows only
 max_length: int | None = None  # tokens per conversation, oldest dropped (BOS and the end kept); None: all
-demo_users = 5                # demo: how many new PRISM users to fit
 # -----------------------------------------------------------------------------
 
 BASIS_FILE = "PRISM_V_lore_K_5_alpha_10000.0.pt"   # the default basis, in PRISM/results(-offline)/
-PRISM_MADE_BY = ("cd PRISM && python prepare.py{o} && python generate-prism-embeddings.py{o} && "
-                 "python train_basis.py{o}")
 WEIGHTS_FILE, WEIGHTS_JSON = "user_weights.safetensors", "user_weights.json"
 MODEL_FOLDER, HEAD_FILE = "reward_model_{user}", "reward_head_{user}.safetensors"
 PERSONALIZATION_FILE = "personalization.json"       # in an exported folder: whose model it is
-SCORES_FILE, SCORES_JSON, DEMO_NAME = "scores.csv", "scores.json", "personalize_demo"
+SCORES_FILE, SCORES_JSON = "scores.csv", "scores.json"
 WEIGHTS_FORMAT, HEAD_FORMAT = "lore-user-weights-1", "lore-user-head-1"
 COMPARISON_ROW = ('{"user_id": "alice", "prompt": "..." or [{"role": "user", "content": "..."}, ...], '
                   '"chosen": "...", "rejected": "..."}')
@@ -131,7 +122,7 @@ def model_error(model_name: str, error: Exception) -> SystemExit:
     """The hub error, naming this script's offline switch (a local folder that does not load: its own)."""
     if Path(model_name).expanduser().is_dir():
         return SystemExit(str(error))
-    return utils.hub_unreachable(f"the model {model_name!r}", "python personalize.py --offline", error.__cause__)
+    return harness.hub_unreachable(f"the model {model_name!r}", "python personalize.py --offline", error.__cause__)
 
 
 def check_basis(V: torch.Tensor, where: str, model_name: str, backbone=None) -> None:
@@ -155,7 +146,7 @@ def read_jsonl(path, what: str, row_format: str, keys: tuple) -> list[tuple[int,
         raise SystemExit(f"error: the {what} file {path} does not exist; give a .jsonl, one row per line: "
                          f"{row_format}")
     rows = []
-    for number, row in utils.read_jsonl(path, f"each line: {row_format}"):
+    for number, row in harness.read_jsonl(path, f"each line: {row_format}"):
         where = f"error: {path}, line {number},"
         missing = [k for k in keys if not isinstance(row.get(k), str)]
         if missing:
@@ -199,7 +190,7 @@ def load_backbone(model_name: str, dtype: str, attn_implementation=None, device=
 
 def save_safetensors(tensors: dict, path: Path, info: dict, fmt: str) -> None:
     from safetensors.torch import save_file
-    with utils.atomic_path(path) as tmp:
+    with harness.atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": fmt, "info": json.dumps(info)})
 
 
@@ -259,13 +250,13 @@ def fit(comparisons_path, basis_path, results_path, *, model_name: str, dtype: s
                                    device="cpu", progress=True).train_weights(data, V)
     accuracy, counts = utils.per_user_accuracy(data, V, W), data.counts()
     info = {"user_ids": user_ids, "model_name": str(model_name), "dtype": dtype, "basis_path": str(basis_path),
-            "basis_sha256": utils.file_sha256(basis_path), "seed": seed, "num_iterations": num_iterations,
-            "learning_rate": learning_rate, "comparisons_sha256": utils.file_sha256(comparisons_path)}
+            "basis_sha256": harness.file_sha256(basis_path), "seed": seed, "num_iterations": num_iterations,
+            "learning_rate": learning_rate, "comparisons_sha256": harness.file_sha256(comparisons_path)}
     users_json = [{"user_id": u, "comparisons": int(counts[i]), "fewshot_accuracy": float(accuracy[i]),
                    "weights": W[i].tolist()} for i, u in enumerate(user_ids)]
     save_safetensors({"weights": W.float().contiguous(), "basis": V}, results_path / WEIGHTS_FILE, info,
                      WEIGHTS_FORMAT)
-    utils.write_json_atomic(results_path / WEIGHTS_JSON, {
+    harness.write_json_atomic(results_path / WEIGHTS_JSON, {
         **info, "settings": settings or {}, "comparisons_path": str(comparisons_path), "users": users_json,
         "skipped_rows": {"chosen_equals_rejected": len(skipped), "lines": skipped}})
     print("| user | comparisons | few-shot accuracy | weights |\n|---|---|---|---|")
@@ -371,7 +362,7 @@ def export_model(weights_path, user_id: str, folder, *, model_name=None, dtype=N
         tmp.mkdir(parents=True)                       # not mkdtemp: the folder gets the umask's permissions
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        utils.write_json_atomic(tmp / PERSONALIZATION_FILE, new)
+        harness.write_json_atomic(tmp / PERSONALIZATION_FILE, new)
         umask = os.umask(0o022)
         os.umask(umask)
         for file in tmp.iterdir():                    # safetensors writes 0600: unreadable to colleagues
@@ -432,20 +423,20 @@ def write_scores(rows: list[dict], ids: list[str], scores: torch.Tensor, results
     writer.writerow(["row", "id", *ids])
     for k, (row, values) in enumerate(zip(rows, scores.tolist())):
         writer.writerow([k, row.get("id", ""), *(f"{x:.6g}" for x in values)])
-    utils.write_text_atomic(Path(results_path) / SCORES_FILE, text.getvalue())
-    utils.write_json_atomic(Path(results_path) / SCORES_JSON, {**info, "users": ids, "rows": len(rows)})
+    harness.write_text_atomic(Path(results_path) / SCORES_FILE, text.getvalue())
+    harness.write_json_atomic(Path(results_path) / SCORES_JSON, {**info, "users": ids, "rows": len(rows)})
     return Path(results_path) / SCORES_FILE
 
 
 # -----------------------------------------------------------------------------
-# the demo: new PRISM users, against the pipeline's figure for the same users
+# an exported folder as any reward-model consumer sees it
 
 
 def reloaded_logits(folder, conversations: list, device=None) -> torch.Tensor:
     """Logits [n] of a folder loaded with from_pretrained alone, one conversation per forward, tokenised
     by its own chat template: what any reward-model consumer sees."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    device = device or embedding.default_device()
+    device = device or str(utils.get_device())
     model = AutoModelForSequenceClassification.from_pretrained(str(folder)).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     with torch.inference_mode():
@@ -453,94 +444,16 @@ def reloaded_logits(folder, conversations: list, device=None) -> torch.Tensor:
             c, return_dict=True, return_tensors="pt").to(device)).logits[0, 0]) for c in conversations])
 
 
-def pipeline_figures(basis_path: Path, made_by: str) -> dict:
-    """{unseen user id: test accuracy or None} that train_basis.py reported for this basis: the row of its
-    K and alpha in the train_basis.json beside it."""
-    path = basis_path.parent / "train_basis.json"
-    name = re.search(r"_V_lore_K_(\d+)_alpha_(.+)\.(pt|safetensors)$", basis_path.name)
-    try:
-        rows = json.loads(path.read_text())["results"]
-        return next(r["per_user"]["unseen_test"] for r in rows
-                    if name and r["K"] == int(name[1]) and float(r["alpha"]) == float(name[2]))
-    except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:
-        raise SystemExit(f"error: the demo needs the pipeline's per-user figures for {basis_path.name} from {path}, "
-                         f"which it cannot read ({type(e).__name__}); run `{made_by}`") from None
-
-
-def demo(data_path, basis_path, results_path, *, model_name: str, dtype: str = "float32", n_users: int = 5,
-         attn_implementation=None, device=None, seed: int = 0, num_iterations=None, learning_rate=None,
-         offline: bool = False, settings=None, **engine) -> dict:
-    """fit, export, reload and score on the first n_users unseen PRISM users; writes DEMO_NAME.json/.md."""
-    sys.path.insert(0, str(ROOT / "PRISM"))
-    import prism_data
-    data_path, basis_path, results_path = Path(data_path), Path(basis_path), Path(results_path)
-    made_by = PRISM_MADE_BY.format(o=" --offline" if offline else "")
-    check_basis(read_basis(utils.require_file(basis_path, made_by)), str(basis_path), model_name)
-    figures = pipeline_figures(basis_path, made_by)
-    prepared = prism_data.load_prepared(data_path, made_by)
-    rows = {split: {u: [] for u in figures} for split in prepared}        # the unseen users' rows, by split
-    for split, r in [(split, r) for split in prepared for r in prepared[split]]:
-        rows[split].get(r["user_id"], []).append(r)
-    chosen = [u for u in sorted(figures) if figures[u] is not None and rows["test"][u]
-              and any(r["chosen"] != r["rejected"] for r in rows["train"][u])][:n_users]
-    if not chosen:
-        raise SystemExit(f"error: no unseen user in {data_path} has train and test comparisons; run `{made_by}`")
-    print(f"demo: {len(chosen)} new PRISM users {', '.join(chosen)}; basis {basis_path}")
-    comparisons_file, responses_file = results_path / "demo_comparisons.jsonl", results_path / "demo_responses.jsonl"
-    utils.write_jsonl_atomic(comparisons_file, [{k: r[k] for k in ("user_id", "prompt", "chosen", "rejected")}
-                                                for u in chosen for r in rows["train"][u]])
-    heldout = [r for u in chosen for r in rows["test"][u]]        # scored: every chosen, then every rejected side
-    utils.write_jsonl_atomic(responses_file, [{"id": f"{r['user_id']}:{side}", "prompt": r["prompt"], "response":
-                                               r[side]} for side in ("chosen", "rejected") for r in heldout])
-    backbone = load_backbone(model_name, dtype, attn_implementation, device)
-    weights_path = fit(comparisons_file, basis_path, results_path, model_name=model_name, dtype=dtype, seed=seed,
-                       num_iterations=num_iterations, learning_rate=learning_rate, settings=settings,
-                       backbone=backbone, **engine)
-    scored, ids, table = score(responses_file, weights_path, chosen, backbone=backbone, **engine)
-    write_scores(scored, ids, table, results_path, {"settings": settings, "responses": str(responses_file)})
-    owner = torch.tensor([chosen.index(r["user_id"]) for r in heldout])
-    correct = (table[:len(heldout)] - table[len(heldout):]).gather(1, owner[:, None])[:, 0] > 0    # a tie is wrong
-
-    first = chosen[0]      # exported, then reloaded with from_pretrained alone (the demo owns this folder)
-    folder = export_model(weights_path, first, results_path / MODEL_FOLDER.format(user=safe_name(first)),
-                          overwrite=True, backbone=backbone)
-    logits = reloaded_logits(folder, [embedding.conversation(r["prompt"], r[side]) for side in ("chosen", "rejected")
-                                      for r in rows["test"][first]], device).view(2, -1)
-    users_table = [{"user_id": u, "fewshot_comparisons": len(rows["train"][u]),
-                    "heldout_comparisons": len(rows["test"][u]), "pipeline_accuracy": figures[u],
-                    "score_accuracy": float(correct[owner == j].float().mean()),
-                    "exported_model_accuracy": float((logits[0] > logits[1]).float().mean()) if u == first else None}
-                   for j, u in enumerate(chosen)]
-    percent = (lambda x: "-" if x is None else f"{100 * x:.1f}")
-    markdown = [f"# Your own reward model: {len(chosen)} new PRISM users", "",
-                f"Basis {basis_path.name}, backbone {Path(str(model_name)).name}. Accuracy (%) on each user's "
-                f"held-out (test) comparisons; a tie is wrong.", "",
-                "| user | few-shot comparisons | held-out comparisons | pipeline (train_basis.json) | "
-                "personalize.py score | exported model, reloaded |", "|---|---|---|---|---|---|"]
-    markdown += [f"| {u['user_id']} | {u['fewshot_comparisons']} | {u['heldout_comparisons']} | "
-                 f"{percent(u['pipeline_accuracy'])} | {percent(u['score_accuracy'])} | "
-                 f"{percent(u['exported_model_accuracy'])} |" for u in users_table]
-    markdown += ["", f"User {first}'s model was exported to {folder.name}/ and reloaded with "
-                 f"AutoModelForSequenceClassification.from_pretrained alone (its own logits). The pipeline fitted "
-                 f"all {len(figures)} unseen users at once from another seeded start than this fit of "
-                 f"{len(chosen)}, so a user's weights, and a held-out prediction close to a tie, can differ."]
-    result = {"name": DEMO_NAME, "settings": settings, "basis": str(basis_path), "backbone": str(model_name),
-              "weights": str(weights_path), "exported_folder": str(folder), "users": users_table}
-    utils.write_json_atomic(results_path / f"{DEMO_NAME}.json", result)
-    utils.write_text_atomic(results_path / f"{DEMO_NAME}.md", "\n".join(markdown) + "\n")
-    print("\n" + "\n".join(markdown) + f"\n\nwrote {DEMO_NAME}.json, .md and the files above in {results_path}")
-    return result
-
-
 # -----------------------------------------------------------------------------
 # the command line
 
 if __name__ == "__main__":
-    settings = utils.configure(globals())
-    if command not in ("fit", "export", "score", "demo"):
-        raise utils.SettingsError(f"error: --command must be fit, export, score or demo, got {command!r}")
-    data_path, results_path = utils.script_dirs(__file__, settings)
-    model_name, dtype = embedding.script_model(settings)
+    settings = harness.configure(globals())
+    if command not in ("fit", "export", "score"):
+        raise harness.SettingsError(f"error: --command must be fit, export or score, got {command!r} (the demo of "
+                                    f"all three on new PRISM users: cd PRISM && python personalize_demo.py)")
+    _, results_path = harness.script_dirs(__file__, settings)
+    model_name, dtype = script_model(settings)
 
     def path_of(name: str) -> Path:    # a path setting: from the working folder when given there, else from here
         return Path(settings[name]).expanduser().resolve() if name in settings.overridden else ROOT / settings[name]
@@ -553,9 +466,9 @@ if __name__ == "__main__":
     engine = dict(batch_size=batch_size, max_tokens=max_tokens, max_length=max_length)
     fewshot = dict(seed=seed, num_iterations=num_iterations, learning_rate=learning_rate, settings=settings)
     if command == "fit" and comparisons is None:
-        raise utils.SettingsError(f"error: fit needs --comparisons=<file.jsonl>, one per line: {COMPARISON_ROW}")
+        raise harness.SettingsError(f"error: fit needs --comparisons=<file.jsonl>, one per line: {COMPARISON_ROW}")
     if command == "score" and responses is None:
-        raise utils.SettingsError(f"error: score needs --responses=<file.jsonl>, one per line: {RESPONSE_ROW}")
+        raise harness.SettingsError(f"error: score needs --responses=<file.jsonl>, one per line: {RESPONSE_ROW}")
     if command == "fit":
         fit(path_of("comparisons"), basis_path, results_path, model_name=model_name, dtype=dtype, **fewshot, **load,
             **engine)
@@ -571,13 +484,10 @@ if __name__ == "__main__":
         export_model(weights_path, user, path_of("export_dir") if export_dir else
                      results_path / MODEL_FOLDER.format(user=safe_name(user)), **recorded, **load,
                      overwrite=overwrite)
-    elif command == "score":
+    else:
         wanted = [u.strip() for u in users.split(",")] if users else None
         rows, ids, table = score(path_of("responses"), weights_path, wanted, **recorded, **load, **engine)
         out = write_scores(rows, ids, table, results_path, {"settings": settings, "weights": str(weights_path),
                                                             "responses": str(path_of("responses"))})
         print("\n".join(out.read_text().splitlines()[:6]) + f"\n...\nwrote {out}: {len(rows)} rows x {len(ids)} "
               f"users")
-    else:
-        demo(data_path, basis_path, results_path, model_name=model_name, dtype=dtype, n_users=demo_users,
-             offline=offline, **fewshot, **load, **engine)

@@ -57,6 +57,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+import harness
 import utils
 
 HUB_DATASET = "allenai/reward-bench-2"
@@ -66,7 +67,6 @@ TIES = "Ties"
 REQUIRED_COLUMNS = ("id", "prompt", "chosen", "rejected", "subset")
 HEAD_SUFFIXES = (".npy", ".pt", ".pth", ".bin", ".safetensors")
 ROOT = Path(__file__).resolve().parent
-OFFLINE_DATA_DIR = ROOT / "PRISM" / "data" / "rewardbench2-offline"
 
 # Official Ties weights (rewardbench v2 `process_single_model`).
 TIES_WEIGHTS = {"tied_accuracy": 0.30, "ref_accuracy": 0.30, "correctness_preferred": 0.20,
@@ -75,14 +75,6 @@ TIES_WEIGHTS = {"tied_accuracy": 0.30, "ref_accuracy": 0.30, "correctness_prefer
 
 # -----------------------------------------------------------------------------
 # rows
-
-
-def offline_dataset_path(data_dir: str | Path = OFFLINE_DATA_DIR) -> Path:
-    """The generated RewardBench 2 file (`<data_dir>/test.jsonl`), built on first use and rebuilt when
-    its generator or the tiny model changed. Its better answers are decided by the tiny model's own
-    head with noise (offline/rewardbench2.py): the general direction of the offline world."""
-    from offline.rewardbench2 import dataset_path
-    return dataset_path(data_dir)
 
 
 def _is_ties(subset: str) -> bool:
@@ -114,7 +106,7 @@ def _normalise(row: dict, where: str) -> dict:
 
 def _read_local(path: Path) -> list[dict]:
     if path.suffix == ".jsonl":
-        return [row for _, row in utils.read_jsonl(
+        return [row for _, row in harness.read_jsonl(
             path, f"a RewardBench 2 file has one row per line with {list(REQUIRED_COLUMNS)}")]
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -130,14 +122,14 @@ def _read_hub(name: str, split: str) -> list[dict]:
 
     what = (f"the dataset {name!r} (split {split!r}; or give a local .jsonl/.parquet file with the same columns "
             f"as --dataset)")
-    reachable = utils.hub_reachable()
+    reachable = harness.hub_reachable()
     saved = getattr(datasets.config, "HF_HUB_OFFLINE", None)
     try:
         if not reachable:  # a cached copy still loads; nothing waits on network retries
             datasets.config.HF_HUB_OFFLINE = True
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # datasets raises ConnectionError, FileNotFoundError, DatasetNotFoundError...
-        raise utils.hub_unreachable(what, "python eval_rb2.py --offline", e) from None
+        raise harness.hub_unreachable(what, "python eval_rb2.py --offline", e) from None
     finally:
         if saved is not None:
             datasets.config.HF_HUB_OFFLINE = saved
@@ -546,7 +538,7 @@ def load_scoring_model(model_name: str, mode: str, dtype: str = "float32", devic
     final hidden states are scored by a head file. Unreachable hub ids fail at once naming --offline."""
     import embedding
 
-    device = str(device or embedding.default_device())
+    device = str(device or utils.get_device())
     try:
         if mode == "seqclf":
             model, tokenizer = embedding.load_reward_model(model_name, dtype=dtype, device=device,
@@ -665,13 +657,13 @@ def write_csv(figures: dict, path) -> Path:
                         + [get(original["ties_weighted"]), get(original["five_cat"]),
                            get(original["overall_strict"]), get(original["overall_weighted"])]
                         + [get(off["per_subset"][n]) for n in names] + [get(off["overall"])])
-    utils.write_text_atomic(path, buf.getvalue())
+    harness.write_text_atomic(path, buf.getvalue())
     return path
 
 
 def write_json(obj: dict, path) -> Path:
     path = Path(path)
-    utils.write_json_atomic(path, obj)
+    harness.write_json_atomic(path, obj)
     return path
 
 

@@ -30,8 +30,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+import harness  # noqa: E402
+import offline  # noqa: E402
 import rewardbench2 as rb2  # noqa: E402
-import utils  # noqa: E402
+from offline import rewardbench2 as offline_rewardbench2  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -68,22 +70,18 @@ def parse_args(argv=None):
                    "beside this script, results-offline with --offline)")
     p.add_argument("--data_dir", default="data/rewardbench2", help="folder of the generated RewardBench 2 file "
                    "with --offline (default: data/rewardbench2-offline beside this script)")
-    return utils.cli_args(p, argv)
+    return harness.cli_args(p, argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
 
-    data_path, results_path = utils.script_dirs(__file__, args.settings)
+    data_path, results_path = harness.script_dirs(__file__, args.settings)
     if args.model is None:
-        if args.offline:
-            from offline.tiny_model import tiny_model_path
-            args.model = tiny_model_path()
-        else:
-            args.model = rb2.DEFAULT_MODEL
+        args.model = offline.tiny_model_path() if args.offline else rb2.DEFAULT_MODEL
     if args.dataset is None:
-        args.dataset = str(rb2.offline_dataset_path(data_path)) if args.offline else rb2.HUB_DATASET
+        args.dataset = str(offline_rewardbench2.dataset_path(data_path)) if args.offline else rb2.HUB_DATASET
     mode = args.mode if args.mode != "auto" else ("lmhead" if args.rm_head else "seqclf")
     if mode == "lmhead" and not args.rm_head:
         raise SystemExit("error: --mode lmhead needs --rm_head (a head file); use --mode seqclf for the "
@@ -146,7 +144,7 @@ def main(argv=None) -> dict:
     json_path = Path(args.save_json) if args.save_json else results_path / f"rb2_{tag}.json"
     rb2.write_json(report, json_path)
     md_path = json_path.with_suffix(".md")
-    utils.write_text_atomic(md_path, f"# RewardBench 2: {tag}\n\nmodel `{args.model}`, dataset `{args.dataset}` "
+    harness.write_text_atomic(md_path, f"# RewardBench 2: {tag}\n\nmodel `{args.model}`, dataset `{args.dataset}` "
                             f"[{args.split}], {len(rows)} prompts\n\n```\n{original_table}\n```\n\n{official_table}\n")
     print(f"wrote {json_path} and {md_path}")
     if args.save_csv:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import embedding  # noqa: E402
-import utils  # noqa: E402
+import harness  # noqa: E402
 import prism_data  # noqa: E402
+from offline import script_model  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -35,10 +36,11 @@ shard_size = 2048           # conversations per resumable shard
 device: str | None = None   # None: cuda if available, else cpu
 overwrite = False           # True: replace embeddings made with other settings or from other data
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
-data_path, _ = utils.script_dirs(__file__, settings)
+settings = harness.configure(globals())
+data_path, _ = harness.script_dirs(__file__, settings)
 
-rows = prism_data.load_prepared(data_path, utils.command_line("prepare.py", settings))
+rows = prism_data.load_prepared(data_path, harness.command_line("prepare.py", settings))
 conversations, _ = prism_data.embedding_inputs(rows)
 print(f"{sum(len(r) for r in rows.values())} comparisons ({', '.join(f'{s} {len(rows[s])}' for s in rows)})")
-embedding.embed_dataset("generate-prism-embeddings.py", settings, data_path, conversations)
+embedding.embed_dataset("generate-prism-embeddings.py", settings, data_path, conversations,
+                        *script_model(settings))

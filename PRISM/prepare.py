@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import utils  # noqa: E402
+import harness  # noqa: E402
 import prism_data  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -27,9 +27,9 @@ split_seed = 123           # the original split's numpy seed (reproduced exactly
 seed = 0                   # offline generator: seed of texts, users and planted labels
 offline_users = 240        # offline generator: survey rows (some with 0 or few conversations)
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
-data_path, _ = utils.script_dirs(__file__, settings)
-this_command = utils.command_line("prepare.py", settings)
+settings = harness.configure(globals())
+data_path, _ = harness.script_dirs(__file__, settings)
+this_command = harness.command_line("prepare.py", settings)
 
 if offline:
     import offline as generated
@@ -39,7 +39,7 @@ if offline:
         prism_data.RAW_FILES, lambda: offline_prism.generate(data_path, seed=seed, n_users=offline_users))
 else:
     data_path.mkdir(parents=True, exist_ok=True)
-    prism_data.download_raw(data_path, dataset, utils.command_line("prepare.py", settings) + " --offline")
+    prism_data.download_raw(data_path, dataset, harness.command_line("prepare.py", settings) + " --offline")
 
 data_user, data_dialog, counts = prism_data.parse_raw(data_path)
 if not data_user or not data_dialog:
@@ -52,9 +52,9 @@ if not n_seen or not n_unseen:
                      f"dialogs are needed); nothing was written")
 comparisons = prism_data.build_comparisons(data_dialog, split_ids)
 
-utils.write_json_atomic(data_path / prism_data.USER_FILE, data_user)
-utils.write_json_atomic(data_path / prism_data.DIALOG_FILE, data_dialog)
-utils.write_json_atomic(data_path / prism_data.SPLIT_FILE, split_ids)
+harness.write_json_atomic(data_path / prism_data.USER_FILE, data_user)
+harness.write_json_atomic(data_path / prism_data.DIALOG_FILE, data_dialog)
+harness.write_json_atomic(data_path / prism_data.SPLIT_FILE, split_ids)
 print(f"users: {counts['survey_rows']} in the survey, {counts['users_zero_conversations']} skipped with 0 "
       f"completed conversations, {counts['users_dropped_no_dialog']} dropped with no usable dialog, "
       f"{counts['users']} kept ({counts['users_without_conversation_rows']} of them without conversation rows)")
@@ -74,5 +74,5 @@ for split in prism_data.SPLITS:
     summary["comparisons"][split] = {"total": len(rows), "seen": n_seen_rows, "unseen": len(rows) - n_seen_rows}
     print(f"{split}: {len(rows)} comparisons ({n_seen_rows} of seen users, {len(rows) - n_seen_rows} of unseen "
           f"users) -> {out}")
-utils.write_json_atomic(data_path / prism_data.PREPARE_SUMMARY_FILE, summary)
+harness.write_json_atomic(data_path / prism_data.PREPARE_SUMMARY_FILE, summary)
 print(f"next: {this_command.replace('prepare.py', 'generate-prism-embeddings.py')}")

@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 import embedding
+import harness
 import utils
 
 HUB_DATASET = "HannahRoseKirk/prism-alignment"
@@ -76,12 +77,12 @@ def download_raw(data_path: Path, repo_id: str, offline_command: str) -> None:
         if invalid_jsonl_reason(dest) is None:
             print(f"{name}: valid file already present, reused")
             continue
-        if not utils.hub_reachable():
-            raise utils.hub_unreachable(f"{repo_id}/{name}", offline_command)
+        if not harness.hub_reachable():
+            raise harness.hub_unreachable(f"{repo_id}/{name}", offline_command)
         try:
             hf_hub_download(repo_id, name, repo_type="dataset", local_dir=data_path)
         except Exception as e:          # network, HTTP and file errors alike: say what to do
-            raise utils.hub_unreachable(f"{repo_id}/{name}", offline_command, e) from None
+            raise harness.hub_unreachable(f"{repo_id}/{name}", offline_command, e) from None
         reason = invalid_jsonl_reason(dest)
         if reason is not None:
             dest.unlink()
@@ -174,7 +175,7 @@ def read_rows(path: Path, model: type[BaseModel], remade_by: str = "prepare.py")
     from pydantic import ValidationError
 
     hint = f"delete the file and run {remade_by} again"
-    for n, row in utils.read_jsonl(path, hint):
+    for n, row in harness.read_jsonl(path, hint):
         try:
             yield model.model_validate(row)
         except ValidationError as e:
@@ -387,7 +388,7 @@ def write_comparisons(rows: list[dict], path: Path) -> None:
                         ("turn_nb", pa.int32()), ("total_turn_nb", pa.int32()),
                         ("prompt", pa.list_(pa.struct([("role", s), ("content", s)]))),
                         ("chosen", s), ("rejected", s)])
-    with utils.atomic_path(path) as tmp:
+    with harness.atomic_path(path) as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
 
 
@@ -397,7 +398,7 @@ def load_prepared(data_path: Path, made_by: str) -> dict:
 
     rows = {}
     for split in SPLITS:
-        path = utils.require_file(data_path / COMPARISONS_FILE.format(split=split), made_by)
+        path = harness.require_file(data_path / COMPARISONS_FILE.format(split=split), made_by)
         try:
             rows[split] = pq.read_table(path).to_pylist()
         except Exception as e:
@@ -427,7 +428,7 @@ def user_groups(data_path: Path, prepare_command: str, embed_command: str):
     """
     import torch
 
-    split_path = utils.require_file(data_path / SPLIT_FILE, prepare_command)
+    split_path = harness.require_file(data_path / SPLIT_FILE, prepare_command)
     try:
         split_ids = json.loads(split_path.read_text())
         users = {"seen": sorted(split_ids["seen_user_ids"]), "unseen": sorted(split_ids["unseen_user_ids"])}

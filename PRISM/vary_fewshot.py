@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import utils  # noqa: E402
+import harness  # noqa: E402
 import prism_data  # noqa: E402
+import reports  # noqa: E402
+import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -36,11 +38,11 @@ fewshot_iterations = 500
 fewshot_learning_rate = 0.5   # as train_basis.py (run_regularized)
 device: str | None = None     # None: cuda if available, else cpu
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
-data_path, results_path = utils.script_dirs(__file__, settings)
+settings = harness.configure(globals())
+data_path, results_path = harness.script_dirs(__file__, settings)
 
-groups, users, V_ref = prism_data.user_groups(data_path, utils.command_line("prepare.py", settings),
-                                              utils.command_line("generate-prism-embeddings.py", settings))
+groups, users, V_ref = prism_data.user_groups(data_path, harness.command_line("prepare.py", settings),
+                                              harness.command_line("generate-prism-embeddings.py", settings))
 N, N_unseen = len(users["seen"]), len(users["unseen"])
 pools = groups["unseen_train"].counts()
 print(f"users: {N} seen ({groups['seen_train'].N} train comparisons), {N_unseen} unseen with "
@@ -54,7 +56,7 @@ results = utils.run_few_shot_vary_shots(
     fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate, regularized=True)
 extra = {"seconds": round(time.time() - start, 1),
          "counts": {"seen_users": N, "unseen_users": N_unseen, "unseen_train_per_user": pools.tolist()}}
-files = utils.save_fewshot_results(results_path, "vary_fewshot", settings, num_shots, K_list, alpha_list, results,
+files = reports.save_fewshot_results(results_path, "vary_fewshot", settings, num_shots, K_list, alpha_list, results,
                                    plot_name="fewshot_accuracy_vs_shots.png",
                                    title="PRISM: unseen-user accuracy vs few-shot comparisons", extra=extra)
 print(files["markdown"].read_text())

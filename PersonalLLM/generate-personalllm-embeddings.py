@@ -19,8 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import embedding  # noqa: E402
-import utils  # noqa: E402
+import harness  # noqa: E402
 import personalllm_simulation as sim  # noqa: E402
+from offline import script_model  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -36,10 +37,11 @@ shard_size = 2048                # conversations per resumable shard
 device: str | None = None        # None: cuda if available, else cpu
 overwrite = False                # True: replace embeddings made with other settings or from other data
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
-data_path, _ = utils.script_dirs(__file__, settings)
+settings = harness.configure(globals())
+data_path, _ = harness.script_dirs(__file__, settings)
 
-conversations, offsets = sim.embedding_inputs(data_path, utils.command_line("prepare.py", settings))
+conversations, offsets = sim.embedding_inputs(data_path, harness.command_line("prepare.py", settings))
 print(f"train: {offsets['test'] // 8} prompts, test: {(len(conversations) - offsets['test']) // 8} prompts, "
       f"8 responses each")
-embedding.embed_dataset("generate-personalllm-embeddings.py", settings, data_path, conversations)
+embedding.embed_dataset("generate-personalllm-embeddings.py", settings, data_path, conversations,
+                        *script_model(settings))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import harness  # noqa: E402
 import utils  # noqa: E402
 
 CHUNK_ELEMENTS = 1 << 24  # users per chunk such that the gathered scores stay ~128 MB (float64)
@@ -30,7 +31,7 @@ def prompts_per_user(fraction: float, n_prompts: int, what: str, setting: str) -
     """int(fraction * n_prompts) as the original; a count of 0 or above n_prompts is a settings error."""
     count = int(fraction * n_prompts)
     if count < 1 or count > n_prompts:
-        raise utils.SettingsError(
+        raise harness.SettingsError(
             f"error: --{setting}={fraction} gives int({fraction} * {n_prompts}) = {count} train prompts per "
             f"{what} user (the split has {n_prompts} prompts); choose a fraction in "
             f"[{1 / n_prompts:.4g}, 1]")
@@ -180,7 +181,7 @@ def embedding_inputs(data_path: Path, made_by: str) -> tuple[list, dict]:
 
     conversations, offsets = [], {}
     for split in SPLITS:
-        path = utils.require_file(Path(data_path) / f"{split}.parquet", made_by)
+        path = harness.require_file(Path(data_path) / f"{split}.parquet", made_by)
         try:
             frame = pd.read_parquet(path, columns=["prompt"] + response_columns())
         except Exception as e:
@@ -198,7 +199,7 @@ def load_rewards(data_path: Path, made_by: str) -> tuple[dict, list]:
     """({split: rewards [P, 8, M] float64}, reward-model names) written by prepare.py."""
     from safetensors import safe_open
 
-    path = utils.require_file(Path(data_path) / REWARDS_FILE, made_by)
+    path = harness.require_file(Path(data_path) / REWARDS_FILE, made_by)
     try:
         with safe_open(str(path), framework="np") as f:
             rewards = {split: f.get_tensor(split).astype(np.float64) for split in SPLITS}

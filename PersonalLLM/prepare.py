@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import utils  # noqa: E402
+import harness  # noqa: E402
 from offline import personalllm as generated  # noqa: E402  (the published format lives with the generator)
 
 # -----------------------------------------------------------------------------
@@ -35,21 +35,21 @@ seed = 0                         # offline generator seed
 offline_train_prompts = generated.N_TRAIN_PROMPTS  # offline generator: train prompts (real: 9,402), enough
 offline_test_prompts = generated.N_TEST_PROMPTS    # that the real fractions (0.5%, 0.1%) give every user some
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
-data_path, _ = utils.script_dirs(__file__, settings)
+settings = harness.configure(globals())
+data_path, _ = harness.script_dirs(__file__, settings)
 
 
 def load_hub(name: str):
     """The hub dataset (train/test), failing at once with the offline command when the hub is unreachable."""
     import datasets
 
-    offline_command = utils.command_line("prepare.py", settings) + " --offline"
-    if not os.environ.get("HF_HUB_OFFLINE") and not utils.hub_reachable():
-        raise utils.hub_unreachable(name, offline_command)
+    offline_command = harness.command_line("prepare.py", settings) + " --offline"
+    if not os.environ.get("HF_HUB_OFFLINE") and not harness.hub_reachable():
+        raise harness.hub_unreachable(name, offline_command)
     try:
         return datasets.load_dataset(name)
     except (ConnectionError, OSError, ValueError) as e:
-        raise utils.hub_unreachable(name, offline_command, e) from None
+        raise harness.hub_unreachable(name, offline_command, e) from None
 
 
 def load_generated(path: Path):
@@ -111,9 +111,9 @@ for split in generated.SPLITS:
           f"({len(source[split]) - len(frames[split])} dropped: {dropped})")
 data_path.mkdir(parents=True, exist_ok=True)
 for split, frame in frames.items():
-    with utils.atomic_path(data_path / f"{split}.parquet") as tmp:
+    with harness.atomic_path(data_path / f"{split}.parquet") as tmp:
         frame.to_parquet(tmp, index=False)
-with utils.atomic_path(data_path / "rewards.safetensors") as tmp:
+with harness.atomic_path(data_path / "rewards.safetensors") as tmp:
     save_file(rewards, str(tmp), metadata={"reward_models": json.dumps(reward_models)})
-utils.write_json_atomic(data_path / "prepare.json", {"settings": settings, **report})
+harness.write_json_atomic(data_path / "prepare.json", {"settings": settings, **report})
 print(f"wrote {data_path}/train.parquet, test.parquet, rewards.safetensors")

@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import utils  # noqa: E402
-from baselines import compare  # noqa: E402
+import baselines as baseline_methods  # noqa: E402
+import harness  # noqa: E402
 import personalllm_simulation as sim  # noqa: E402
+import reports  # noqa: E402
+import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -48,14 +50,15 @@ seeds = 1                        # seeds seed, seed + 1, ...: with several, ever
 device: str | None = None        # None: cuda if available, else cpu
 overwrite = False                # True: replace saved bases (V/W files) fitted with other settings or data
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
-data_path, results_path = utils.script_dirs(__file__, settings)
+settings = harness.configure(globals())
+baseline_methods.check_methods(baselines)     # an unknown name stops here, not after the fits
+data_path, results_path = harness.script_dirs(__file__, settings)
 
 start = time.time()
 groups, population, V_ref, reward_models = sim.user_groups(
     data_path, dict(n_seen=n_seen_users, n_unseen=n_unseen_users, seen_prompt_fraction=seen_prompt_fraction,
                     unseen_prompt_fraction=unseen_prompt_fraction, concentration=dirichlet_concentration, seed=seed),
-    utils.command_line("prepare.py", settings), utils.command_line("generate-personalllm-embeddings.py", settings))
+    harness.command_line("prepare.py", settings), harness.command_line("generate-personalllm-embeddings.py", settings))
 counts = population.counts()
 for name, c in counts.items():
     print(f"{name}: {c['users']} users, {c['comparisons']} comparisons ({c['skipped_all_equal']} skipped: all 8 "
@@ -67,12 +70,12 @@ if offline:
     from offline import personalllm as offline_personalllm
     extra["planted_accuracy"] = offline_personalllm.planted_accuracy(data_path, groups, population)
 simulated = time.time()
-results, method_rows = compare(
-    lambda s, out: utils.run(K_list, alpha_list, V_ref, *groups.values(), n_seen_users, n_unseen_users, device,
-                             num_iterations=num_iterations, learning_rate=learning_rate,
-                             fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate,
-                             seed=s, results_dir=out, dataset_name="PersonalLLM", overwrite=overwrite),
-    seed, seeds, baselines, groups, K_list, alpha_list, results_path, settings, dataset="PersonalLLM", device=device)
+seed_list = list(range(seed, seed + seeds))
+records = [record for s in seed_list for record in utils.run(
+    K_list, alpha_list, V_ref, *groups.values(), n_seen_users, n_unseen_users, device, num_iterations=num_iterations,
+    learning_rate=learning_rate, fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate,
+    seed=s, results_dir=results_path if s == seed else None, dataset_name="PersonalLLM", overwrite=overwrite).records]
+methods = baseline_methods.evaluate_methods(baselines, groups, seed_list, K=utils.choose_K(records, alpha_list[0]),
+                                            device=device, dataset="PersonalLLM") if baselines else []
 extra["seconds"] = {"load_and_simulate": round(simulated - start, 1), "run": round(time.time() - simulated, 1)}
-utils.save_train_basis(results_path, "PersonalLLM", settings, K_list, alpha_list, results, extra,
-                       method_rows=method_rows)
+reports.save_train_basis(results_path, "PersonalLLM", settings, records, extra, methods=methods)

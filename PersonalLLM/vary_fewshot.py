@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import utils  # noqa: E402
+import harness  # noqa: E402
 import personalllm_simulation as sim  # noqa: E402
+import reports  # noqa: E402
+import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -43,14 +45,14 @@ fewshot_iterations = 500
 fewshot_learning_rate = 0.1
 device: str | None = None        # None: cuda if available, else cpu
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
-data_path, results_path = utils.script_dirs(__file__, settings)
+settings = harness.configure(globals())
+data_path, results_path = harness.script_dirs(__file__, settings)
 
 start = time.time()
 groups, population, V_ref, reward_models = sim.user_groups(
     data_path, dict(n_seen=n_seen_users, n_unseen=n_unseen_users, seen_prompt_fraction=seen_prompt_fraction,
                     unseen_pool_fraction=unseen_pool_fraction, concentration=dirichlet_concentration, seed=seed),
-    utils.command_line("prepare.py", settings), utils.command_line("generate-personalllm-embeddings.py", settings))
+    harness.command_line("prepare.py", settings), harness.command_line("generate-personalllm-embeddings.py", settings))
 counts = population.counts()
 for name in ("seen_train", "unseen_train", "unseen_test"):
     print(f"{name}: {counts[name]['users']} users, {counts[name]['comparisons']} comparisons "
@@ -63,7 +65,7 @@ results = utils.run_few_shot_vary_shots(
 extra = {"reward_models": reward_models, "simulation": population.settings,
          "counts": {k: counts[k] for k in ("seen_train", "unseen_train", "unseen_test")},
          "seconds": {"load_and_simulate": round(simulated - start, 1), "run": round(time.time() - simulated, 1)}}
-files = utils.save_fewshot_results(results_path, "vary_fewshot", settings, num_shots, K_list, alpha_list, results,
+files = reports.save_fewshot_results(results_path, "vary_fewshot", settings, num_shots, K_list, alpha_list, results,
                                    plot_name="fewshot_accuracy_vs_shots.png",
                                    title="PersonalLLM: unseen users, accuracy vs shots", extra=extra)
 print(files["markdown"].read_text())

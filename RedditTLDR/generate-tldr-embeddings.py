@@ -17,8 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import embedding  # noqa: E402
-import utils  # noqa: E402
+import harness  # noqa: E402
 import tldr_data  # noqa: E402
+from offline import script_model  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -34,10 +35,11 @@ shard_size = 2048            # conversations per resumable shard
 device: str | None = None    # None: cuda if available, else cpu
 overwrite = False            # True: replace embeddings made with other settings or from other data
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
-data_path, _ = utils.script_dirs(__file__, settings)
+settings = harness.configure(globals())
+data_path, _ = harness.script_dirs(__file__, settings)
 
-frames = tldr_data.load_comparisons(data_path, utils.command_line("prepare.py", settings))
+frames = tldr_data.load_comparisons(data_path, harness.command_line("prepare.py", settings))
 conversations, _ = tldr_data.embedding_inputs(frames)
 print(", ".join(f"{split}: {len(frame)} comparisons" for split, frame in frames.items()))
-embedding.embed_dataset("generate-tldr-embeddings.py", settings, data_path, conversations)
+embedding.embed_dataset("generate-tldr-embeddings.py", settings, data_path, conversations,
+                        *script_model(settings))

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import utils  # noqa: E402
+import harness  # noqa: E402
 import tldr_data  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -30,8 +30,8 @@ dataset_revision = tldr_data.HUB_REVISION
 seed = 0                    # offline generator: seed of texts, workers and planted labels
 offline_workers = 60        # offline generator: regular workers (plus 2 tiny and 3 one-sided ones)
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
-data_path, _ = utils.script_dirs(__file__, settings)
+settings = harness.configure(globals())
+data_path, _ = harness.script_dirs(__file__, settings)
 
 data_files = None
 if offline:
@@ -45,7 +45,7 @@ if offline:
                                lambda: offline_tldr.generate(raw, seed=seed, n_workers=offline_workers))
 
 raw_splits = tldr_data.load_raw_splits(data_files, dataset, dataset_config, dataset_revision,
-                                       offline_command=utils.command_line("prepare.py", settings) + " --offline")
+                                       offline_command=harness.command_line("prepare.py", settings) + " --offline")
 summary = {"settings": settings, "splits": {}}
 frames, workers = {}, {}
 for split in tldr_data.HF_SPLITS:
@@ -62,4 +62,4 @@ for split, frame in frames.items():
 summary["workers_in_both_splits"] = len(workers["train"] & workers["validation"])
 print(f"workers in both splits: {summary['workers_in_both_splits']}; wrote "
       + ", ".join(tldr_data.COMPARISONS_FILE.format(split=s) for s in frames) + f" in {data_path}")
-utils.write_json_atomic(data_path / tldr_data.PREPARE_SUMMARY_FILE, summary)
+harness.write_json_atomic(data_path / tldr_data.PREPARE_SUMMARY_FILE, summary)

@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 
 import embedding
+import harness
 import utils
 
 HUB_DATASET = "openai/summarize_from_feedback"
@@ -70,12 +71,12 @@ def load_raw_splits(data_files: dict | None = None, dataset: str = HUB_DATASET, 
     else:
         what = f"{dataset} ({config}, revision {revision})"
         cached_only = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-        if not cached_only and not utils.hub_reachable():
-            raise utils.hub_unreachable(what, offline_command)
+        if not cached_only and not harness.hub_reachable():
+            raise harness.hub_unreachable(what, offline_command)
         try:
             loaded = _load_hub(dataset, config, revision)
         except (ConnectionError, OSError) as e:
-            raise utils.hub_unreachable(what, offline_command, e) from None
+            raise harness.hub_unreachable(what, offline_command, e) from None
     missing = [s for s in HF_SPLITS if s not in loaded]
     if missing:
         raise SystemExit(f"error: the TLDR data lacks the split(s) {missing}; found {list(loaded)}")
@@ -92,8 +93,9 @@ def _load_hub(dataset: str, config: str, revision: str):
     does not (or infers a config that mixes in the `axis` files), read `<config>/<split>/*.parquet`
     of that branch directly.
     """
-    import datasets
     from urllib.parse import quote
+
+    import datasets
 
     try:
         loaded = datasets.load_dataset(dataset, config, revision=revision)
@@ -160,7 +162,7 @@ def comparisons_from_rows(rows, batch_size: int = 10_000):
 
 def write_parquet_atomic(frame, path: Path) -> None:
     """Write a DataFrame so that a crash never leaves a half-written file under the final name."""
-    with utils.atomic_path(path) as tmp:
+    with harness.atomic_path(path) as tmp:
         frame.to_parquet(tmp, index=False)
 
 
@@ -170,7 +172,7 @@ def load_comparisons(data_path: Path, made_by: str) -> dict:
 
     frames = {}
     for split in HF_SPLITS:
-        path = utils.require_file(data_path / COMPARISONS_FILE.format(split=split), made_by)
+        path = harness.require_file(data_path / COMPARISONS_FILE.format(split=split), made_by)
         try:
             frames[split] = pd.read_parquet(path)
         except Exception as e:

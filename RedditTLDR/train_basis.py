@@ -20,9 +20,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import utils  # noqa: E402
-from baselines import compare  # noqa: E402
+import baselines as baseline_methods  # noqa: E402
+import harness  # noqa: E402
+import reports  # noqa: E402
 import tldr_data  # noqa: E402
+import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -44,13 +46,14 @@ seeds = 1                     # seeds seed, seed + 1, ...: with several, every f
 device: str | None = None     # None: cuda if available, else cpu
 overwrite = False             # True: replace saved bases (V/W files) fitted with other settings or data
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
-data_path, results_path = utils.script_dirs(__file__, settings)
+settings = harness.configure(globals())
+baseline_methods.check_methods(baselines)     # an unknown name stops here, not after the fits
+data_path, results_path = harness.script_dirs(__file__, settings)
 
 groups, users, V_ref, split_counts = tldr_data.user_groups(
     data_path, dict(seed=seed, drop_smallest=drop_smallest, seen_train_size=seen_train_size,
                     unseen_train_size=unseen_train_size),
-    utils.command_line("prepare.py", settings), utils.command_line("generate-tldr-embeddings.py", settings))
+    harness.command_line("prepare.py", settings), harness.command_line("generate-tldr-embeddings.py", settings))
 N, N_unseen = len(users["seen"]), len(users["unseen"])
 extra = {"split": split_counts, "seen_workers": users["seen"], "unseen_workers": users["unseen"]}
 if offline:
@@ -58,12 +61,12 @@ if offline:
     extra["planted_accuracy"] = offline_tldr.planted_accuracy(data_path, groups, users)
 
 start = time.time()
-results, method_rows = compare(
-    lambda s, out: utils.run(K_list, alpha_list, V_ref, *groups.values(), N, N_unseen, device,
-                             num_iterations=num_iterations, learning_rate=learning_rate,
-                             fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate,
-                             seed=s, results_dir=out, dataset_name="TLDR", overwrite=overwrite),
-    seed, seeds, baselines, groups, K_list, alpha_list, results_path, settings, dataset="Reddit TLDR", device=device)
+seed_list = list(range(seed, seed + seeds))
+records = [record for s in seed_list for record in utils.run(
+    K_list, alpha_list, V_ref, *groups.values(), N, N_unseen, device, num_iterations=num_iterations,
+    learning_rate=learning_rate, fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate,
+    seed=s, results_dir=results_path if s == seed else None, dataset_name="TLDR", overwrite=overwrite).records]
+methods = baseline_methods.evaluate_methods(baselines, groups, seed_list, K=utils.choose_K(records, alpha_list[0]),
+                                            device=device, dataset="Reddit TLDR") if baselines else []
 extra["seconds"] = round(time.time() - start, 1)
-utils.save_train_basis(results_path, "Reddit TLDR", settings, K_list, alpha_list, results, extra,
-                       user_ids=users, method_rows=method_rows)
+reports.save_train_basis(results_path, "Reddit TLDR", settings, records, extra, user_ids=users, methods=methods)

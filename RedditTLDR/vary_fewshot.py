@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import utils  # noqa: E402
+import harness  # noqa: E402
+import reports  # noqa: E402
 import tldr_data  # noqa: E402
+import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -39,13 +41,13 @@ fewshot_iterations = 500      # few-shot fit of every (trial, unseen worker) at 
 fewshot_learning_rate = 0.1
 device: str | None = None     # None: cuda if available, else cpu
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
-data_path, results_path = utils.script_dirs(__file__, settings)
+settings = harness.configure(globals())
+data_path, results_path = harness.script_dirs(__file__, settings)
 
 groups, users, V_ref, split_counts = tldr_data.user_groups(
     data_path, dict(seed=seed, drop_smallest=drop_smallest, seen_train_size=seen_train_size,
                     unseen_train_size=unseen_pool_size),
-    utils.command_line("prepare.py", settings), utils.command_line("generate-tldr-embeddings.py", settings))
+    harness.command_line("prepare.py", settings), harness.command_line("generate-tldr-embeddings.py", settings))
 start = time.time()
 results = utils.run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, groups["seen_train"],
                                         groups["unseen_train"], groups["unseen_test"], V_ref, len(users["seen"]),
@@ -54,7 +56,7 @@ results = utils.run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, g
                                         fewshot_learning_rate=fewshot_learning_rate)
 extra = {"seconds": round(time.time() - start, 1), "split": split_counts, "seen_workers": users["seen"],
          "unseen_workers": users["unseen"]}
-files = utils.save_fewshot_results(results_path, "vary_fewshot", settings, num_shots, K_list, alpha_list, results,
+files = reports.save_fewshot_results(results_path, "vary_fewshot", settings, num_shots, K_list, alpha_list, results,
                                    plot_name="fewshot_accuracy_vs_shots.png",
                                    title="Reddit TLDR: unseen-worker accuracy vs shots", extra=extra)
 print(files["markdown"].read_text())

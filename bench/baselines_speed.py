@@ -37,10 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "PersonalLLM"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from memory import GB, process_peak_gb, reset_peak, rss_gb  # noqa: E402
 
 import baselines  # noqa: E402
+import harness  # noqa: E402
+import reports  # noqa: E402
 import utils  # noqa: E402
-from memory import GB, process_peak_gb, reset_peak, rss_gb  # noqa: E402
 from offline.planted import random_population  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -75,7 +77,7 @@ memory_limit_gb = 24.0
 threads = 2                   # torch threads while timing
 seed = 0
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
+settings = harness.configure(globals())
 
 
 def planted_groups():
@@ -92,7 +94,7 @@ def planted_groups():
     table = torch.randn(sum(N) + sum(extra), d, generator=g) / math.sqrt(2)    # e_a - e_b ~ N(0, I)
     projected = table @ V_star                                                # [T, B*], then indexed
     groups, offset = {}, 0
-    for name, weights, n, shared in zip(baselines.GROUPS, (W_star[:n_users], W_star[:n_users],
+    for name, weights, n, shared in zip(utils.GROUP_NAMES, (W_star[:n_users], W_star[:n_users],
                                         W_star[n_users:], W_star[n_users:]), N, extra):
         users = torch.arange(weights.shape[0]).repeat_interleave(comparisons_per_user)
         b = offset + torch.arange(n)                                          # distinct rows
@@ -180,7 +182,7 @@ def part_timing():
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         fit_seconds = r["per_iteration"] * r["iterations"]
-        params = r.get("parameters", baselines.lore_parameter_counts(d, K, n_users))["total"]
+        params = r.get("parameters", reports.lore_parameter_counts(d, K, n_users))["total"]
         print(f"| {name} | {r['per_iteration']:.4f} | {r['per_iteration'] / lore['per_iteration']:.2f}x | "
               f"{r['iterations']:,} | {fit_seconds / 60:.1f} min | {fit_seconds / lore_fit_seconds:.2f}x | "
               f"{r['rest']:.1f} s | {params:,} |")

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import embedding  # noqa: E402
+import harness  # noqa: E402
 import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
@@ -49,7 +50,7 @@ peak_tflops = 0.0            # the device's dense bf16 peak; 0 = look up the GPU
 threads = 0                  # torch CPU threads (0: torch's default)
 seed = 0
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
+settings = harness.configure(globals())
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0,
                     "A10G": 70.0, "L4": 121.0, "4090": 165.0}
@@ -163,7 +164,7 @@ def main():
         torch.set_num_threads(threads)
     from offline import tiny_model_path
 
-    device = embedding.default_device()
+    device = str(utils.get_device())
     rng = np.random.default_rng(seed)
     if llama8b:
         torch_dtype = embedding._torch_dtype(dtype or "bfloat16")

@@ -73,6 +73,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import embedding  # noqa: E402
+import harness  # noqa: E402
 import rewardbench2 as rb2  # noqa: E402
 import utils  # noqa: E402
 from offline.planted import random_population, simulate_comparisons  # noqa: E402
@@ -121,7 +122,7 @@ rb2_attn_implementation = "sdpa"  # eval_rb2.py's (the library default)
 matmul_size = 8192           # n of the n x n x n bf16 product timed
 copy_mib = 2048              # MiB copied device to device
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
+settings = harness.configure(globals())
 
 # What --tiny shrinks (a name given on the command line keeps its value).
 TINY = dict(embed_prompts=6, equality_conversations=8, equality_fp32_conversations=4, length_scale=0.05,
@@ -687,10 +688,10 @@ def section_lore(context, table):
     data, _ = simulate_comparisons(population, lore_comparisons_per_user, seed=seed + 1)
     data = data.to(dev, torch.float32)
     V_star = torch.tensor(population.directions, dtype=torch.float32)
-    V_sft = V_star[:, :1] / V_star[:, :1].norm()
+    V_ref = V_star[:, :1] / V_star[:, :1].norm()
 
     def fit(iterations, comparisons=data, where=dev, dt=torch.float32, n_users=lore_users):
-        model = utils.LoRe_regularized(V_sft.to(dt), lore_alpha, n_users, lore_d, lore_K, iterations,
+        model = utils.LoRe_regularized(V_ref.to(dt), lore_alpha, n_users, lore_d, lore_K, iterations,
                                        lore_learning_rate, seed=seed, device=where, dtype=dt, progress=False)
         model.train(comparisons)
         return model
@@ -802,8 +803,8 @@ def markdown(table) -> str:
 
 
 def write_results(path_json: Path, path_md: Path, results: dict, table) -> None:
-    utils.write_json_atomic(path_json, results)
-    utils.write_text_atomic(path_md, markdown(table))
+    harness.write_json_atomic(path_json, results)
+    harness.write_text_atomic(path_md, markdown(table))
 
 
 def build_context(dev, with_model: bool = True) -> dict:

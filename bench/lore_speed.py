@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import harness  # noqa: E402
 import utils  # noqa: E402
 from offline.planted import random_population, simulate_comparisons  # noqa: E402
 
@@ -43,7 +44,7 @@ full_fit = True               # time a full fit (False: skip it)
 full_iterations = 20000       # its iterations; fewer than 20000 are timed and extrapolated
 seed = 0
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
+settings = harness.configure(globals())
 
 
 def median_seconds(fn, repeat=repeats):
@@ -60,7 +61,7 @@ def timings(fn, repeat=repeats):
     return statistics.median(times), min(times)
 
 
-def straightforward_iterations(X_all, users, V_sft, W, V, iterations, total):
+def straightforward_iterations(X_all, users, V_ref, W, V, iterations, total):
     """The original formulation of LoRe_regularized's alternating iteration (reference for timing)."""
     W, V = W.clone().requires_grad_(), V.clone().requires_grad_()
     opt_W, opt_V = torch.optim.Adam([W], lr=learning_rate), torch.optim.Adam([V], lr=learning_rate)
@@ -72,7 +73,7 @@ def straightforward_iterations(X_all, users, V_sft, W, V, iterations, total):
         opt_V.zero_grad()
         logits = X_all @ (V @ torch.softmax(W.detach(), 1).T) / 100
         loss = (-F.logsigmoid(logits.gather(1, users[:, None]))).mean()
-        cos = (F.normalize(V, dim=0) * F.normalize(V_sft, dim=0)).sum(0)
+        cos = (F.normalize(V, dim=0) * F.normalize(V_ref, dim=0)).sum(0)
         (loss + utils.cosine_warmup_alpha(t, total, alpha) * torch.mean(1 - cos)).backward()
         opt_V.step()
 
@@ -98,21 +99,21 @@ def main():
     data, _ = simulate_comparisons(population, comparisons_per_user, seed=seed + 1)
     X, users = data.table[data.chosen], data.users          # the features [N, d] of the straightforward form
     V_star = torch.tensor(population.directions, dtype=torch.float32)
-    V_sft = V_star[:, :1] / V_star[:, :1].norm()
+    V_ref = V_star[:, :1] / V_star[:, :1].norm()
     print(f"X: {tuple(X.shape)} float32, {X.numel() * 4 / 2**20:.0f} MiB")
 
     # 1-2. one alternating iteration: floor, fast, straightforward
     floor, floor_min = timings(lambda: (X.sum(), X.sum()), repeat=7)
-    model = utils.LoRe_regularized(V_sft, alpha, n_users, d, B, fast_iterations, learning_rate, seed=seed,
+    model = utils.LoRe_regularized(V_ref, alpha, n_users, d, B, fast_iterations, learning_rate, seed=seed,
                                    device="cpu", progress=False)
     W0, V0 = model.W.detach().clone(), model.V.detach().clone()
 
     def fit():
-        utils.LoRe_regularized(V_sft, alpha, n_users, d, B, fast_iterations, learning_rate, seed=seed,
+        utils.LoRe_regularized(V_ref, alpha, n_users, d, B, fast_iterations, learning_rate, seed=seed,
                                device="cpu", progress=False).train(data)
     fit()  # warm-up (imports, allocator)
     fast, fastest = [seconds / fast_iterations for seconds in timings(fit)]
-    reference = median_seconds(lambda: straightforward_iterations(X, users, V_sft, W0, V0, reference_iterations,
+    reference = median_seconds(lambda: straightforward_iterations(X, users, V_ref, W0, V0, reference_iterations,
                                                                   20000), repeat=1) / reference_iterations
     print(f"floor, two X.sum():          {floor * 1e3:8.1f} ms (min {floor_min * 1e3:.1f})")
     print(f"fast iteration:              {fast * 1e3:8.1f} ms (min {fastest * 1e3:.1f}) "
@@ -152,7 +153,7 @@ def main():
 
     # 4. the full fit
     if full_fit:
-        full = utils.LoRe_regularized(V_sft, alpha, n_users, d, B, full_iterations, learning_rate, seed=seed,
+        full = utils.LoRe_regularized(V_ref, alpha, n_users, d, B, full_iterations, learning_rate, seed=seed,
                                       device="cpu", progress=True)
         start = time.perf_counter()
         weights, V = full.train(data)

@@ -22,10 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "PersonalLLM"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from memory import GB, process_peak_gb, rss_gb  # noqa: E402
 
+import harness  # noqa: E402
 import personalllm_simulation as sim  # noqa: E402
 import utils  # noqa: E402
-from memory import GB, process_peak_gb, rss_gb  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -47,7 +48,7 @@ timing_iterations = 10           # extra K = 5 LoRe fit timed alone for the per-
 seed = 0
 out = "results/personalllm_scale.json"  # relative to bench/
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
+settings = harness.configure(globals())
 
 
 def main() -> None:

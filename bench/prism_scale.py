@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
+import harness  # noqa: E402
 import utils  # noqa: E402
 from offline.planted import PlantedPopulation, random_population, simulate_comparisons  # noqa: E402
 
@@ -42,7 +43,7 @@ fewshot_iterations = 500
 fewshot_learning_rate = 0.5
 seed = 0
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
+settings = harness.configure(globals())
 
 
 def main():

@@ -15,12 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import harness  # noqa: E402
 import rewardbench2 as rb2  # noqa: E402
-import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -31,7 +32,7 @@ threads = [0, 1]       # torch thread counts to measure (0: torch's default, all
 limit = 0              # first N prompts only (0: all)
 data_dir: str | None = None  # the generated RB2 file's folder (None: the offline default, PRISM/data/rewardbench2-offline)
 # -----------------------------------------------------------------------------
-settings = utils.configure(globals())
+settings = harness.configure(globals())
 
 
 def best_time(fn, n):
@@ -44,8 +45,9 @@ def best_time(fn, n):
 
 
 def main():
+    from offline.rewardbench2 import dataset_path
     from offline.tiny_model import tiny_model_path
-    path = rb2.offline_dataset_path() if data_dir is None else rb2.offline_dataset_path(data_dir)
+    path = dataset_path(data_dir or ROOT / "PRISM" / "data" / "rewardbench2-offline")
     rows = rb2.load_rows(path, limit=limit or None)
     model, tokenizer = rb2.load_scoring_model(tiny_model_path(), "seqclf", device="cpu")
     n = len(rows)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-import utils  # noqa: E402
+import harness  # noqa: E402
 from debias_lora import pairs as P  # noqa: E402
 
 HUB_DATASET = "openai/gsm8k"
@@ -45,18 +45,18 @@ def parse_args(argv=None):
     parser.add_argument("--offline", action="store_true", help="generated GSM8K-style problems, no network")
     parser.add_argument("--offline_questions", type=int, nargs=2, default=None, metavar=("TRAIN", "TEST"),
                         help=f"generated questions per split (default {tuple(OFFLINE_QUESTIONS.values())})")
-    return utils.cli_args(parser, argv)
+    return harness.cli_args(parser, argv)
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [row for _, row in utils.read_jsonl(path, "a GSM8K file has one {question, answer} object per line")]
+    return [row for _, row in harness.read_jsonl(path, "a GSM8K file has one {question, answer} object per line")]
 
 
 def load_rows(source: str, split: str, n_splits: int) -> list[dict]:
     """GSM8K rows of one split from a local folder/file or the hub."""
     path = Path(source).expanduser()
     if path.is_dir():
-        return read_jsonl(utils.require_file(path / f"{split}.jsonl", f"a GSM8K {split}.jsonl in {path}"))
+        return read_jsonl(harness.require_file(path / f"{split}.jsonl", f"a GSM8K {split}.jsonl in {path}"))
     if path.is_file():
         if n_splits != 1:
             raise SystemExit("error: a single .jsonl --source holds one split: pass --splits NAME")
@@ -64,18 +64,18 @@ def load_rows(source: str, split: str, n_splits: int) -> list[dict]:
     if path.suffix == ".jsonl" or source.startswith((".", "/")):
         raise SystemExit(f"error: {source} does not exist")
     what = f"{source} (or give a local copy as --source /path/to/gsm8k: a folder with train.jsonl/test.jsonl)"
-    if not utils.hub_reachable():
-        raise utils.hub_unreachable(what, "python build_pairs.py --offline")
+    if not harness.hub_reachable():
+        raise harness.hub_unreachable(what, "python build_pairs.py --offline")
     from datasets import load_dataset
     try:
         return [dict(row) for row in load_dataset(source, "main", split=split)]
     except (ConnectionError, OSError) as e:
-        raise utils.hub_unreachable(what, "python build_pairs.py --offline", e) from None
+        raise harness.hub_unreachable(what, "python build_pairs.py --offline", e) from None
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    data_path, _ = utils.script_dirs(__file__, args.settings)
+    data_path, _ = harness.script_dirs(__file__, args.settings)
     data_path.mkdir(parents=True, exist_ok=True)
     source = args.source
     if args.offline:
@@ -89,8 +89,8 @@ def main(argv=None) -> dict:
     for split in args.splits:
         rows = load_rows(source, split, len(args.splits))[: args.limit]
         variants, pairs, skipped = P.build(rows, split, seed=args.seed)
-        utils.write_jsonl_atomic(data_path / f"variants_{split}.jsonl", variants)
-        utils.write_jsonl_atomic(data_path / f"pairs_{split}.jsonl", pairs)
+        harness.write_jsonl_atomic(data_path / f"variants_{split}.jsonl", variants)
+        harness.write_jsonl_atomic(data_path / f"pairs_{split}.jsonl", pairs)
         per_mode = dict(collections.Counter(p["mode"] for p in pairs))
         summary["splits"][split] = {"questions": len(rows), "used": len(rows) - len(skipped),
                                     "variants": len(variants), "pairs": per_mode, "skipped": skipped[:50],

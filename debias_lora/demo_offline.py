@@ -36,7 +36,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-import utils  # noqa: E402
+import harness  # noqa: E402
 from debias_lora import build_pairs, evaluate_lambdas, lora_math, train_forget_lora  # noqa: E402
 from debias_lora.pairs import load_pairs  # noqa: E402
 
@@ -77,7 +77,7 @@ def parse_args(argv=None):
     parser.add_argument("--lambdas", type=float, nargs="+", default=LAMBDAS)
     parser.add_argument("--rb2_limit", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    return utils.cli_args(parser, argv)
+    return harness.cli_args(parser, argv)
 
 
 def _swapped(p: dict) -> dict:
@@ -155,7 +155,7 @@ def main(argv=None) -> dict:
         args.lambdas, args.rb2_limit = [0.0, 1.0], 10
     start = time.time()
     args.settings["offline"] = True                     # the demo is always offline
-    data_path, results_path = utils.script_dirs(__file__, args.settings)
+    data_path, results_path = harness.script_dirs(__file__, args.settings)
     results_path.mkdir(parents=True, exist_ok=True)
 
     print("== 1. generated GSM8K-style pairs")
@@ -175,11 +175,11 @@ def main(argv=None) -> dict:
         "--log-every", "20", "--output", str(lora_dir), "--overwrite"])   # the demo remakes what it owns
 
     print("== 4. the lambda sweep")
-    import rewardbench2
+    from offline import rewardbench2 as offline_rewardbench2
     sweep_args = ["--offline", "--base_model", str(base_dir), "--lora_path", str(lora_dir),
                   "--output_path", str(results_path / "lambda_sweep_style.json"),
                   "--variants", str(data_path / "variants_test.jsonl"),
-                  "--rb2_dataset", str(rewardbench2.offline_dataset_path(data_path / "rewardbench2")),
+                  "--rb2_dataset", str(offline_rewardbench2.dataset_path(data_path / "rewardbench2")),
                   "--max_length", str(args.max_length), "--batch_size", "32",
                   "--lambdas", *map(str, args.lambdas)]
     if args.rb2_limit:
@@ -189,7 +189,7 @@ def main(argv=None) -> dict:
     claim = check_claim(sweep["results"])
     seconds = round(time.time() - start, 1)
     summary = {"settings": args.settings, "claim": claim, "results": sweep["results"], "seconds": seconds}
-    utils.write_json_atomic(results_path / "demo_offline.json", summary)
+    harness.write_json_atomic(results_path / "demo_offline.json", summary)
     verdict = (f"hard accuracy rises by at least {claim['min_rise']:g} while normal accuracy stays within "
                f"{claim['max_drop']:g} of its start"
                if claim["hard_rises"] and claim["normal_holds"] else "NOT SHOWN (see the table)")
@@ -200,7 +200,7 @@ def main(argv=None) -> dict:
             f"{claim['hard_at_0']:.3f} -> {claim['hard_at_claim']:.3f}, normal {claim['normal_at_0']:.3f} -> "
             f"{claim['normal_at_claim']:.3f}, easy {claim['easy_at_0']:.3f} -> {claim['easy_at_claim']:.3f}: "
             f"{verdict}.\n")
-    utils.write_text_atomic(results_path / "demo_offline.md", text)
+    harness.write_text_atomic(results_path / "demo_offline.md", text)
     print("\n" + text)
     return summary
 

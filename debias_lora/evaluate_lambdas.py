@@ -33,6 +33,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import embedding  # noqa: E402
+import harness  # noqa: E402
 import utils  # noqa: E402
 from debias_lora import lora_math  # noqa: E402
 from debias_lora.pairs import STYLES  # noqa: E402
@@ -219,8 +220,8 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 
 def write_results(results: list[dict], settings: dict, output_path: Path, title: str) -> None:
-    utils.write_json_atomic(output_path, {"settings": settings, "results": results})
-    utils.write_text_atomic(output_path.with_suffix(".md"), f"{title}\n\n{markdown_table(results)}\n")
+    harness.write_json_atomic(output_path, {"settings": settings, "results": results})
+    harness.write_text_atomic(output_path.with_suffix(".md"), f"{title}\n\n{markdown_table(results)}\n")
     plot(results, output_path.with_suffix(".png"), title)
 
 
@@ -230,28 +231,28 @@ def base_and_lora(base_model, lora_path, offline: bool, results_path: Path) -> t
     if offline:
         from debias_lora.train_forget_lora import offline_base_path
         made_by = "python demo_offline.py"
-        base_model = base_model or str(utils.require_file(offline_base_path(), made_by))
-        lora_path = lora_path or str(utils.require_file(results_path / "forget_lora_style_undesired", made_by))
+        base_model = base_model or str(harness.require_file(offline_base_path(), made_by))
+        lora_path = lora_path or str(harness.require_file(results_path / "forget_lora_style_undesired", made_by))
     return base_model or DEFAULT_BASE, lora_path or DEFAULT_LORA
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    data_path, results_path = utils.script_dirs(__file__, utils.Settings(data_dir="data", results_dir="results", offline=args.offline))
+    data_path, results_path = harness.script_dirs(__file__, harness.Settings(data_dir="data", results_dir="results", offline=args.offline))
     args.base_model, args.lora_path = base_and_lora(args.base_model, args.lora_path, args.offline, results_path)
     args.lambdas = args.lambdas if args.lambdas is not None else PUBLISHED_LAMBDAS
     output_path = Path(args.output_path) if args.output_path else results_path / "lambda_sweep.json"
-    variants_path = Path(args.variants) if args.variants else utils.require_file(
+    variants_path = Path(args.variants) if args.variants else harness.require_file(
         data_path / "variants_test.jsonl", "python build_pairs.py" + (" --offline" if args.offline else ""))
     variants = load_variants(variants_path, args.limit_questions)     # checked before the model is loaded
     rb2_dataset = None
     if not args.skip_rb2:
         if args.rb2_dataset is None and args.offline:
-            import rewardbench2
-            args.rb2_dataset = str(rewardbench2.offline_dataset_path(data_path / "rewardbench2"))
+            from offline import rewardbench2 as offline_rewardbench2
+            args.rb2_dataset = str(offline_rewardbench2.dataset_path(data_path / "rewardbench2"))
         rb2_dataset = rb2_rows(args.rb2_dataset or RB2_HUB, args.rb2_limit)
 
-    device = args.device or embedding.default_device()
+    device = args.device or str(utils.get_device())
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     model, tokenizer = lora_math.load_base_model(args.base_model, dtype=dtype, device=device)
     model = lora_math.apply_forget_lora(model, args.lora_path)

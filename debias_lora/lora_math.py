@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import embedding  # noqa: E402
+import harness  # noqa: E402
 import utils  # noqa: E402
 
 LORA_R, LORA_ALPHA, LORA_DROPOUT = 8, 16, 0.05
@@ -59,7 +60,7 @@ def split_path(name: str) -> tuple[str, str | None]:
 def unavailable(name: str, cause: BaseException | None = None) -> SystemExit:
     """The error for a model or adapter that is neither local nor reachable on the hub."""
     script = Path(sys.argv[0]).name if sys.argv and sys.argv[0].endswith(".py") else "the script"
-    return utils.hub_unreachable(f"{name!r} (neither a local folder nor a reachable hub id; give a local folder "
+    return harness.hub_unreachable(f"{name!r} (neither a local folder nor a reachable hub id; give a local folder "
                                  f"as --model / --base_model / --lora_path)", f"python {script} --offline", cause)
 
 
@@ -71,8 +72,7 @@ def adapter_config(name: str) -> dict | None:
         path = Path(repo) / "adapter_config.json"
         return json.loads(path.read_text()) if path.exists() else None
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError)
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
     try:  # the local hub cache first (works offline)
         return json.loads(Path(hf_hub_download(repo, "adapter_config.json", subfolder=subfolder,
                                                local_files_only=True)).read_text())
@@ -80,7 +80,7 @@ def adapter_config(name: str) -> dict | None:
         pass
     except EntryNotFoundError:
         return None
-    if not utils.hub_reachable():
+    if not harness.hub_reachable():
         raise unavailable(name)
     try:
         return json.loads(Path(hf_hub_download(repo, "adapter_config.json", subfolder=subfolder)).read_text())
@@ -151,11 +151,11 @@ def _load_plain(name: str, dtype: str, device: str | None):
         except embedding.ModelNotAvailable as error:
             raise unavailable(name, error.__cause__) from error
     from transformers import AutoModelForSequenceClassification
-    if not utils.hub_reachable():
+    if not harness.hub_reachable():
         raise unavailable(name)
     model = AutoModelForSequenceClassification.from_pretrained(
         repo, subfolder=subfolder, num_labels=1, dtype=embedding._torch_dtype(dtype))
-    model = model.to(device or embedding.default_device()).eval()
+    model = model.to(device or str(utils.get_device())).eval()
     return model, load_tokenizer(name)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-import utils
+import harness
 
 STYLES = ("concise", "detailed_plain", "detailed_markdown")   # RM-Bench order: least to most styled
 MODES = ("style", "correctness", "cross")
@@ -311,7 +311,7 @@ def read_jsonl(path, remade_by: str) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"error: {path} does not exist; run `{remade_by}`")
-    return [row for _, row in utils.read_jsonl(path, f"run `{remade_by}`")]
+    return [row for _, row in harness.read_jsonl(path, f"run `{remade_by}`")]
 
 
 def load_pairs(path, mode: str | None = None, remade_by: str = "python build_pairs.py") -> list[dict]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-import embedding  # noqa: E402
+import harness  # noqa: E402
 import utils  # noqa: E402
 from debias_lora import lora_math  # noqa: E402
 from debias_lora.evaluate_lambdas import DEFAULT_BASE, DEFAULT_LORA, base_and_lora  # noqa: E402
@@ -41,11 +41,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    _, results_path = utils.script_dirs(__file__, utils.Settings(data_dir="data", results_dir="results", offline=args.offline))
+    _, results_path = harness.script_dirs(__file__, harness.Settings(data_dir="data", results_dir="results", offline=args.offline))
     args.base_model, args.lora_path = base_and_lora(args.base_model, args.lora_path, args.offline, results_path)
     output = Path(args.output_dir) if args.output_dir else \
         results_path / f"debiased_{Path(args.lora_path).name}_lambda{args.lam:g}"
-    device = args.device or embedding.default_device()
+    device = args.device or str(utils.get_device())
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
 
     model, tokenizer = lora_math.load_base_model(args.base_model, dtype=dtype, device=device)

@@ -33,7 +33,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import embedding  # noqa: E402
-import utils  # noqa: E402
+import harness  # noqa: E402
 from debias_lora import lora_math  # noqa: E402
 from debias_lora.pairs import MODES, load_pairs  # noqa: E402
 
@@ -228,15 +228,15 @@ def check_output(output: Path, recipe: dict, overwrite: bool) -> None:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    data_path, results_path = utils.script_dirs(__file__, utils.Settings(data_dir="data", results_dir="results", offline=args.offline))
+    data_path, results_path = harness.script_dirs(__file__, harness.Settings(data_dir="data", results_dir="results", offline=args.offline))
     if args.model is None:
-        args.model = str(utils.require_file(offline_base_path(), "python demo_offline.py")) \
+        args.model = str(harness.require_file(offline_base_path(), "python demo_offline.py")) \
             if args.offline else DEFAULT_MODEL
-    data = Path(args.data) if args.data else utils.require_file(
+    data = Path(args.data) if args.data else harness.require_file(
         data_path / "pairs_train.jsonl", "python build_pairs.py" + (" --offline" if args.offline else ""))
     output = Path(args.output) if args.output else results_path / f"forget_lora_{args.pair_mode}_{args.direction}"
     recipe = {k: v for k, v in vars(args).items() if k not in ("settings", "output", "log_every", "overwrite")}
-    recipe.update(data=str(data), data_sha256=utils.file_sha256(data))
+    recipe.update(data=str(data), data_sha256=harness.file_sha256(data))
     check_output(output, recipe, args.overwrite)
 
     pairs = load_pairs(data, args.pair_mode)[: args.limit]        # checked before the model is loaded

@@ -17,6 +17,17 @@ from pathlib import Path
 
 from offline.tiny_model import tiny_model_path  # noqa: F401
 
+
+def script_model(settings) -> tuple[str, str]:
+    """(model, dtype) of a script with the settings `model_name` and `dtype`: as set, or with `offline`
+    the built-in tiny model in float32 (a model or dtype given on the command line still wins)."""
+    model_name, dtype = settings["model_name"], settings["dtype"]
+    if settings.get("offline"):
+        model_name = model_name if "model_name" in settings.overridden else tiny_model_path()
+        dtype = dtype if "dtype" in settings.overridden else "float32"
+    return str(model_name), dtype
+
+
 STAMP = "generated.json"   # written last into a generated folder: which generator, version and settings
 
 
@@ -43,8 +54,8 @@ def ensure_generated(folder, generator: str, version, settings: dict, files, gen
     (folder / STAMP).unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     generate()
-    import utils
-    utils.write_json_atomic(folder / STAMP, stamp)
+    import harness
+    harness.write_json_atomic(folder / STAMP, stamp)
     return True
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-import utils
+import harness
 
 NAMES = ["Sam", "Ann", "Tom", "Mia", "Leo", "Eva", "Max", "Zoe", "Ben", "Ivy"]
 ITEMS = ["apples", "books", "coins", "cards", "stamps", "pens", "shells", "cups"]
@@ -100,7 +100,7 @@ def generate_rows(n: int, seed: int = 0) -> list[dict]:
 def write_jsonl(path: Path, n: int, seed: int = 0) -> Path:
     """Write `n` generated rows to `path` as GSM8K's JSONL (atomically); returns the path."""
     path = Path(path)
-    with utils.atomic_path(path) as tmp, open(tmp, "w") as f:
+    with harness.atomic_path(path) as tmp, open(tmp, "w") as f:
         for row in generate_rows(n, seed):
             f.write(json.dumps(row) + "\n")
     return path

@@ -29,8 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from embedding import conversation
-from offline.planted import (GENERAL_MARGIN_STD, N_PERSONAL, TEMPERATURE, PlantedPopulation, centred_within,
-                             embed_for_planting, generator_version, tiny_head)
+from offline.planted import (
+    GENERAL_MARGIN_STD,
+    N_PERSONAL,
+    TEMPERATURE,
+    PlantedPopulation,
+    centred_within,
+    embed_for_planting,
+    generator_version,
+    tiny_head,
+)
 from offline.text import sentence
 
 # The published format of namkoong-lab/PersonalLLM. The order of REWARD_MODELS defines the reward tensor's last axis.

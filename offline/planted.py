@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils import TEMPERATURE, Comparisons, _generator
+from utils import TEMPERATURE, Comparisons, cpu_generator
 
 GENERAL_MARGIN_STD = 2.5     # std of the general part's margin over random same-prompt pairs (after 1/100)
 PERSONAL_MARGIN_STD = 3.0    # ... and of a pure user's personal part
@@ -165,6 +165,7 @@ def centred_within(embeddings: np.ndarray, group_sizes) -> np.ndarray:
 def tiny_head() -> np.ndarray:
     """The tiny backbone's reward head score.weight.T as a vector [d] (float64)."""
     from safetensors.numpy import load_file
+
     from offline.tiny_model import tiny_model_path
 
     weights = load_file(str(Path(tiny_model_path()) / "model.safetensors"))
@@ -207,7 +208,7 @@ def simulate_comparisons(population: PlantedPopulation, num_comparisons, *, seed
     counts = torch.as_tensor(num_comparisons).long().reshape(-1).expand(n_users) if np.ndim(num_comparisons) == 0 \
         else torch.as_tensor(num_comparisons).long()
     users = torch.repeat_interleave(torch.arange(n_users), counts)
-    g = _generator(seed)
+    g = cpu_generator(seed)
     x = torch.randn(len(users), V_star.shape[0], generator=g)
     p = torch.sigmoid((x @ V_star * W_star[users]).sum(1) / TEMPERATURE)
     first_wins = torch.rand(len(users), generator=g) < p

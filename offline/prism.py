@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-import utils
+import harness
 from offline.planted import GENERAL_MARGIN_STD, N_PERSONAL, PERSONAL_MARGIN_STD, generator_version
 from offline.text import sentence
 
@@ -273,9 +273,9 @@ def generate(out_dir: Path, seed: int = 0, n_users: int = 240, zero_fraction: fl
             "timing_duration_s": round(float(rng.uniform(30, 900)), 1),
             "included_in_balanced_subset": bool(rng.random() < 0.5)}))
 
-    utils.write_jsonl_atomic(out_dir / "survey.jsonl", survey)
-    utils.write_jsonl_atomic(out_dir / "conversations.jsonl", conversations_rows)
-    utils.write_jsonl_atomic(out_dir / "utterances.jsonl", utterance_rows)
+    harness.write_jsonl_atomic(out_dir / "survey.jsonl", survey)
+    harness.write_jsonl_atomic(out_dir / "conversations.jsonl", conversations_rows)
+    harness.write_jsonl_atomic(out_dir / "utterances.jsonl", utterance_rows)
     summary = {
         "generator": "offline.prism", "version": GENERATOR_VERSION, "seed": seed, "settings": {
             "n_users": n_users, "zero_fraction": zero_fraction, "few_fraction": few_fraction,

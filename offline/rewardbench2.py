@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-import utils
+import harness
 from offline.planted import generator_version
 
 # Rows per subset, about a tenth of the real split's 475 / 160 / 183 / 450 / 495 / 102; Ties: row pairs.
@@ -159,8 +159,9 @@ def write(out_dir, seed: int = SEED, subset_rows: dict | None = None, ties_pairs
     population_path: a saved PlantedPopulation (e.g. PRISM's `ground_truth`) whose general direction
     decides the correct answers; None: the tiny model's head (the same direction). noise_scale: as in
     `generate`. The jsonl is written last and atomically, so its presence means the folder is complete."""
-    from offline.planted import PlantedPopulation
     from safetensors.numpy import save_file
+
+    from offline.planted import PlantedPopulation
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,11 +172,11 @@ def write(out_dir, seed: int = SEED, subset_rows: dict | None = None, ties_pairs
                     subset_noise=SUBSET_NOISE, candidates=CANDIDATES,
                     head="planted_head.safetensors: the general direction (the tiny head), unit, [d, 1]",
                     population_source=population_source(population_path))
-    with utils.atomic_path(out_dir / "planted_head.safetensors") as tmp:
+    with harness.atomic_path(out_dir / "planted_head.safetensors") as tmp:
         save_file({"head": np.ascontiguousarray(head, dtype=np.float32)}, str(tmp))
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     path = out_dir / "test.jsonl"
-    with utils.atomic_path(path) as tmp:
+    with harness.atomic_path(path) as tmp:
         tmp.write_bytes(text.encode("utf-8"))
     return path
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-import utils
+import harness
 from embedding import conversation
 from offline.planted import GENERAL_MARGIN_STD, N_PERSONAL, PERSONAL_MARGIN_STD, generator_version
 from offline.text import paragraph, sentence
@@ -65,7 +65,7 @@ def _token(rng: np.random.Generator, n: int, alphabet: str) -> str:
 def _write_parquet_atomic(rows: list[dict], path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    with utils.atomic_path(path) as tmp:
+    with harness.atomic_path(path) as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=_schema()), tmp, compression="snappy")
 
 

@@ -144,19 +144,19 @@ def test_debias_bad_pairs_and_empty_variants_write_nothing(tmp_path):
 
 
 def test_every_json_lines_reader_names_the_bad_line(tmp_path):
-    """utils.read_jsonl, which every JSON-lines input goes through: blank lines skipped, rows numbered by
+    """harness.read_jsonl, which every JSON-lines input goes through: blank lines skipped, rows numbered by
     their line; a line that is not JSON, not UTF-8 or not an object stops naming the file and the line."""
     sys.path.insert(0, str(ROOT))
-    import utils
+    import harness
     path = tmp_path / "rows.jsonl"
     path.write_text('{"a": 1}\n\n{"b": "é"}\n')
-    assert list(utils.read_jsonl(path, "hint")) == [(1, {"a": 1}), (3, {"b": "é"})]
+    assert list(harness.read_jsonl(path, "hint")) == [(1, {"a": 1}), (3, {"b": "é"})]
     for content, why in ((b'{"a": 1}\n{"a": \n', "line 2, is not valid JSON"),
                          (b'{"a": 1}\n\n' + GARBAGE, "line 3, is not valid JSON"),
                          (b'{"a": 1}\n[1, 2]\n', "line 2, is not a JSON object")):
         path.write_bytes(content)
         with pytest.raises(SystemExit, match=f"{path}, {why}.*; run this"):
-            list(utils.read_jsonl(path, "run this"))
+            list(harness.read_jsonl(path, "run this"))
     # the GSM8K source of build_pairs.py, which had no check (a traceback)
     path.write_bytes(b'{"question": "q", "answer": "a #### 1"}\n{"question": \n')
     refused(run("debias_lora", "build_pairs.py", "--source", path, "--splits", "train", "--data_dir", tmp_path / "out"),

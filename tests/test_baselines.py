@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import baselines
+import harness
+import reports
 import utils
 
 
@@ -205,9 +207,11 @@ def test_planted_population_each_baseline_beats_single_reward_on_unseen_users(tm
     # K = 1: one Bradley-Terry reward for everybody, fitted as the pipeline fits it
     _, V = utils.solve_regularized_simplex(None, 0.0, groups["seen_train"], 1, 300, 0.5, progress=False)
     single = [{name: utils.per_user_accuracy(groups[name], V, torch.ones(groups[name].n_users, 1))
-               for name in baselines.GROUPS}]
-    k1_row = baselines.make_row("K = 1", single, groups, baselines.lore_parameter_counts(16, 1, 40), label="K = 1")
-    rows = baselines.evaluate_methods(["PAL", "PAL-A", "VPL"], groups, seeds=[0], K=2, hyper=SMALL, device="cpu")
+               for name in utils.GROUP_NAMES}]
+    k1_row = reports.paper_row("K = 1", single, utils.group_counts(groups), reports.lore_parameter_counts(16, 1, 40),
+                               label="K = 1")
+    rows = [reports.paper_row(**result) for result in baselines.evaluate_methods(
+        ["PAL", "PAL-A", "VPL"], groups, seeds=[0], K=2, hyper=SMALL, device="cpu")]
     # The tastes are opposed (directions v and -v), so the best single reward is near the population
     # average, ~0: K = 1 sits near chance (47-49% for seeds 0-2). A personalised model reads each
     # user's side from 20 shots. The standard error of a mean accuracy over 30 users x 30 comparisons
@@ -221,10 +225,10 @@ def test_planted_population_each_baseline_beats_single_reward_on_unseen_users(tm
         for row in rows:
             assert row["groups"][group]["mean"] > k1 + 0.05, (row["method"], group, row["groups"][group], k1)
     # every row was computed on the same users and comparisons
-    for name in baselines.GROUPS:
+    for name in utils.GROUP_NAMES:
         counts = {(r["groups"][name]["users"], r["groups"][name]["comparisons"]) for r in rows + [k1_row]}
         assert counts == {(groups[name].n_users, groups[name].N)}
-    paths = baselines.save_paper_table(tmp_path, "planted_table", [k1_row] + rows, {"seed": 0})
+    paths = reports.save_paper_table(tmp_path, "planted_table", [k1_row] + rows, {"seed": 0})
     table = paths["markdown"].read_text()
     assert "| K = 1 |" in table and "| PAL (K = 2) |" in table and "| VPL |" in table
     assert "mean ± std over users (one seed)" in table
@@ -351,7 +355,8 @@ def test_dense_comparisons_are_viewed_without_leaking_the_label():
 def test_evaluate_methods_two_seeds_gives_mean_and_std_over_seeds(tmp_path):
     groups = planted_population(8, 6, 10, 6, 8, 6, seed=3)
     hyper = {"PAL": {"d_pref": 8, "batch_size": 32, "epochs": 2, "personalize_iterations": 20}}
-    row, = baselines.evaluate_methods(["PAL"], groups, seeds=[0, 1], K=2, hyper=hyper, device="cpu")
+    row, = [reports.paper_row(**r) for r in baselines.evaluate_methods(["PAL"], groups, seeds=[0, 1], K=2,
+                                                                        hyper=hyper, device="cpu")]
     entry = row["groups"]["unseen_test"]
     assert entry["std_over"] == "seeds" and len(entry["per_seed"]) == 2
     assert entry["mean"] == pytest.approx(np.mean(entry["per_seed"]))
@@ -360,9 +365,10 @@ def test_evaluate_methods_two_seeds_gives_mean_and_std_over_seeds(tmp_path):
     model = baselines.build("PAL", 6, 8, K=2, device="cpu", d_pref=8)
     shared = 6 * 8 + 8 + 2 * (8 * 8 + 8) + 2 * 8 + 1         # mlp2 + 2 prototypes + the scale
     assert row["parameters"] == {**model.parameter_counts(8), "per_user": 2, "shared": shared, "total": shared + 8 * 2}
-    lore = baselines.make_row("LoRe", [{"seen_test": (0.8, 0.1), "unseen_test": (0.7, 0.2)}], groups,
-                              baselines.lore_parameter_counts(6, 3, 8), K=3)
-    paths = baselines.save_paper_table(tmp_path, "table", [lore, row], {"seed": 0})
+    # one seed: mean ± std over users (per-user accuracies 0.7 and 0.9: 80 ± 10; 0.5 and 0.9: 70 ± 20)
+    lore = reports.paper_row("LoRe", [{"seen_test": np.array([0.7, 0.9, np.nan]), "unseen_test": np.array([0.5, 0.9])}],
+                             utils.group_counts(groups), reports.lore_parameter_counts(6, 3, 8), K=3)
+    paths = reports.save_paper_table(tmp_path, "table", [lore, row], {"seed": 0})
     markdown = paths["markdown"].read_text()
     assert "| LoRe (K = 3) | 80.0 ± 10.0† | 70.0 ± 20.0† | 3 | 42 |" in markdown
     assert "† marks a row with one seed, whose std is over users" in markdown
@@ -371,10 +377,10 @@ def test_evaluate_methods_two_seeds_gives_mean_and_std_over_seeds(tmp_path):
     assert [r["label"] for r in payload["rows"]] == ["LoRe (K = 3)", "PAL (K = 2)"]
     # a row computed on other comparisons is refused
     fewer = dict(groups, unseen_test=groups["unseen_test"].select(torch.arange(40)))
-    other = baselines.make_row("ref", [{"seen_test": (0.5, 0.1), "unseen_test": (0.5, 0.1)}], fewer,
-                               baselines.lore_parameter_counts(6, 0, 8))
+    other = reports.paper_row("ref", [{"seen_test": np.array([0.5]), "unseen_test": np.array([0.5])}],
+                              utils.group_counts(fewer), reports.lore_parameter_counts(6, 0, 8))
     with pytest.raises(ValueError, match="same unseen_test comparisons"):
-        baselines.save_paper_table(tmp_path, "bad", [row, other], {"seed": 0})
+        reports.save_paper_table(tmp_path, "bad", [row, other], {"seed": 0})
 
 
 def test_vpl_parameter_counts():
@@ -388,13 +394,13 @@ def test_vpl_parameter_counts():
 
 def test_unknown_method_lists_the_known_ones():
     groups = planted_population(4, 3, 4, 4, 4, 4)
-    with pytest.raises(utils.SettingsError, match="unknown baseline.*'LoRA'.*known: PAL, PAL-A, VPL"):
+    with pytest.raises(harness.SettingsError, match="unknown baseline.*'LoRA'.*known: PAL, PAL-A, VPL"):
         baselines.evaluate_methods(["PAL", "LoRA"], groups, K=2)
-    with pytest.raises(utils.SettingsError, match="known: PAL, PAL-A, VPL"):
+    with pytest.raises(harness.SettingsError, match="known: PAL, PAL-A, VPL"):
         baselines.fit("pal", groups["seen_train"], K=2)
-    with pytest.raises(utils.SettingsError, match="unknown hyperparameter.*lr.*known: .*learning_rate"):
+    with pytest.raises(harness.SettingsError, match="unknown hyperparameter.*lr.*known: .*learning_rate"):
         baselines.fit("VPL", groups["seen_train"], lr=0.1)
-    with pytest.raises(utils.SettingsError, match="PAL needs K >= 1"):
+    with pytest.raises(harness.SettingsError, match="PAL needs K >= 1"):
         baselines.fit("PAL", groups["seen_train"])
 
 

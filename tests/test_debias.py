@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from debias_lora import evaluate_lambdas, lora_math, pairs as P, train_forget_lora
+from debias_lora import evaluate_lambdas, lora_math, train_forget_lora
+from debias_lora import pairs as P
 from offline import tiny_model_path
 from offline.gsm8k import generate_rows
 
@@ -276,6 +277,7 @@ def test_subtract_script_saves_plain_model(tmp_path, tiny, adapter_dir):
 def test_unreadable_adapter_weights_are_a_clear_error(tmp_path, adapter_dir):
     """A damaged adapter_model.safetensors: an error naming the folder and the remedy, no traceback."""
     import shutil
+
     from debias_lora import subtract_lora
     broken = tmp_path / "adapter"
     shutil.copytree(adapter_dir, broken)

@@ -10,9 +10,19 @@ import pytest
 import torch
 
 import embedding
-from embedding import (REWARD_HEAD_FILE, ModelNotAvailable, embed_conversations, embed_to_file,
-                       export_reward_head, load_embeddings, load_reward_head, load_reward_model,
-                       render_ids, reward_head, score_conversations)
+from embedding import (
+    REWARD_HEAD_FILE,
+    ModelNotAvailable,
+    embed_conversations,
+    embed_to_file,
+    export_reward_head,
+    load_embeddings,
+    load_reward_head,
+    load_reward_model,
+    render_ids,
+    reward_head,
+    score_conversations,
+)
 from offline import tiny_model_path
 from offline.text import sentence
 

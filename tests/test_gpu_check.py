@@ -1,12 +1,12 @@
 """bench/gpu_check.py --tiny: every section runs on the CPU, writes finite figures, and its checks can fail."""
 import importlib.util
 import json
-
-import pytest
 import math
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_check.py"

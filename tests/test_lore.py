@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import reports
 import utils
 from offline.planted import bayes_accuracy, random_population, simulate_comparisons
-
 
 
 def random_users(counts, d, seed, dtype=torch.float64):
@@ -143,9 +143,9 @@ def test_fast_regularized_iteration_equals_straightforward(indexed):
     model = utils.LoRe_regularized(V_sft, 3.0, C, d, B, T, 0.3, seed=5, dtype=torch.float64, device="cpu")
     W0, V0 = model.W.detach().clone(), model.V.detach().clone()
     model.train(data)
-    W_ref, V_ref = straightforward_regularized(X_all, users, V_sft, 3.0, W0, V0, T, 0.3)
-    assert torch.allclose(model.W.detach(), W_ref, rtol=1e-9, atol=1e-10)
-    assert torch.allclose(model.V.detach(), V_ref, rtol=1e-9, atol=1e-10)
+    W_expected, V_expected = straightforward_regularized(X_all, users, V_sft, 3.0, W0, V0, T, 0.3)
+    assert torch.allclose(model.W.detach(), W_expected, rtol=1e-9, atol=1e-10)
+    assert torch.allclose(model.V.detach(), V_expected, rtol=1e-9, atol=1e-10)
     assert not torch.equal(model.V.detach(), V0)
 
 
@@ -296,9 +296,9 @@ def small_groups():
 
 def test_run_regularized_returns_eight_lists_and_saves_loadable_files(tmp_path):
     from safetensors.torch import load_file
-    V_final, groups = small_groups()
+    V_ref, groups = small_groups()
     K_list, alpha_list = [0, 1, 3], [0.0, 100.0]
-    out = utils.run_regularized(K_list, alpha_list, V_final, *groups, 20, 10, "cpu", num_iterations=40,
+    out = utils.run_regularized(K_list, alpha_list, V_ref, *groups, 20, 10, "cpu", num_iterations=40,
                                 fewshot_iterations=20, results_dir=tmp_path / "res", dataset_name="toy",
                                 progress=False)
     assert len(out) == 8 and all(len(r) == 6 for r in out)
@@ -311,15 +311,15 @@ def test_run_regularized_returns_eight_lists_and_saves_loadable_files(tmp_path):
             assert V.shape[0] == 8 and 1 <= V.shape[1] <= K and W.shape == (20, V.shape[1])
             assert torch.equal(load_file(tmp_path / "res" / f"toy_V_lore_K_{K}_alpha_{alpha}.safetensors")["V"], V)
             assert torch.equal(load_file(tmp_path / "res" / f"toy_W_lore_seen_{K}_{alpha}.safetensors")["W"], W)
-    again = utils.run_regularized(K_list, alpha_list, V_final, *groups, 20, 10, "cpu", num_iterations=40,
+    again = utils.run_regularized(K_list, alpha_list, V_ref, *groups, 20, 10, "cpu", num_iterations=40,
                                   fewshot_iterations=20, results_dir=tmp_path / "res2", progress=False)
     assert again == out                                  # seeded: identical reruns
     assert (tmp_path / "res2" / "V_lore_K_3_alpha_100.0.pt").exists()
 
 
 def test_run_returns_eight_lists_and_saves_when_asked(tmp_path):
-    V_final, groups = small_groups()
-    out = utils.run([0, 2], [0.0], V_final, *groups, 20, 10, "cpu", num_iterations=30, fewshot_iterations=20,
+    V_ref, groups = small_groups()
+    out = utils.run([0, 2], [0.0], V_ref, *groups, 20, 10, "cpu", num_iterations=30, fewshot_iterations=20,
                     results_dir=tmp_path, dataset_name="toy", progress=False)
     assert len(out) == 8 and all(len(r) == 2 for r in out)
     V = torch.load(tmp_path / "toy_V_lore_K_2_alpha_0.0.pt", weights_only=True)
@@ -328,13 +328,13 @@ def test_run_returns_eight_lists_and_saves_when_asked(tmp_path):
 
 
 def test_a_saved_basis_is_not_replaced_by_another_fit_unless_overwrite(tmp_path):
-    V_final, groups = small_groups()
+    V_ref, groups = small_groups()
     other_data = [groups[1], groups[0], *groups[2:]]          # seen train and test swapped: other training data
 
     def sweep(groups=groups, **changes):
         settings = dict(num_iterations=30, fewshot_iterations=20, results_dir=tmp_path, dataset_name="toy",
                         progress=False)
-        return utils.run([0, 2], [0.0], V_final, *groups, 20, 10, "cpu", **{**settings, **changes})
+        return utils.run([0, 2], [0.0], V_ref, *groups, 20, 10, "cpu", **{**settings, **changes})
 
     path = tmp_path / "toy_V_lore_K_2_alpha_0.0.pt"
     sweep()
@@ -384,8 +384,8 @@ def original_vary_shots(trials, alpha_list, K_list, num_shots, train_features_un
 def test_vary_shots_returns_the_original_statistics(monkeypatch, tmp_path):
     """Our batched run against the original's loop, with the same draws and the same (deterministic,
     stand-in) fits: the four lists the original returns, for every (alpha, K); and their files."""
-    V_final, (train, _, pool, test_unseen) = small_groups()
-    V_final, train, pool, test_unseen = V_final.double(), train.to(dtype=torch.float64), \
+    V_ref, (train, _, pool, test_unseen) = small_groups()
+    V_ref, train, pool, test_unseen = V_ref.double(), train.to(dtype=torch.float64), \
         pool.to(dtype=torch.float64), test_unseen.to(dtype=torch.float64)
     d, seed, trials, num_shots = train.d, 7, 4, [1, 3, 50]
 
@@ -402,11 +402,11 @@ def test_vary_shots_returns_the_original_statistics(monkeypatch, tmp_path):
     monkeypatch.setattr(utils, "solve_regularized", lambda V_sft, alpha, X, K, *a, **k: (None, joint_V(alpha, K)))
     monkeypatch.setattr(utils, "_few_shot_weights", batched_few_shot_weights)
     alpha_list, K_list = [0.0, 1.0], [0, 1, 3]
-    ours = utils.run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, train, pool, test_unseen, V_final,
+    ours = utils.run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, train, pool, test_unseen, V_ref,
                                          20, 10, "cpu", seed=seed, progress=False)
     draw = lambda users, shots, trial: utils.sample_shots(users, shots, seed=utils.derived_seed(seed, 2, shots, trial))  # noqa: E731
     theirs = original_vary_shots(trials, alpha_list, K_list, num_shots, pool.user_list(), test_unseen.user_list(),
-                                 V_final, 10, joint_V, draw, few_shot_weights)
+                                 V_ref, 10, joint_V, draw, few_shot_weights)
     assert len(ours.runs) == len(theirs) == 6
     for run, original in zip(ours.runs, theirs):
         mine = (run["fewshot_train"]["mean"], run["fewshot_train"]["std_trials"], run["unseen_test"]["mean"],
@@ -419,7 +419,7 @@ def test_vary_shots_returns_the_original_statistics(monkeypatch, tmp_path):
     assert max(theirs[-1][3]) > 0                       # the trials do differ
     assert ours.capped == [50] and all(run["unseen_test"]["std_users"].min() > 0 for run in ours.runs)
 
-    paths = utils.save_fewshot_results(tmp_path, "fewshot", {"seed": seed}, num_shots, K_list, alpha_list, ours)
+    paths = reports.save_fewshot_results(tmp_path, "fewshot", {"seed": seed}, num_shots, K_list, alpha_list, ours)
     payload = json.loads(paths["json"].read_text())
     row = payload["results"][-1]
     assert (row["alpha"], row["K"], row["shots"], row["capped"]) == (1.0, 3, 50, True)
@@ -428,29 +428,48 @@ def test_vary_shots_returns_the_original_statistics(monkeypatch, tmp_path):
 
 
 def test_vary_shots_seeding_and_k0():
-    V_final, (train, _, shots_pool, test_unseen) = small_groups()
+    V_ref, (train, _, shots_pool, test_unseen) = small_groups()
     kwargs = dict(num_iterations=30, fewshot_iterations=20, progress=False)
-    out = utils.run_few_shot_vary_shots(3, [0.0], [0, 2], [2, 4], train, shots_pool, test_unseen, V_final, 20, 10,
+    out = utils.run_few_shot_vary_shots(3, [0.0], [0, 2], [2, 4], train, shots_pool, test_unseen, V_ref, 20, 10,
                                         "cpu", **kwargs)
     assert len(out) == 4 and all(r.shape == (2,) for r in out) and len(out.runs) == 2
-    again = utils.run_few_shot_vary_shots(3, [0.0], [0, 2], [2, 4], train, shots_pool, test_unseen, V_final, 20,
+    again = utils.run_few_shot_vary_shots(3, [0.0], [0, 2], [2, 4], train, shots_pool, test_unseen, V_ref, 20,
                                           10, "cpu", **kwargs)
     assert all(np.array_equal(a, b) for a, b in zip(out, again))
     # K = 0: the reference head, whatever the shots: its test accuracy is the plain K = 0 figure, the
     # same in every trial (std over trials 0)
-    reference = utils.run([0], [0.0], V_final, train, train, shots_pool, test_unseen, 20, 10, "cpu", progress=False)
+    reference = utils.run([0], [0.0], V_ref, train, train, shots_pool, test_unseen, 20, 10, "cpu", progress=False)
     assert out.runs[0]["unseen_test"]["mean"] == pytest.approx([reference[3][0]] * 2)
     assert list(out.runs[0]["unseen_test"]["std_trials"]) == [0.0, 0.0]
 
 
+def toy_records(means, stds, K_list=(0, 5), alpha=1e4, seed=3):
+    """Records as run() makes them, with the given per-group means and stds over users [group][K]."""
+    return [{"alpha": alpha, "K": K, "seed": seed, "d": 4, "basis_size": max(K, 1),
+             "cosine_to_ref": None if K == 0 else [1.0] * K,
+             "groups": {g: {"mean": means[j][i], "std": stds[j][i], "users": 2, "comparisons": 4}
+                        for j, g in enumerate(utils.GROUP_NAMES)},
+             "per_user": {g: torch.tensor([means[j][i], means[j][i]]) for j, g in enumerate(utils.GROUP_NAMES)}}
+            for i, K in enumerate(K_list)]
+
+
+def test_a_sweep_unpacks_as_the_original_with_its_band():
+    records = toy_records([[0.9, 0.8], [0.7, 0.6], [0.65, 0.6], [0.6, 0.55]],
+                          [[0.1, 0.2], [0.04, 0.08], [0.0, 0.0], [0.12, 0.04]])
+    sweep = utils.Sweep.from_records(records)
+    means_seen_train, *_, bands_unseen_test = sweep
+    assert means_seen_train == [0.9, 0.8] and sweep.records is records
+    assert bands_unseen_test == pytest.approx([0.25 * 0.12, 0.25 * 0.04])          # the original's 0.25 x std
+
+
 def test_save_results_writes_json_with_raw_std_markdown_and_plot(tmp_path):
-    results = ([0.9, 0.8], [0.7, 0.6], [0.65, 0.6], [0.6, 0.55], [0.025, 0.05], [0.01, 0.02], [0.0, 0.0],
-               [0.03, float("nan")])
-    paths = utils.save_results(tmp_path, "toy", {"seed": 3, "K_list": [0, 5]}, [0, 5], [1e4], results,
-                               plot_name="acc_alpha_{alpha}.png")
+    records = toy_records([[0.9, 0.8], [0.7, 0.6], [0.65, 0.6], [0.6, 0.55]],
+                          [[0.1, 0.2], [0.04, 0.08], [0.0, 0.0], [0.12, float("nan")]])
+    paths = reports.save_results(tmp_path, "toy", {"seed": 3, "K_list": [0, 5]}, records,
+                                 plot_name="acc_alpha_{alpha}.png")
     payload = json.loads(paths["json"].read_text())
     assert payload["seed"] == 3 and payload["settings"]["K_list"] == [0, 5]
-    assert payload["results"][1]["seen_train"] == {"mean": 0.8, "std": pytest.approx(0.2)}
+    assert payload["results"][1]["seen_train"] == {"mean": 0.8, "std": pytest.approx(0.2), "per_seed": [0.8]}
     assert payload["results"][1]["unseen_test"]["std"] is None
     table = paths["markdown"].read_text()
     assert "| ref | 90.0 ± 10.0 |" in table and "| 5 (chosen on seen users) |" in table
@@ -465,9 +484,9 @@ def test_plots_name_their_band_draw_reference_lines_and_keep_the_legend_off_the_
     figures = []
     real_savefig = Figure.savefig
     monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figures.append(self), real_savefig(self, *a, **k)))
-    results = ([0.9, 0.8], [0.7, 0.6], [0.65, 0.6], [0.6, 0.55], [0.025, 0.05], [0.01, 0.02], [0.0, 0.0], [0.03, 0.01])
-    utils.save_results(tmp_path, "toy", {"seed": 0}, [0, 5], [1e4], results,
-                       reference_lines={"planted reward, unseen users": 0.87})
+    records = toy_records([[0.9, 0.8], [0.7, 0.6], [0.65, 0.6], [0.6, 0.55]],
+                          [[0.1, 0.2], [0.04, 0.08], [0.0, 0.0], [0.12, 0.04]])
+    reports.save_results(tmp_path, "toy", {"seed": 0}, records, reference_lines={"planted reward, unseen users": 0.87})
     ax = figures[0].axes[0]
     legend = ax.get_legend()
     assert "0.25 std over users" in legend.get_title().get_text()          # the band says what it is

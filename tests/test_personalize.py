@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import embedding
+import harness
 import personalize
 import utils
 from offline import tiny_model_path
@@ -104,7 +105,7 @@ def test_fit_writes_weights_with_ids_hash_and_backbone(files, fitted):
     assert record["user_ids"] == list(USERS) and record["weights"].shape == (len(USERS), K)
     torch.testing.assert_close(record["weights"].sum(1), torch.ones(len(USERS)))    # on the simplex
     assert torch.equal(record["basis"], files["V"])
-    assert record["basis_sha256"] == utils.file_sha256(files["basis"])
+    assert record["basis_sha256"] == harness.file_sha256(files["basis"])
     assert record["model_name"] == tiny_model_path()
     summary = json.loads((fitted.parent / personalize.WEIGHTS_JSON).read_text())
     assert [u["comparisons"] for u in summary["users"]] == [5, 5, 5]
@@ -330,10 +331,10 @@ def test_chosen_equal_to_rejected_is_skipped_and_counted(files, backbone, tmp_pa
 # the command line (run in this process as `python personalize.py ...` in the folder cwd) and the demo
 
 
-def run_script(monkeypatch, cwd, *args):
+def run_script(monkeypatch, cwd, *args, script=ROOT / "personalize.py"):
     monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "argv", ["personalize.py", *args])
-    runpy.run_path(str(ROOT / "personalize.py"), run_name="__main__")
+    monkeypatch.setattr(sys, "argv", [script.name, *args])
+    runpy.run_path(str(script), run_name="__main__")
 
 
 def test_command_line_fit_export_score(files, tmp_path, monkeypatch):
@@ -353,7 +354,7 @@ def test_command_line_fit_export_score(files, tmp_path, monkeypatch):
         run("--command=export")
     with pytest.raises(SystemExit, match="fit needs --comparisons"):
         run("--command=fit")
-    with pytest.raises(SystemExit, match="--command must be fit, export, score or demo"):
+    with pytest.raises(SystemExit, match="--command must be fit, export or score.*personalize_demo.py"):
         run("--command=train")
 
 
@@ -389,10 +390,11 @@ def test_demo_on_new_prism_users(files, tmp_path, monkeypatch):
     results.mkdir()
     for alpha in ("0.0", "1.0"):                   # train_basis.json has a row for alpha = 0 only
         torch.save(files["V"], results / f"PRISM_V_lore_K_3_alpha_{alpha}.pt")
-    utils.write_json_atomic(results / "train_basis.json", {"settings": {"fewshot_iterations": 40}, "results": [
+    harness.write_json_atomic(results / "train_basis.json", {"settings": {"fewshot_iterations": 40}, "results": [
         {"K": 3, "alpha": 0.0, "per_user": {"unseen_test": {"u1": 0.25, "u2": None, "u3": 1.0}}}]})
+    demo_script = ROOT / "PRISM" / "personalize_demo.py"
     run_script(monkeypatch, tmp_path, "--offline", f"--data_dir={data}", "--results_dir=out",
-               f"--basis={results / 'PRISM_V_lore_K_3_alpha_0.0.pt'}")
+               f"--basis={results / 'PRISM_V_lore_K_3_alpha_0.0.pt'}", script=demo_script)
     demo = json.loads((tmp_path / "out" / "personalize_demo.json").read_text())
     (first,) = demo["users"]                       # u2 has no pipeline figure, u3 no rows: neither is fitted
     assert (first["user_id"], first["fewshot_comparisons"], first["heldout_comparisons"]) == ("u1", 4, 3)
@@ -402,5 +404,7 @@ def test_demo_on_new_prism_users(files, tmp_path, monkeypatch):
     assert "| u1 | 4 | 3 | 25.0 |" in (tmp_path / "out" / "personalize_demo.md").read_text()
     with pytest.raises(SystemExit, match=r"per-user figures for PRISM_V_lore_K_3_alpha_1.0.pt .*train_basis.py"):
         run_script(monkeypatch, tmp_path, "--offline", f"--data_dir={data}", "--results_dir=out2",
-                   f"--basis={results / 'PRISM_V_lore_K_3_alpha_1.0.pt'}")
+                   f"--basis={results / 'PRISM_V_lore_K_3_alpha_1.0.pt'}", script=demo_script)
+    with pytest.raises(SystemExit, match="--demo_users=0: the demo needs at least one user"):
+        run_script(monkeypatch, tmp_path, "--offline", "--demo_users=0", script=demo_script)
     assert not (tmp_path / "out2").exists()

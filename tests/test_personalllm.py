@@ -104,8 +104,8 @@ def test_population_groups_are_indices_into_shared_tables():
 
 
 def test_fraction_giving_zero_prompts_is_a_clear_error():
-    import utils
-    with pytest.raises(utils.SettingsError, match="seen_prompt_fraction"):
+    import harness
+    with pytest.raises(harness.SettingsError, match="seen_prompt_fraction"):
         sim.prompts_per_user(0.005, 160, "seen", "seen_prompt_fraction")
 
 

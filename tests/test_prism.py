@@ -292,7 +292,7 @@ def test_a_valid_raw_file_is_reused_and_a_bad_download_is_deleted(tmp_path, monk
         return str(Path(local_dir) / filename)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(prism_data.utils, "hub_reachable", lambda: True)
+    monkeypatch.setattr(prism_data.harness, "hub_reachable", lambda: True)
     for name in prism_data.RAW_FILES[:1]:
         (tmp_path / name).write_bytes(GOOD)
     with pytest.raises(SystemExit, match="conversations.jsonl is not valid JSON lines.*deleted"):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import embedding
-import utils
+import harness
 import rewardbench2 as rb2
 from offline import rewardbench2 as gen
 from offline.tiny_model import tiny_model_path
@@ -384,7 +384,7 @@ def test_parquet_folder_and_filters_load_the_same_rows(data, tmp_path):
 
 
 def test_hub_without_network_fails_fast_naming_offline(monkeypatch):
-    monkeypatch.setattr(utils, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(harness, "hub_reachable", lambda timeout=3.0: False)
     start = time.time()
     with pytest.raises(SystemExit, match="--offline"):
         rb2.load_rows("allenai/reward-bench-2-not-cached-here")

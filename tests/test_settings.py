@@ -4,19 +4,19 @@ from pathlib import Path
 
 import pytest
 
-import utils
+import harness
 
 
 def settings():
     return {"K_list": [0, 1, 5], "alpha_list": [1e4], "num_iterations": 100, "offline": False,
             "model_name": "Skywork/x", "limit": None, "max_length": 4096, "device": None,
             "__annotations__": {"limit": "int | None", "device": "str | None"},
-            "__doc__": "doc", "_private": 1, "CONSTANT": 3, "utils": utils}
+            "__doc__": "doc", "_private": 1, "CONSTANT": 3, "harness": harness}
 
 
 def test_override_parses_literals_and_keeps_types():
     s = settings()
-    snapshot = utils.configure(s, ["--K_list=[0,2]", "--alpha_list=[10]", "--num_iterations=5", "--offline",
+    snapshot = harness.configure(s, ["--K_list=[0,2]", "--alpha_list=[10]", "--num_iterations=5", "--offline",
                                    "--limit=3", "--model_name=/tmp/m"])
     assert s["K_list"] == [0, 2] and s["alpha_list"] == [10.0] and isinstance(s["alpha_list"][0], float)
     assert s["num_iterations"] == 5 and s["offline"] is True and s["limit"] == 3 and s["model_name"] == "/tmp/m"
@@ -24,14 +24,14 @@ def test_override_parses_literals_and_keeps_types():
     # the snapshot: settings only (no docstring, private names, constants or modules)
     assert snapshot == {"K_list": [0, 2], "alpha_list": [10.0], "num_iterations": 5, "offline": True,
                         "model_name": "/tmp/m", "limit": 3, "max_length": 4096, "device": None}
-    assert utils.configure(settings(), ["--limit=None"])["limit"] is None
+    assert harness.configure(settings(), ["--limit=None"])["limit"] is None
 
 
 def test_a_single_capital_is_a_setting_and_an_upper_case_name_a_constant():
-    snapshot = utils.configure({**settings(), "K": 10}, ["--K=3"])        # a symbol, as bench/baselines_speed.py's K
+    snapshot = harness.configure({**settings(), "K": 10}, ["--K=3"])        # a symbol, as bench/baselines_speed.py's K
     assert snapshot["K"] == 3 and "CONSTANT" not in snapshot
-    with pytest.raises(utils.SettingsError, match="unknown setting --CONSTANT"):
-        utils.configure(settings(), ["--CONSTANT=4"])
+    with pytest.raises(harness.SettingsError, match="unknown setting --CONSTANT"):
+        harness.configure(settings(), ["--CONSTANT=4"])
 
 
 @pytest.mark.parametrize("arg, message", [
@@ -52,36 +52,36 @@ def test_a_single_capital_is_a_setting_and_an_upper_case_name_a_constant():
     ("--device=gpu", "not a device"),
 ])
 def test_bad_settings_are_refused_with_a_message(arg, message):
-    with pytest.raises(utils.SettingsError) as err:
-        utils.configure(settings(), [arg])
+    with pytest.raises(harness.SettingsError) as err:
+        harness.configure(settings(), [arg])
     assert message in str(err.value)
 
 
 def test_a_none_default_without_a_declared_type_is_a_developer_error():
     with pytest.raises(TypeError, match="declare their type"):
-        utils.configure({"max_length": None}, [])
+        harness.configure({"max_length": None}, [])
 
 
 def test_default_folders_live_beside_the_script_and_given_ones_are_used_as_given(tmp_path, monkeypatch):
     script = tmp_path / "PRISM" / "train_basis.py"
     defaults = {"data_dir": "data/prism", "results_dir": "results", "offline": False}
-    offline = utils.configure(dict(defaults), ["--offline"])
-    assert utils.script_dirs(str(script), offline) == (tmp_path / "PRISM" / "data" / "prism-offline",
+    offline = harness.configure(dict(defaults), ["--offline"])
+    assert harness.script_dirs(str(script), offline) == (tmp_path / "PRISM" / "data" / "prism-offline",
                                                         tmp_path / "PRISM" / "results-offline")
-    assert utils.script_dirs(str(script), utils.configure(dict(defaults), []))[0].name == "prism"
-    given = utils.configure(dict(defaults), ["--offline", f"--data_dir={tmp_path / 'mine'}", "--results_dir=out"])
+    assert harness.script_dirs(str(script), harness.configure(dict(defaults), []))[0].name == "prism"
+    given = harness.configure(dict(defaults), ["--offline", f"--data_dir={tmp_path / 'mine'}", "--results_dir=out"])
     monkeypatch.chdir(tmp_path / "PRISM" if (tmp_path / "PRISM").mkdir() is None else tmp_path)
-    data, results = utils.script_dirs(str(script), given)
+    data, results = harness.script_dirs(str(script), given)
     assert data == tmp_path / "mine"                                  # no -offline appended to a given folder
     assert results == Path(os.getcwd()) / "out"                       # relative: to the working directory
     # the hint runs as given: only settings prepare.py has (it has no results_dir)
-    assert utils.command_line("prepare.py", given) == f"python prepare.py --offline --data_dir={tmp_path / 'mine'}"
+    assert harness.command_line("prepare.py", given) == f"python prepare.py --offline --data_dir={tmp_path / 'mine'}"
 
 
 def test_atomic_writes_keep_the_umask_permissions(tmp_path):
     umask = os.umask(0o022)
     try:
-        utils.write_text_atomic(tmp_path / "a.txt", "x")
+        harness.write_text_atomic(tmp_path / "a.txt", "x")
     finally:
         os.umask(umask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644     # mkstemp alone gives 0600

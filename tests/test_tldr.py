@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import utils
+import harness
 
 ROOT = Path(__file__).resolve().parent.parent
 TLDR = ROOT / "RedditTLDR"
@@ -123,7 +123,7 @@ def test_split_is_identical_across_python_hash_seeds():
 def test_hub_path_fails_fast_naming_the_offline_switch(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(utils, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(harness, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(SystemExit) as err:
         tldr_data.load_raw_splits()
     assert "--offline" in str(err.value) and "openai/summarize_from_feedback" in str(err.value)
@@ -144,7 +144,7 @@ def test_hub_loading_uses_the_parquet_conversion(monkeypatch):
             raise ValueError("BuilderConfig 'comparisons' not found. Available: ['default']")
         return {"train": Split(), "validation": Split()}
 
-    monkeypatch.setattr(utils, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(harness, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     splits = tldr_data.load_raw_splits()
     assert set(splits) == {"train", "validation"}

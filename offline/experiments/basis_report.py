@@ -4,20 +4,26 @@ head, of each basis column (mean over columns) and of the LoRe-weighted mean hea
     cd PRISM && python ../offline/experiments/basis_report.py results-offline [more result folders]
 Prints a markdown table (one row per V file). Scores every head in one pass of the tiny backbone.
 """
-import json, re, sys
+import json
+import re
+import sys
 from pathlib import Path
+
 import numpy as np
 import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-import rewardbench2 as rb2
-from offline.tiny_model import tiny_model_path
+import rewardbench2 as rb2  # noqa: E402
+from offline.rewardbench2 import dataset_path  # noqa: E402
+from offline.tiny_model import tiny_model_path  # noqa: E402
 
 torch.set_num_threads(1)
 here = Path.cwd()
 data = here / "data"
 head_file = next(data.glob("*-offline/reward_head.safetensors"))
-from safetensors.torch import load_file
+from safetensors.torch import load_file  # noqa: E402
+
 head = load_file(str(head_file))[next(iter(load_file(str(head_file))))].float().reshape(-1, 1)
 entries = []   # (label, V [d,B], W [C,B] or None)
 for folder in sys.argv[1:]:
@@ -37,7 +43,7 @@ for label, V, W in entries:
     spans.append((start, V.shape[1], W is not None))
 H = torch.cat(cols, 1)
 model, tok = rb2.load_scoring_model(tiny_model_path(), "lmhead", device="cpu")
-rows = rb2.load_rows(rb2.offline_dataset_path())
+rows = rb2.load_rows(dataset_path(ROOT / "PRISM" / "data" / "rewardbench2-offline"))
 scores = rb2.score_rows(model, tok, rows, head=H, batch_size=64)
 fig = rb2.compute_figures(rows, scores)
 overall = np.array(fig["official"]["overall"])

@@ -15,6 +15,7 @@ step PRISM vary_fewshot.py --offline --alpha_list=[10000.0] --num_iterations=200
 step PRISM eval_rb2.py --offline --batch_size 32
 step PRISM eval_rb2.py --offline --batch_size 32 --rm_head PRISM_V_lore_K_5_alpha_10000.0.pt
 step PRISM eval_rb2.py --offline --batch_size 32 --rm_head PRISM_V_lore_K_5_alpha_0.0.pt
+step PRISM personalize_demo.py --offline
 step RedditTLDR prepare.py --offline
 step RedditTLDR generate-tldr-embeddings.py --offline
 step RedditTLDR train_basis.py --offline

@@ -3,8 +3,11 @@ then run prepare.py (which keeps these rows: same seed and sizes) and train_basi
 
     cd PersonalLLM && python ../offline/experiments/personalllm_balance.py --personal=6 --noise=0.05 --train=1000
 """
-import argparse, subprocess, sys
+import argparse
+import subprocess
+import sys
 from pathlib import Path
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 p = argparse.ArgumentParser()
@@ -14,7 +17,8 @@ p.add_argument("--train", type=int, default=1000); p.add_argument("--test", type
 p.add_argument("--seen_fraction", type=float, default=0.025); p.add_argument("--unseen_fraction", type=float, default=0.005)
 p.add_argument("--extra", type=str, default="")
 a = p.parse_args()
-from offline import personalllm as gen
+from offline import personalllm as gen  # noqa: E402
+
 data = ROOT / "PersonalLLM" / "data" / "personalllm-offline"
 s = gen.write_raw(data, n_train=a.train, n_test=a.test, seed=0, general_margin_std=a.general,
                   personal_margin_std=a.personal, noise_std=a.noise, concentration=a.conc)

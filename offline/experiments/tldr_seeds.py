@@ -3,8 +3,12 @@ against the planted Bayes rate).
 
     cd RedditTLDR && python ../offline/experiments/tldr_seeds.py --workers=30 --seeds=0,1,2
 """
-import argparse, json, subprocess, sys
+import argparse
+import json
+import subprocess
+import sys
 from pathlib import Path
+
 ROOT = Path(__file__).resolve().parents[2]
 p = argparse.ArgumentParser()
 p.add_argument("--workers", type=int, default=30); p.add_argument("--train_posts", type=int, default=60)
