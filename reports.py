@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+import evidence
 from harness import atomic_path, write_json_atomic, write_text_atomic
-from utils import GROUP_NAMES, STD_BAND_FACTOR, choose_K, mean_and_std
+from utils import GROUP_NAMES, STD_BAND_FACTOR, choose_K, derived_seed, mean_and_std
 
 GROUP_LABELS = {"seen_train": "seen users: train", "seen_test": "seen users: unseen prompts",
                 "unseen_train": "unseen users: few-shot train", "unseen_test": "unseen users: test"}
@@ -39,12 +40,69 @@ def _ordered(values) -> list:
 # a sweep over seeds: one row per (alpha, K)
 
 
+EVIDENCE_GROUPS = ("seen_test", "unseen_test")   # the held-out groups every gain is measured on
+GAINS = ("gain_vs_ref", "gain_vs_K1", "gain_vs_shared", "gain_vs_other")
+GAIN_LABELS = {"gain_vs_ref": "vs ref", "gain_vs_K1": "vs K = 1", "gain_vs_shared": "personal vs shared",
+               "gain_vs_other": "personal vs another user's"}
+
+
+def _seed_mean(per_seed: list) -> np.ndarray:
+    """Each user's value averaged over seeds ([seeds][C] -> [C]); NaN where a user has none."""
+    stacked = np.array([np.asarray(v, dtype=np.float64) for v in per_seed])
+    finite = ~np.isnan(stacked)
+    total = np.where(finite, stacked, 0.0).sum(0)
+    return np.divide(total, finite.sum(0), out=np.full(total.shape, np.nan), where=finite.sum(0) > 0)
+
+
+def paired_gain(mine: list, theirs: list, seed: int) -> dict:
+    """evidence.paired_bootstrap of the per-user differences mine - theirs ([seeds][C] each, same users
+    and seeds), each user's difference averaged over the seeds first."""
+    return evidence.paired_bootstrap(_seed_mean([np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+                                                 for a, b in zip(mine, theirs)]), seed)
+
+
+def bootstrap_seed(seed: int, group: str, gain: str) -> int:
+    """The resampling seed of a gain: the same users resampled the same way for every method and K (common
+    random numbers: one difference gets one interval wherever it is shown)."""
+    return derived_seed(seed, 5, EVIDENCE_GROUPS.index(group), GAINS.index(gain))
+
+
+def sweep_gains(records: list, alpha, K: int) -> dict:
+    """{group: {gain: evidence interval}} for LoRe at (alpha, K >= 1) on the held-out groups, over the
+    records' seeds: each user's accuracy with its own weights minus with the reference head (K = 0),
+    with one shared reward (K = 1), with the mean of the seen users' weights (shared) and with another
+    user's weights (other). A gain whose comparison run is missing (no K = 0 in K_list) is left out."""
+    runs = {r["seed"]: r for r in records if r["alpha"] == alpha and r["K"] == K}
+    seeds = list(runs)
+    baseline = {k: {r["seed"]: r for r in records if r["alpha"] == alpha and r["K"] == k} for k in (0, 1)}
+    out = {}
+    for group in EVIDENCE_GROUPS:
+        mine = [runs[s]["per_user"][group] for s in seeds]
+        theirs = {"gain_vs_ref": baseline[0], "gain_vs_K1": baseline[1]}
+        gains = {}
+        for name in GAINS:
+            if name in theirs:
+                if not all(s in theirs[name] for s in seeds):
+                    continue
+                other = [theirs[name][s]["per_user"][group] for s in seeds]
+            else:
+                other = [runs[s]["contrasts"][group][name.split("_")[-1]] for s in seeds]
+                if any(o is None for o in other):
+                    continue
+            gains[name] = paired_gain(mine, other, bootstrap_seed(seeds[0], group, name))
+        out[group] = gains
+    return out
+
+
 def summarize(records: list) -> list[dict]:
     """One row per (alpha, K), in the records' order, over the seeds the records hold:
     {"alpha", "K", "seeds", group: {"mean", "std", "per_seed": [means]} ..., "std_over": "users" | "seeds",
     "per_user": the first seed's {group: [C]} (the seed whose bases are saved), and for K >= 1
-    "basis_size", "cosine_to_ref", "mean_cosine_to_ref" of the first seed's basis}. With one seed the std
-    is over users; with several, the std over seeds of each seed's mean over users."""
+    "basis_size", "cosine_to_ref", "mean_cosine_to_ref" and the collapse diagnostics (the keys of
+    evidence.basis_diagnostics) of the first seed's basis and,
+    in the held-out groups, the paired gains (sweep_gains: "gain_vs_ref", "gain_vs_K1", "gain_vs_shared",
+    "gain_vs_other", each {"mean", "ci95", "users"} in points)}. With one seed the std is over users;
+    with several, the std over seeds of each seed's mean over users."""
     by_fit = {}
     for record in records:
         by_fit.setdefault((record["alpha"], record["K"]), []).append(record)
@@ -61,8 +119,52 @@ def summarize(records: list) -> list[dict]:
         if K >= 1 and first.get("cosine_to_ref") is not None:
             row.update(basis_size=first["basis_size"], cosine_to_ref=first["cosine_to_ref"],
                        mean_cosine_to_ref=float(np.mean(first["cosine_to_ref"])))
+        if K >= 1 and "contrasts" in first:
+            row.update(first["diagnostics"])
+            for group, gains in sweep_gains(records, alpha, K).items():
+                row[group].update(gains)
         rows.append(row)
     return rows
+
+
+def gain_cell(interval: dict | None) -> str:
+    """"+1.2 [+0.3, +2.1] gain": mean in points, 95% interval, verdict ("-" when not measured)."""
+    if not interval or interval["mean"] is None:
+        return "-"
+    lo, hi = interval["ci95"]
+    word = evidence.verdict(interval)
+    return f"{interval['mean']:+.1f} [{lo:+.1f}, {hi:+.1f}]" + ("" if word == evidence.NO_CLEAR_DIFFERENCE else f" {word}")
+
+
+def _number(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _evidence_tables(rows: list) -> list[str]:
+    """Markdown of a sweep's evidence at one alpha: the paired gains per K >= 1 and held-out group, and
+    the collapse diagnostics of each basis."""
+    fitted = [r for r in rows if "numerical_rank" in r]
+    if not fitted:
+        return []
+    lines = ["Paired per-user differences in points, 95% bootstrap interval over users (a gain or a loss only "
+             "when the interval excludes 0; otherwise no clear difference):", "",
+             "| K | group | " + " | ".join(GAIN_LABELS.values()) + " |", "|---" * (len(GAINS) + 2) + "|"]
+    for row in fitted:
+        for group in EVIDENCE_GROUPS:
+            lines.append(f"| {row['K']} | {GROUP_LABELS[group]} | "
+                         + " | ".join(gain_cell(row[group].get(gain)) for gain in GAINS) + " |")
+    lines += ["", "Collapse diagnostics of each basis (the first seed's): numerical rank (singular values above "
+              f"{evidence.RANK_TOLERANCE:g} x the largest), s2/s1, mean |cos| between columns, cos to V_ref (mean, "
+              "min), columns that are some seen user's largest weight, and the seen users' weights:", "",
+              "| K | columns | numerical rank | s2/s1 | mean abs cos between columns | cos to V_ref (mean / min) | "
+              "bases used | mean top weight | weight entropy / ln B |", "|---" * 9 + "|"]
+    for row in fitted:
+        d = row
+        ref = "-" if d["mean_cos_ref"] is None else f"{d['mean_cos_ref']:.5f} / {d['min_cos_ref']:.5f}"
+        lines.append(f"| {row['K']} | {row['basis_size']} | {d['numerical_rank']} | {_number(d['s2_s1'])} | "
+                     f"{_number(d['mean_abs_basis_cos'])} | {ref} | {d['bases_used']} | {d['mean_top1_weight']:.3f} | "
+                     f"{d['mean_weight_entropy']:.3f} / {d['max_weight_entropy']:.3f} |")
+    return lines + [""]
 
 
 def save_results(results_dir, name, settings, records, *, plot_name=None, title=None, extra=None,
@@ -111,6 +213,7 @@ def save_results(results_dir, name, settings, records, *, plot_name=None, title=
             cells = [percent(method["groups"][key]["mean"], method["groups"][key]["std"]) for key in GROUP_NAMES]
             markdown.append(f"| {method['label']} | " + " | ".join(cells) + " |" + (" |" if show_cosine else ""))
         markdown.append("")
+        markdown += _evidence_tables([r for r in rows if r["alpha"] == alpha])
     markdown.append(f"Accuracy in %, mean ± std over {over}" + (f" ({len(seeds)} seeds) of the mean over users"
                     if over == "seeds" else "")
                     + f" (plots shade ± {STD_BAND_FACTOR} std, as the original). The chosen K is the best on "
@@ -146,9 +249,10 @@ def save_train_basis(results_dir, dataset: str, settings, records, extra: dict, 
     planted = extra.get("planted_accuracy")
     if planted:
         print("planted (true) user rewards: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in planted.items()))
-    method_rows = [paper_row(**result) for result in methods]
+    alpha = records[0]["alpha"]
+    method_rows = [paper_row(**result, reference=reference_results(records, alpha, result["seeds"]))
+                   for result in methods]
     if methods or len({r["seed"] for r in records}) > 1:
-        alpha = records[0]["alpha"]
         table = save_paper_table(results_dir, "paper_table", lore_rows(records, alpha) + method_rows, settings,
                                  extra={"alpha": alpha, "K_chosen_on_seen_users": choose_K(records, alpha)},
                                  title=f"{dataset}: LoRe and the baselines (alpha = {alpha})")
@@ -264,14 +368,16 @@ def lore_parameter_counts(d: int, B: int, n_users: int) -> dict:
 
 
 def paper_row(method: str, per_seed: list, counts: dict, parameters: dict, *, K=None, seeds=None,
-              hyperparameters=None, seconds=None, label: str | None = None, **details) -> dict:
+              hyperparameters=None, seconds=None, label: str | None = None, reference=None, **details) -> dict:
     """One row of the paper table (every row uses it: LoRe's, the reference's and the baselines').
 
     per_seed: one dict per seed, {group: per-user accuracy [C] (NaN for a user without comparisons)}, for
     any of the four groups (the table needs "seen_test" and "unseen_test"). counts: {group: {"users",
     "comparisons"}} of the groups the accuracies were computed on. parameters: {"per_user", "total", ...}.
-    label: the row label (default: method, with " (K = K)" when K is given). details: anything else to
-    record (e.g. a baseline's optimizer_steps). Returns
+    label: the row label (default: method, with " (K = K)" when K is given). reference: the reference
+    head's per_seed results on the same groups and seeds: each group then gets "gain_vs_ref" (paired_gain:
+    the row's per-user accuracy minus the head's, averaged over seeds, with its interval). details:
+    anything else to record (e.g. a baseline's optimizer_steps). Returns
       {"method", "label", "K", "seeds", "parameters", "hyperparameters", "seconds", **details,
        "groups": {group: {"mean": mean over seeds of the mean over users,
                           "std": std over seeds (population form) with >= 2 seeds, else the std over users,
@@ -293,6 +399,9 @@ def paper_row(method: str, per_seed: list, counts: dict, parameters: dict, *, K=
                          "std": float(np.std(means)) if several else summaries[0][1],
                          "std_over": "seeds" if several else "users",
                          "per_seed": means, "std_users": [s for _, s in summaries], **counts[name]}
+        if reference is not None and name in EVIDENCE_GROUPS:
+            entries[name]["gain_vs_ref"] = paired_gain([r[name] for r in per_seed], [r[name] for r in reference],
+                                                       bootstrap_seed(seeds[0], name, "gain_vs_ref"))
     if label is None:
         label = method if K is None else f"{method} (K = {K})"
     return {"method": method, "label": label, "K": K, "seeds": seeds, "groups": entries,
@@ -301,9 +410,16 @@ def paper_row(method: str, per_seed: list, counts: dict, parameters: dict, *, K=
             "hyperparameters": dict(hyperparameters or {}), "seconds": seconds, **details}
 
 
+def reference_results(records: list, alpha, seeds) -> list | None:
+    """The reference head's (K = 0) per-user results per seed at alpha, in the order of `seeds` (None when
+    the sweep has no K = 0 for one of them)."""
+    by_seed = {r["seed"]: r["per_user"] for r in records if r["alpha"] == alpha and r["K"] == 0}
+    return [by_seed[s] for s in seeds] if all(s in by_seed for s in seeds) else None
+
+
 def lore_rows(records: list, alpha) -> list[dict]:
     """The paper table's LoRe rows at `alpha`: ref (K = 0), K = 1 and LoRe at the K chosen on seen users
-    (choose_K; left out when that is K = 1), each over the records' seeds."""
+    (choose_K; left out when that is K = 1), each over the records' seeds, with their gains over ref."""
     chosen = choose_K(records, alpha)
     rows = []
     for K, label in ((0, "ref (the backbone's head)"), (1, "K = 1 (one Bradley-Terry reward)"),
@@ -315,7 +431,8 @@ def lore_rows(records: list, alpha) -> list[dict]:
         rows.append(paper_row("LoRe", [r["per_user"] for r in runs],
                               {g: {k: runs[0]["groups"][g][k] for k in ("users", "comparisons")} for g in GROUP_NAMES},
                               lore_parameter_counts(runs[0]["d"], runs[0]["basis_size"] if K else 0, n_seen),
-                              K=K, seeds=[r["seed"] for r in runs], label=label))
+                              K=K, seeds=[r["seed"] for r in runs], label=label,
+                              reference=reference_results(records, alpha, [r["seed"] for r in runs]) if K else None))
     return rows
 
 
@@ -353,14 +470,16 @@ def save_paper_table(results_dir, name: str, rows: list[dict], settings: dict, e
     counts = _check_same_comparisons(rows)
     std_over = {row["groups"][g]["std_over"] for row in rows for g in TABLE_GROUPS if g in row["groups"]}
     markers = {"seeds": "", "users": ""} if len(std_over) <= 1 else {"seeds": "", "users": "†"}
-    header = ["method", GROUP_LABELS["seen_test"], GROUP_LABELS["unseen_test"], "parameters per user",
-              "parameters total"]
+    header = ["method", GROUP_LABELS["seen_test"], GROUP_LABELS["unseen_test"],
+              f"{GROUP_LABELS['seen_test']}: vs ref", f"{GROUP_LABELS['unseen_test']}: vs ref",
+              "parameters per user", "parameters total"]
     lines = [f"# {title or name}", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for row in rows:
         cells = [row.get("label") or row["method"]]
         for group in TABLE_GROUPS:
             entry = row["groups"].get(group)
             cells.append((percent(entry["mean"], entry["std"]) + markers[entry["std_over"]]) if entry else "n/a")
+        cells += [gain_cell(row["groups"].get(group, {}).get("gain_vs_ref")) for group in TABLE_GROUPS]
         cells += [f"{row['parameters']['per_user']:,}", f"{row['parameters']['total']:,}"]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = sorted({s for row in rows for s in row.get("seeds", [])})
@@ -372,7 +491,9 @@ def save_paper_table(results_dir, name: str, rows: list[dict], settings: dict, e
         note = ("mean ± std over seeds of the mean over users; † marks a row with one seed, whose std is "
                 "over users")
     lines += ["", f"Accuracy in %, {note}; a prediction is correct iff the user's reward margin is > 0 "
-              "(a tie is wrong)."]
+              "(a tie is wrong). \"vs ref\": each user's accuracy minus the reference head's on the same "
+              "comparisons, averaged over seeds, in points with a 95% bootstrap interval over users; a gain or a "
+              "loss only when the interval excludes 0."]
     lines.append("Every row is computed on the same comparisons: " + "; ".join(
         f"{GROUP_LABELS[g]}: {c['users']:,} users, {c['comparisons']:,} comparisons" for g, c in counts.items())
         + ". Parameters total = shared + users x per user, for the seen users.")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import evidence
 import harness
 
 TEMPERATURE = 100.0         # the method's 1/100 temperature on every margin
@@ -487,7 +488,9 @@ class Sweep(tuple):
       "cosine_to_ref" (cos(V_b, V_ref) per column, or None),
       "groups" {group: {"mean", "std" (over users, population form), "users" (with >= 1 comparison),
                         "comparisons"}},
-      "per_user" {group: [C] accuracies, NaN for a user without comparisons}.
+      "per_user" {group: [C] accuracies, NaN for a user without comparisons};
+    for K >= 1 also "diagnostics" (evidence.basis_diagnostics of V and the seen users' weights) and
+      "contrasts" (the test groups scored with the shared and with another user's weights: `contrasts`).
     Unpacked, the original's 8 lists (seen train mean, seen test mean, unseen few-shot train mean, unseen
     test mean, then the same four as 0.25 x the std over users, its plot bands), each of length
     len(alpha_list) * len(K_list): `a, b, ... = run(...)` works as it did.
@@ -619,12 +622,32 @@ def _sweep(fit, fit_settings, K_list, alpha_list, V_ref, groups, N, N_unseen, de
                      (weights_seen, weights_seen, weights_unseen, weights_unseen))
         per_user = {name: per_user_accuracy(group, V, weights) for name, group, weights in scored}
         cosine = None if V_ref is None else (F.normalize(V, dim=0) * F.normalize(V_ref, dim=0)).sum(0)
-        records.append({"alpha": alpha, "K": K, "seed": int(seed), "d": train.d, "basis_size": int(V.shape[1]),
-                        "cosine_to_ref": None if cosine is None else cosine.cpu().tolist(),
-                        "groups": {name: group_summary(per_user[name], group)
-                                   for name, group in zip(GROUP_NAMES, (train, test, train_unseen, test_unseen))},
-                        "per_user": per_user})
+        record = {"alpha": alpha, "K": K, "seed": int(seed), "d": train.d, "basis_size": int(V.shape[1]),
+                  "cosine_to_ref": None if cosine is None else cosine.cpu().tolist(),
+                  "groups": {name: group_summary(per_user[name], group)
+                             for name, group in zip(GROUP_NAMES, (train, test, train_unseen, test_unseen))},
+                  "per_user": per_user}
+        if K >= 1:
+            record["diagnostics"] = evidence.basis_diagnostics(V, weights_seen, V_ref)
+            record["contrasts"] = contrasts(V, weights_seen, weights_unseen, test, test_unseen, seed)
+        records.append(record)
     return Sweep.from_records(records)
+
+
+def contrasts(V, weights_seen, weights_unseen, seen_test, unseen_test, seed: int) -> dict:
+    """Each user's accuracy with other weights than its own, on its test comparisons:
+    {"seen_test" | "unseen_test": {"shared": with the mean of the seen users' weights (the population's
+    one reward in this basis), "other": with another user's weights of its own group (a seeded
+    derangement; None for a group of one user)}}, each [C] (NaN: no comparison)."""
+    shared = weights_seen.mean(0, keepdim=True)
+    out = {}
+    for name, group, weights, key in (("seen_test", seen_test, weights_seen, 3),
+                                      ("unseen_test", unseen_test, weights_unseen, 4)):
+        C = group.n_users
+        other = weights[torch.as_tensor(evidence.derangement(C, derived_seed(seed, key)))] if C > 1 else None
+        out[name] = {"shared": per_user_accuracy(group, V, shared.expand(C, -1)),
+                     "other": None if other is None else per_user_accuracy(group, V, other)}
+    return out
 
 
 def run(K_list, alpha_list, V_final, train_features, test_features_sparse, train_features_unseen,

@@ -26,6 +26,8 @@ dataset = prism_data.HUB_DATASET
 split_seed = 123           # the original split's numpy seed (reproduced exactly)
 seed = 0                   # offline generator: seed of texts, users and planted labels
 offline_users = 240        # offline generator: survey rows (some with 0 or few conversations)
+personal_scale = 1.0       # offline generator: strength of the users' personal tastes (0: the null world, where
+                           # every user's reward is the shared head alone, with the same label noise)
 # -----------------------------------------------------------------------------
 settings = harness.configure(globals())
 data_path, _ = harness.script_dirs(__file__, settings)
@@ -35,8 +37,9 @@ if offline:
     import offline as generated
     from offline import prism as offline_prism
     generated.ensure_generated(
-        data_path, "prism", offline_prism.GENERATOR_VERSION, {"seed": seed, "n_users": offline_users},
-        prism_data.RAW_FILES, lambda: offline_prism.generate(data_path, seed=seed, n_users=offline_users))
+        data_path, "prism", offline_prism.GENERATOR_VERSION,
+        {"seed": seed, "n_users": offline_users, "personal_scale": personal_scale}, prism_data.RAW_FILES,
+        lambda: offline_prism.generate(data_path, seed=seed, n_users=offline_users, personal_scale=personal_scale))
 else:
     data_path.mkdir(parents=True, exist_ok=True)
     prism_data.download_raw(data_path, dataset, harness.command_line("prepare.py", settings) + " --offline")

@@ -34,6 +34,8 @@ reward_models = list(generated.REWARD_MODELS)  # score-column suffixes; this ord
 seed = 0                         # offline generator seed
 offline_train_prompts = generated.N_TRAIN_PROMPTS  # offline generator: train prompts (real: 9,402), enough
 offline_test_prompts = generated.N_TEST_PROMPTS    # that the real fractions (0.5%, 0.1%) give every user some
+personal_scale = 1.0             # offline generator: how far the 10 reward models deviate from the shared head (0:
+                                 # the null world, every model the head up to its score noise)
 # -----------------------------------------------------------------------------
 settings = harness.configure(globals())
 data_path, _ = harness.script_dirs(__file__, settings)
@@ -62,9 +64,10 @@ def load_generated(path: Path):
     files = {split: raw / generated.RAW_FILES[split] for split in generated.SPLITS}
     generator.ensure_generated(
         raw, "personalllm", generated.GENERATOR_VERSION,
-        {"seed": seed, "n_train": offline_train_prompts, "n_test": offline_test_prompts},
+        {"seed": seed, "n_train": offline_train_prompts, "n_test": offline_test_prompts, "personal_scale": personal_scale},
         [f.name for f in files.values()],
-        lambda: generated.write_raw(path, n_train=offline_train_prompts, n_test=offline_test_prompts, seed=seed))
+        lambda: generated.write_raw(path, n_train=offline_train_prompts, n_test=offline_test_prompts, seed=seed,
+                                    personal_scale=personal_scale))
     return datasets.load_dataset("parquet", data_files={s: str(f) for s, f in files.items()},
                                  cache_dir=str(path / ".datasets_cache"))
 

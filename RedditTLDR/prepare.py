@@ -29,6 +29,8 @@ dataset_config = tldr_data.HUB_CONFIG
 dataset_revision = tldr_data.HUB_REVISION
 seed = 0                    # offline generator: seed of texts, workers and planted labels
 offline_workers = 60        # offline generator: regular workers (plus 2 tiny and 3 one-sided ones)
+personal_scale = 1.0        # offline generator: strength of the workers' personal tastes (0: the null world, where
+                            # every worker's reward is the shared head alone, with the same label noise)
 # -----------------------------------------------------------------------------
 settings = harness.configure(globals())
 data_path, _ = harness.script_dirs(__file__, settings)
@@ -40,9 +42,11 @@ if offline:
 
     raw = data_path / "raw"
     data_files = {s: [str(raw / "comparisons" / s / "0000.parquet")] for s in tldr_data.HF_SPLITS}
-    generated.ensure_generated(raw, "tldr", offline_tldr.GENERATOR_VERSION, {"seed": seed, "n_workers": offline_workers},
+    generated.ensure_generated(raw, "tldr", offline_tldr.GENERATOR_VERSION,
+                               {"seed": seed, "n_workers": offline_workers, "personal_scale": personal_scale},
                                [Path(f[0]).relative_to(raw) for f in data_files.values()],
-                               lambda: offline_tldr.generate(raw, seed=seed, n_workers=offline_workers))
+                               lambda: offline_tldr.generate(raw, seed=seed, n_workers=offline_workers,
+                                                             personal_scale=personal_scale))
 
 raw_splits = tldr_data.load_raw_splits(data_files, dataset, dataset_config, dataset_revision,
                                        offline_command=harness.command_line("prepare.py", settings) + " --offline")

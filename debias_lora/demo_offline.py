@@ -43,11 +43,12 @@ from debias_lora.pairs import load_pairs  # noqa: E402
 LAMBDAS = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]
 CLAIM_LAMBDA = 1.0          # the claim's lambda: subtract the whole forget LoRA (fixed, not chosen on the sweep)
 # The claim's margins at CLAIM_LAMBDA. The tiny model's training is chaotic: another seed, or another CPU's
-# float rounding, gives another trajectory. Over seeds 0-7 (200 held-out questions, 600 pairs per mode)
-# the hard accuracy rose by 0.44-0.85 and the normal one moved by -0.07 to +0.03 (mean -0.01, sd 0.04):
-# the subtraction perturbs the whole network a little. A rise of at least 0.2 and a drop of at most
-# 0.15 (3.6 sd beyond the mean drop) hold on every trajectory we can expect, and still fail a
-# forget LoRA that does nothing (no rise) or one that destroys the correctness knowledge (normal -> 0.5).
+# float rounding, gives another trajectory. Over seeds 0-7 (200 held-out questions, 600 pairs per mode;
+# the tiny model version 3) the hard accuracy rose by 0.33-0.77 and the normal one moved by -0.07 to +0.02
+# (mean -0.02, sd 0.03): the subtraction perturbs the whole network a little. A rise of at least 0.2 and a
+# drop of at most 0.15 (4.5 sd beyond the mean drop) hold on every trajectory we can expect, and still
+# fail a forget LoRA that does nothing (no rise) or one that destroys the correctness knowledge (normal
+# -> 0.5).
 CLAIM_MIN_RISE = 0.2
 CLAIM_MAX_DROP = 0.15
 CORRECTNESS_WEIGHT = 1      # copies of each correctness pair in the biased mix

@@ -14,7 +14,7 @@ to one prompt). The signs matter: the simulated comparisons are best-vs-worst of
 extremes of a user's reward, and with same-sign deviations every user's extremes are those of the
 common mean deviation, so one shared reward (K = 1) would already get ~100%. A simulated PersonalLLM
 user (w ~ Dirichlet over the 10 models) then ranks responses by the head plus a personal part in the
-span of U*: the backbone's head ("ref") gets most comparisons right, a rank-B* basis the rest. Ground
+span of U*. Ground
 truth ([g | U*] as directions, [1 | a_r] as user_weights, scales, offsets, g) is saved beside the data
 with the generator's version. Same seed -> byte-identical files.
 
@@ -30,8 +30,10 @@ import numpy as np
 
 from embedding import conversation
 from offline.planted import (
+    CONCENTRATION,
     GENERAL_MARGIN_STD,
     N_PERSONAL,
+    PERSONAL_MARGIN_STD,
     TEMPERATURE,
     PlantedPopulation,
     centred_within,
@@ -54,13 +56,9 @@ RESPONSE_MODELS = ("offline-gen-alpha", "offline-gen-bravo", "offline-gen-charli
 SUBSETS = ("offline_chat", "offline_advice", "offline_code", "offline_facts")
 
 GROUND_TRUTH = "ground_truth"  # .safetensors + .json beside the data
-GENERATOR_VERSION = generator_version(2)  # bump the number when the output for a seed and settings changes
+GENERATOR_VERSION = generator_version(3)  # bump the number when the output for a seed and settings changes
 N_TRAIN_PROMPTS = 5000         # real: 9,402
 N_TEST_PROMPTS = 100           # real: 1,000
-# The reward models' deviations are larger than PRISM's users' (planted.PERSONAL_MARGIN_STD = 3): the
-# comparisons are best-vs-worst of 8, the extremes of a user's reward, which the general part alone
-# already orders right ~97% of the time at a deviation of 3; at 8 "ref" gets ~88% (K = 1 ~90%).
-MODEL_DEVIATION_MARGIN_STD = 8.0
 
 
 def response_columns() -> list[str]:
@@ -105,14 +103,15 @@ def oracle_accuracy(clean: np.ndarray, noisy: np.ndarray, n_users: int, rng: np.
 def write_raw(data_path: Path, n_train: int = N_TRAIN_PROMPTS, n_test: int = N_TEST_PROMPTS, seed: int = 0,
               n_directions: int = N_PERSONAL, noise_std: float = 0.05,
               general_margin_std: float = GENERAL_MARGIN_STD,
-              personal_margin_std: float = MODEL_DEVIATION_MARGIN_STD, concentration: float = 0.3) -> dict:
+              personal_margin_std: float = PERSONAL_MARGIN_STD, concentration: float = CONCENTRATION,
+              personal_scale: float = 1.0) -> dict:
     """Write `data_path/raw/{train,test}-00000-of-00001.parquet` (exactly the published columns) and
     the ground truth `data_path/ground_truth.{safetensors,json}`; returns the summary.
 
     n_train, n_test: prompts per split (8 responses each). The 10 reward models are the planted
     population's "users": the tiny model's head (margin std `general_margin_std`) plus a
     Dirichlet(`concentration`) mixture of `n_directions` personal directions (margin std
-    `personal_margin_std`).
+    `personal_margin_std` x `personal_scale`; 0: every reward model is the head, up to its score noise).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -130,7 +129,8 @@ def write_raw(data_path: Path, n_train: int = N_TRAIN_PROMPTS, n_test: int = N_T
     planted = PlantedPopulation.plant(centred_within(embeddings, [N_RESPONSES] * (len(embeddings) // N_RESPONSES)),
                                       tiny_head(), n_directions=n_directions, n_users=len(REWARD_MODELS),
                                       seed=seed, general_margin_std=general_margin_std,
-                                      personal_margin_std=personal_margin_std, concentration=concentration)
+                                      personal_margin_std=personal_margin_std * personal_scale,
+                                      concentration=concentration)
     signs = rng.choice([-1.0, 1.0], planted.user_weights.shape)     # reward models deviate both ways
     # stored as directions [g | U*] [d, 1 + B*] and weights [1 | a_r] [10, 1 + B*]: model r's direction
     # is directions @ weights_r (g + U* a_r; the signed a_r do not sum to one)
@@ -150,6 +150,7 @@ def write_raw(data_path: Path, n_train: int = N_TRAIN_PROMPTS, n_test: int = N_T
     summary = {"version": GENERATOR_VERSION, "seed": seed, "n_prompts": sizes, "n_responses": N_RESPONSES,
                "reward_models": list(REWARD_MODELS), "n_directions": n_directions, "noise_std": noise_std,
                "general_margin_std": general_margin_std, "personal_margin_std": personal_margin_std,
+               "personal_scale": personal_scale,
                "concentration": concentration, "scales": scales.tolist(), "offsets": offsets.tolist(),
                "score_formula": "offset_r + scale_r * (e . directions . user_weights_r / 100 + noise_std * z)",
                "directions_are": "[g | U*]: the general direction (the tiny head, rescaled), then the personal ones",

@@ -1,54 +1,33 @@
-"""The planted world of the offline default: a good general reward model, and users who deviate from it
-in a few directions (the method's premise), in the tiny backbone's own embedding space.
+"""The planted world of the offline default: a general reward, and users who deviate from it in a few
+directions (the method's premise, not a finding), in the tiny backbone's own embedding space. Every
+choice and its reason is listed in offline/__init__.py; this module builds the population.
 
 Every planted user i scores a conversation with embedding e as
 
     r_i(e) = e . (g + U* w_i) / 100          (the method's 1/100 temperature, utils.TEMPERATURE)
 
 - g, the general-quality direction, is the backbone's own reward head (score.weight.T of the tiny
-  model, offline/tiny_model.py) rescaled: "ref" (K = 0) is the general part exactly, so it is clearly
-  above chance, and it is below the planted Bayes rate by what the personal part adds.
-- U* [d, B*]: a few personal directions, drawn in the top principal subspace of the embeddings (the
-  directions along which responses differ most: style, length, topic), orthogonal to the head and to
-  each other. w_i ~ Dirichlet(concentration): a small concentration makes most users lean on one or two
-  directions, so they differ, and the population mean leans on all (a single shared reward, K = 1,
-  captures only that mean).
+  model, offline/tiny_model.py) rescaled, so "ref" (K = 0) reads exactly the general part.
+- U* [d, B*]: N_PERSONAL personal directions drawn at random in R^d (isotropic: no preferred subspace),
+  orthogonal to the head and to each other. w_i ~ Dirichlet(concentration).
 - The balance: over random pairs of responses to the same prompt, the general part's margin
-  (e_a - e_b) . g / 100 has standard deviation GENERAL_MARGIN_STD, and a pure user's personal part
-  (w_i a vertex of the simplex) PERSONAL_MARGIN_STD: a pure user's reward is about 40% general, 60%
-  personal in variance; an average user (w_i at the population mean) is mostly general.
+  (e_a - e_b) . g / 100 has standard deviation GENERAL_MARGIN_STD and a pure user's personal part
+  (w_i a vertex of the simplex) PERSONAL_MARGIN_STD x personal_scale. personal_scale = 0 is the null
+  world: every user's reward is g alone, with the same Bradley-Terry label noise, and an honest pipeline
+  finds no personal gain there.
 Since w_i sums to one, r_i(e) = e . D w_i / 100 with D = g 1^T + U* (columns g + U*_k): the planted
-world is itself a LoRe model of rank B*, whose basis columns are the head plus one personal deviation
-each. `PlantedPopulation.directions` stores D; `.general` stores g.
+world is itself a LoRe model of rank B*. `PlantedPopulation.directions` stores D; `.general` stores g.
 
 Labels are Bradley-Terry draws from r_i (PRISM: a softmax choice among a turn's candidates), so the
-Bayes-optimal accuracy is known and realistic (not 1). PersonalLLM's 10 reward models are built the
-same way (head + deviation) and its users mix them (offline/personalllm.py). The same g decides the
-correct answers of the offline RewardBench 2 rows (offline/rewardbench2.py, with noise), so a basis
-that drifts away from the head loses RewardBench 2 accuracy there, as on the real benchmark.
+Bayes-optimal accuracy is known and below 1. PersonalLLM's 10 reward models are built the same way (head
++ deviation) and its simulated users mix them (offline/personalllm.py). The same g decides the correct
+answers of the offline RewardBench 2 rows (offline/rewardbench2.py, with noise).
 
-Scales: why alpha = 1e4 (PRISM's real default) behaves here as on real data. LoRe_regularized's
-stationary point balances the NLL against alpha * mean_b (1 - cos(V_b, V_ref)). Rescaling every
-embedding by c rescales the fitted V by 1/c and leaves the cosine term unchanged, so the overall scale
-of the embeddings (the final norm's weight as a scalar) cannot matter, and neither does the hidden
-size d by itself (Adam's per-coordinate steps change the path, not where it ends, and the fits get
-there): in a synthetic world with isotropic embedding differences, d = 128 or 4096, 1,000 to 20,000
-iterations, alpha = 1e4 pins every basis vector to the head (cos > 0.9999) and the fit equals "ref"
-(offline/experiments/synthetic_scale.py). At alpha = 1e4 the penalty of a deviation of angle t
-is ~ 1e4 * t^2 / 2 nats, so the basis can only move by t ~ 1e-2 or less; such a deviation changes the
-rankings only along directions where embedding differences are ~1/t times larger than along the head.
-That is the real backbone's situation if alpha = 1e4 improves on the head there, as the original's
-PRISM figure shows (ref ~71%, K = 1 ~77%, K = 5 ~87%): users' tastes ride on loud directions of the
-embedding, the head reads a quiet one. The tiny model reproduces this with its final norm's weight:
-1 on most channels, tiny_model.LOUD_GAIN = 100 on a few (tiny_model.LOUD_CHANNELS), and a head that
-reads the normalised hidden state uniformly (its weight on a loud channel divided by the gain). The
-personal directions, in the top principal subspace, then lie in the loud channels, where embedding
-differences are ~100x those along the head: alpha = 1e4 keeps the basis at cos ~ 0.99999 to the head
-and still lets it recover most of the personal part, alpha = 0 drifts far (cos ~ 0.4). The gain is
-the smallest that does so: with the same data, a gain of 10 pins the basis (K = 5 = ref), 30 recovers
-a little (+2 points), 100 most (+7 to +10); 300 or 1000 recover no more but overfit more and cost
-each basis column more of its RewardBench 2 accuracy (offline/experiments/explore_prism.py).
-The hidden size stays 128 (64-256 keeps every offline run and the tests fast on a CPU).
+Whether alpha = 1e4 (PRISM's real default) can improve on the head here is not built in: the cosine pull
+keeps a basis within an angle of ~1e-2 of the head, and whether so small a turn changes rankings depends
+on how loud the embedding's channels are (the tiny model copies a measured profile) and where the users'
+tastes lie (isotropic here: an assumption). The pipelines measure what it does and report it with its
+interval.
 """
 from __future__ import annotations
 
@@ -61,8 +40,9 @@ import torch
 from utils import TEMPERATURE, Comparisons, cpu_generator
 
 GENERAL_MARGIN_STD = 2.5     # std of the general part's margin over random same-prompt pairs (after 1/100)
-PERSONAL_MARGIN_STD = 3.0    # ... and of a pure user's personal part
+PERSONAL_MARGIN_STD = 3.0    # ... and of a pure user's personal part (times personal_scale)
 N_PERSONAL = 3               # planted personal directions (B*)
+CONCENTRATION = 0.1          # users' Dirichlet concentration over them
 
 
 def generator_version(own: int) -> str:
@@ -93,8 +73,9 @@ class PlantedPopulation:
               concentration: float = 0.1) -> "PlantedPopulation":
         """The general direction g = head rescaled so its margin over random pairs of `embeddings` [n, d]
         (centred within their groups by the caller) has std `general_margin_std`; `n_directions` personal
-        directions in the top principal subspace of the embeddings, orthogonal to the head and to each
-        other, each with margin std `personal_margin_std`; user weights Dirichlet(`concentration`)."""
+        directions drawn at random in R^d (isotropic: no preferred subspace), orthogonal to the head and to
+        each other, each with margin std `personal_margin_std` (0: no personal part, every user's reward
+        is g); user weights Dirichlet(`concentration`)."""
         rng = np.random.default_rng(seed)
         E = np.asarray(embeddings, dtype=np.float64)
         h = np.asarray(head, dtype=np.float64).reshape(-1)
@@ -102,10 +83,7 @@ class PlantedPopulation:
             raise ValueError(f"the head has dimension {h.shape[0]}, the embeddings {E.shape[1]}")
         h = h / np.linalg.norm(h)
         general = h * (general_margin_std * TEMPERATURE / pair_std(E, h[:, None])[0])
-        centred = E - E.mean(0)
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        top = vt[: 2 * n_directions]                                     # [m, d] high-variance subspace
-        U = (rng.standard_normal((n_directions, top.shape[0])) @ top).T  # [d, B*]
+        U = rng.standard_normal((E.shape[1], n_directions))              # [d, B*], isotropic
         U -= np.outer(h, h @ U)                                          # personal: orthogonal to the head
         U, _ = np.linalg.qr(U)                                           # and to each other
         U = U * (personal_margin_std * TEMPERATURE / pair_std(E, U))

@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 
 import harness
-from offline.planted import GENERAL_MARGIN_STD, N_PERSONAL, PERSONAL_MARGIN_STD, generator_version
+from offline.planted import CONCENTRATION, GENERAL_MARGIN_STD, N_PERSONAL, PERSONAL_MARGIN_STD, generator_version
 from offline.text import sentence
 
 RAW_FILES = ("survey.jsonl", "conversations.jsonl", "utterances.jsonl")
 GROUND_TRUTH = "ground_truth"
-GENERATOR_VERSION = generator_version(3)  # bump the number when the output for a seed and settings changes
+GENERATOR_VERSION = generator_version(4)  # bump the number when the output for a seed and settings changes
 EMPTY_RESPONSE = "EMPTY STRING"   # the literal content of an empty response in the real data
 
 MODELS = [("openai", "gpt-4-turbo"), ("anthropic", "claude-2.1"), ("meta", "llama-2-70b-chat"),
@@ -134,8 +134,9 @@ def generate(out_dir: Path, seed: int = 0, n_users: int = 240, zero_fraction: fl
              few_fraction: float = 0.15, dropped_users: int = 3, turns_range=(2, 3),
              four_response_prob: float = 0.75, empty_prob: float = 0.03, single_response_prob: float = 0.03,
              no_choice_prob: float = 0.03, unusable_dialog_prob: float = 0.02, n_directions: int = N_PERSONAL,
-             concentration: float = 0.1, general_margin_std: float = GENERAL_MARGIN_STD,
-             personal_margin_std: float = PERSONAL_MARGIN_STD, no_rows_users: int = 2) -> dict:
+             concentration: float = CONCENTRATION, general_margin_std: float = GENERAL_MARGIN_STD,
+             personal_margin_std: float = PERSONAL_MARGIN_STD, personal_scale: float = 1.0,
+             no_rows_users: int = 2) -> dict:
     """Write the PRISM jsonl trio and `ground_truth.*` into `out_dir`; return the summary dict.
 
     Users: a `zero_fraction` with 0 completed conversations, a `few_fraction` with 1-5 dialogs,
@@ -143,7 +144,8 @@ def generate(out_dir: Path, seed: int = 0, n_users: int = 240, zero_fraction: fl
     counts completed conversations that conversations.jsonl does not hold, the rest with 6 or 7 dialogs
     (as in the real data, where the most is 7). Dialogs have `turns_range` turns (inclusive). Tastes (offline/planted.py): the
     tiny model's head with margin std `general_margin_std` plus `n_directions` personal directions with
-    margin std `personal_margin_std`, users Dirichlet(`concentration`) mixtures of them (small: mostly
+    margin std `personal_margin_std` x `personal_scale` (0: the null world, every user the head alone),
+    users Dirichlet(`concentration`) mixtures of them (small: mostly
     one taste each); margins measured over random pairs of turn-0 candidates of one turn.
     """
     from offline.planted import PlantedPopulation, centred_within, embed_for_planting, tiny_head
@@ -220,7 +222,7 @@ def generate(out_dir: Path, seed: int = 0, n_users: int = 240, zero_fraction: fl
             # Comparisons measure differences within a turn: plant in the within-turn variation.
             population = PlantedPopulation.plant(
                 centred_within(emb, [m for _, _, m in jobs]), tiny_head(), n_directions, n_users, seed,
-                general_margin_std=general_margin_std, personal_margin_std=personal_margin_std,
+                general_margin_std=general_margin_std, personal_margin_std=personal_margin_std * personal_scale,
                 concentration=concentration)
         users = np.array([d["user"] for d, start, m in jobs for _ in range(m)])
         rewards = population.rewards(emb, users)
@@ -284,7 +286,7 @@ def generate(out_dir: Path, seed: int = 0, n_users: int = 240, zero_fraction: fl
             "single_response_prob": single_response_prob, "no_choice_prob": no_choice_prob,
             "unusable_dialog_prob": unusable_dialog_prob, "n_directions": n_directions,
             "concentration": concentration, "general_margin_std": general_margin_std,
-            "personal_margin_std": personal_margin_std},
+            "personal_margin_std": personal_margin_std, "personal_scale": personal_scale},
         "user_ids": user_ids,
         "n_survey_rows": len(survey), "n_conversations": len(conversations_rows),
         "n_utterances": len(utterance_rows), "n_labelled_pairs": n_pairs,

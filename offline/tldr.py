@@ -27,7 +27,7 @@ import numpy as np
 
 import harness
 from embedding import conversation
-from offline.planted import GENERAL_MARGIN_STD, N_PERSONAL, PERSONAL_MARGIN_STD, generator_version
+from offline.planted import CONCENTRATION, GENERAL_MARGIN_STD, N_PERSONAL, PERSONAL_MARGIN_STD, generator_version
 from offline.text import paragraph, sentence
 
 SUBREDDITS = ["relationships", "AskReddit", "relationship_advice", "tifu", "dating_advice",
@@ -35,7 +35,7 @@ SUBREDDITS = ["relationships", "AskReddit", "relationship_advice", "tifu", "dati
 POLICIES = ["ref", "sup2", "sup4_ppo_rm3_kl10", "sup4_6b_ppo_rm4_6b_kl14", "pretrain_6b_t.7",
             "sup4_t.7", "sup1", "bo8_rm3"]
 HF_SPLITS = ("train", "validation")
-GENERATOR_VERSION = generator_version(2)  # bump the number when the output for a seed and settings changes
+GENERATOR_VERSION = generator_version(3)  # bump the number when the output for a seed and settings changes
 
 # Layout of the extra (non-regular) workers: counts per HF split; 0 = absent from that split.
 TINY_WORKERS = [{"train": 2, "validation": 1}, {"train": 3, "validation": 2}]   # dropped as smallest
@@ -72,14 +72,15 @@ def _write_parquet_atomic(rows: list[dict], path: Path) -> None:
 def generate(out_dir: Path, seed: int = 0, n_workers: int = 60, train_posts: int = 200,
              validation_posts: int = 80, summaries_per_post: int = 6, train_range=(60, 200),
              validation_range=(20, 50), cnndm_fraction: float = 0.05, n_directions: int = N_PERSONAL,
-             concentration: float = 0.2, general_margin_std: float = GENERAL_MARGIN_STD,
-             personal_margin_std: float = PERSONAL_MARGIN_STD) -> dict:
+             concentration: float = CONCENTRATION, general_margin_std: float = GENERAL_MARGIN_STD,
+             personal_margin_std: float = PERSONAL_MARGIN_STD, personal_scale: float = 1.0) -> dict:
     """Write `out_dir/comparisons/{train,validation}/0000.parquet` and `out_dir/ground_truth.*`.
 
     `n_workers` regular workers have `train_range` / `validation_range` (inclusive) comparisons per HF
     split; the extra workers of TINY_WORKERS and ONE_SIDED_WORKERS are added. Tastes: the tiny model's
     head (margin std `general_margin_std`) plus Dirichlet(`concentration`) mixtures of `n_directions`
-    personal directions (margin std `personal_margin_std`), margins over pairs of summaries of a post.
+    personal directions (margin std `personal_margin_std` x `personal_scale`; 0: the null world), margins
+    over pairs of summaries of a post.
     Returns a summary dict (also in ground_truth.json, with "version") with "data_files" {split: [path]}.
     """
     from offline.planted import PlantedPopulation, centred_within, embed_for_planting, tiny_head
@@ -89,7 +90,7 @@ def generate(out_dir: Path, seed: int = 0, n_workers: int = 60, train_posts: int
                           train_range=list(train_range), validation_range=list(validation_range),
                           cnndm_fraction=cnndm_fraction, n_directions=n_directions,
                           concentration=concentration, general_margin_std=general_margin_std,
-                          personal_margin_std=personal_margin_std)
+                          personal_margin_std=personal_margin_std, personal_scale=personal_scale)
 
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -129,7 +130,8 @@ def generate(out_dir: Path, seed: int = 0, n_workers: int = 60, train_posts: int
                                                  for p in range(len(posts[s])) for j in range(summaries_per_post))}
     population = PlantedPopulation.plant(
         centred_within(emb, [summaries_per_post] * (len(emb) // summaries_per_post)), tiny_head(), n_directions,
-        len(workers), seed, general_margin_std=general_margin_std, personal_margin_std=personal_margin_std,
+        len(workers), seed, general_margin_std=general_margin_std,
+        personal_margin_std=personal_margin_std * personal_scale,
         concentration=concentration)
 
     data_files, bayes_by_worker, counts = {}, {}, {}

@@ -458,7 +458,7 @@ def test_demo_debiases_a_reward_model_that_is_still_a_reasonable_one(tmp_path):
     """The whole offline demonstration (seed 0): subtracting the style forget LoRA raises the hard
     accuracy while the normal one holds (check_claim's margins, justified by the spread over seeds and
     CPUs in demo_offline), and the biased base stays a reasonable reward model on RewardBench 2 (official
-    overall above the 0.25 of random scores; 0.32-0.44 over seeds 0-7: fine-tuning only
+    overall above the 0.25 of random scores; 0.36-0.47 over seeds 0-7: fine-tuning only
     its token embeddings keeps the head's general preferences)."""
     from debias_lora import demo_offline
     summary = demo_offline.main(["--data_dir", str(tmp_path / "data"), "--results_dir", str(tmp_path / "results")])

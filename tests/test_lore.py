@@ -126,6 +126,41 @@ def straightforward_regularized(X_all, users, V_sft, alpha, W0, V0, T, lr):
     return W.detach(), V.detach()
 
 
+def straightforward_joint(X_all, users, V_sft, alpha, W0, V0, T, lr):
+    """The original LoRe: one Adam over W and V; loss = sum over users of their mean NLL (every comparison
+    against every user's weights, then a gather) + alpha * sum_b ||V_b - V_sft||^2."""
+    W, V = W0.clone().requires_grad_(), V0.clone().requires_grad_()
+    optimizer = torch.optim.Adam([W, V], lr=lr)
+    counts = torch.bincount(users).double()
+    for _ in range(T):
+        optimizer.zero_grad()
+        logits = X_all @ (V @ torch.softmax(W, 1).T) / 100
+        nll = -F.logsigmoid(logits.gather(1, users[:, None]))[:, 0]
+        loss = (torch.zeros(len(counts), dtype=nll.dtype).index_add(0, users, nll) / counts).sum()
+        (loss + alpha * ((V - V_sft) ** 2).sum()).backward()
+        optimizer.step()
+    return W.detach(), V.detach()
+
+
+def test_fast_joint_iteration_with_the_l2_pull_equals_straightforward():
+    """The joint trainer with alpha > 0 (its whole gradient, the L2 pull towards V_ref included)."""
+    C, d, B, T = 4, 6, 3, 40
+    X = random_users([5, 6, 7, 8], d, seed=4)
+    X_all = torch.cat(X).double()
+    users = torch.repeat_interleave(torch.arange(C), torch.tensor([len(x) for x in X]))
+    V_sft = torch.randn(d, 1, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    model = utils.LoRe(V_sft, 0.05, C, d, B, T, 0.3, seed=2, dtype=torch.float64, device="cpu")
+    W0, V0 = model.W.detach().clone(), model.V.detach().clone()
+    model.train([x.double() for x in X])
+    W_expected, V_expected = straightforward_joint(X_all, users, V_sft, 0.05, W0, V0, T, 0.3)
+    assert torch.allclose(model.W, W_expected, rtol=1e-9, atol=1e-10)
+    assert torch.allclose(model.V, V_expected, rtol=1e-9, atol=1e-10)
+    drift = (model.V - V_sft).norm()
+    unpulled = utils.LoRe(V_sft, 0.0, C, d, B, T, 0.3, seed=2, dtype=torch.float64, device="cpu")
+    unpulled.train([x.double() for x in X])
+    assert drift < (unpulled.V - V_sft).norm()                       # the pull does pull
+
+
 @pytest.mark.parametrize("indexed", [False, True])
 def test_fast_regularized_iteration_equals_straightforward(indexed):
     d, C, B, T = 7, 5, 3, 12
@@ -494,3 +529,68 @@ def test_plots_name_their_band_draw_reference_lines_and_keep_the_legend_off_the_
     assert any("planted reward" in text.get_text() for text in ax.texts)
     box, axes_box = legend.get_window_extent(), ax.get_window_extent()
     assert box.x0 >= axes_box.x1 - 1                                          # outside the axes: off the data
+
+
+# --- every fit sees only its own comparisons, never the ones it is scored on ------------------------
+
+def spy_groups():
+    V_ref, groups = small_groups()
+    # each group's features are marked by a distinct scale, so a spy can tell which group a fit got
+    marked = [utils.Comparisons.from_features(g.users, g.n_users, (g.table[g.chosen] - g.table[g.rejected]) * (1 + i))
+              for i, g in enumerate(groups)]
+    return V_ref, marked
+
+
+def which_group(X, groups) -> str:
+    comparisons = utils.as_comparisons(X)
+    features = comparisons.table[comparisons.chosen] - comparisons.table[comparisons.rejected]
+    for name, g in zip(utils.GROUP_NAMES, groups):
+        if len(features) == g.N and torch.allclose(features, g.table[g.chosen] - g.table[g.rejected]):
+            return name
+    return "something else"
+
+
+@pytest.mark.parametrize("pipeline", ["run", "run_regularized", "run_few_shot_vary_shots"])
+def test_seen_fits_see_seen_train_and_new_users_only_their_few_shot_part(pipeline, monkeypatch):
+    V_ref, groups = spy_groups()
+    seen = {"joint": [], "few_shot": []}
+    real_joint = {name: getattr(utils, name) for name in ("solve_regularized", "solve_regularized_simplex")}
+    real_few_shot = utils._few_shot_weights
+
+    def joint(name):
+        def spy(V_sft, alpha, X, K, *args, **kwargs):
+            seen["joint"].append(which_group(X, groups))
+            return real_joint[name](V_sft, alpha, X, K, *args, **kwargs)
+        return spy
+
+    def few_shot(X, V, *args, **kwargs):
+        seen["few_shot"].append(which_group(X, groups) if pipeline != "run_few_shot_vary_shots" else X.N)
+        return real_few_shot(X, V, *args, **kwargs)
+    for name in real_joint:
+        monkeypatch.setattr(utils, name, joint(name))
+    monkeypatch.setattr(utils, "_few_shot_weights", few_shot)
+    fast = dict(num_iterations=10, fewshot_iterations=5, progress=False)
+    if pipeline == "run_few_shot_vary_shots":
+        utils.run_few_shot_vary_shots(2, [0.0], [0, 2], [2], groups[0], groups[2], groups[3], V_ref, 20, 10, "cpu",
+                                      **fast)
+        # every draw is 2 shots of each of the 10 new users (from their 6 few-shot comparisons), x 2 trials
+        assert seen["joint"] == ["seen_train"] and seen["few_shot"] == [2 * 10 * 2]
+    else:
+        getattr(utils, pipeline)([0, 1, 2], [0.0], V_ref, *groups, 20, 10, "cpu", **fast)
+        assert seen["joint"] == ["seen_train", "seen_train"] and seen["few_shot"] == ["unseen_train"]
+
+
+def test_the_plot_band_is_a_quarter_of_the_std(tmp_path, monkeypatch):
+    """The shaded band is ± 0.25 std over users (the original's factor), not the std itself."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+    figures = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figures.append(self), real_savefig(self, *a, **k)))
+    records = toy_records([[0.9, 0.8], [0.7, 0.6], [0.65, 0.6], [0.6, 0.55]],
+                          [[0.1, 0.2], [0.04, 0.08], [0.0, 0.0], [0.12, 0.04]])
+    reports.save_results(tmp_path, "toy", {"seed": 0}, records)
+    band = figures[0].axes[0].collections[0]                # the first line's band: seen users, train
+    y = band.get_paths()[0].vertices[:, 1]
+    assert y.min() == pytest.approx(100 * (0.8 - 0.25 * 0.2)) and y.max() == pytest.approx(100 * (0.9 + 0.25 * 0.1))

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-FOLDERS = ("PRISM", "personalize", "RedditTLDR", "PersonalLLM", "debias_lora")   # <results>/<folder>, in order
+FOLDERS = ("PRISM", "personalize", "PRISM-null", "RedditTLDR", "PersonalLLM", "debias_lora")   # <results>/<folder>
 
 
 def readme_commands() -> list[str]:
@@ -41,11 +41,12 @@ def test_main_job_runs_every_folder_in_order_and_prints_the_tables(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     steps = re.findall(r"\] (\S+)/(\S+) ", out)
-    assert [f for f in dict.fromkeys(folder for folder, _ in steps)] == ["PRISM", ".", "RedditTLDR", "PersonalLLM",
+    assert [f for f in dict.fromkeys(folder for folder, _ in steps)] == ["PRISM", "RedditTLDR", "PersonalLLM",
                                                                          "debias_lora"]
     assert steps[:4] == [("PRISM", "prepare.py"), ("PRISM", "generate-prism-embeddings.py"),
                          ("PRISM", "train_basis.py"), ("PRISM", "vary_fewshot.py")]
-    assert steps[steps.index((".", "personalize.py")) - 1][0] == "PRISM"        # after the PRISM steps
+    assert steps.index(("PRISM", "personalize_demo.py")) > steps.index(("PRISM", "train_basis.py"))
+    assert steps.count(("PRISM", "prepare.py")) == 2                   # the default world, then the null world
     for folder in FOLDERS:
         assert f"## {folder}: " in out
         assert list((tmp_path / "results" / folder).glob("*.json"))
@@ -59,8 +60,11 @@ def test_main_job_runs_every_folder_in_order_and_prints_the_tables(tmp_path):
     assert "a table of an earlier run" not in out                      # only this run's tables
     # the findings are computed from this run's files (smoke: whether each holds is not meaningful)
     story = (tmp_path / "results" / "findings.md").read_text()
-    assert story.count("- PRISM") == 3 and "- Reddit TLDR" in story and "- PersonalLLM" in story
-    assert "biased base's RewardBench 2 overall" in story and "x the style forget LoRA raises the hard" in story
+    for opening in ("- PRISM (alpha = 10000), new users", "- PRISM null world (alpha = 10000), new users",
+                    "- Reddit TLDR (alpha = 0), new users", "- PersonalLLM (alpha = 0), new users",
+                    "- PRISM, VPL+ref on new users over the head", "biased base's RewardBench 2 overall"):
+        assert opening in story, opening
+    assert "holds" not in story and "x the style forget LoRA: hard" in story
     assert all(t.read_text().startswith("> SMOKE run") for f in FOLDERS
                for t in (tmp_path / "results" / f).glob("*.md") if t != stale)
     after = sorted(p for p in ROOT.rglob("*") if ".git" not in p.parts and "__pycache__" not in p.parts)
@@ -89,4 +93,25 @@ def test_findings_read_only_this_runs_files(tmp_path):
     demo.write_text(json.dumps({"claim": dict(claim, min_rise=0.2, max_drop=0.15),
                                 "results": [{"lambda": 0.0, "rb2_overall": 0.4}]}))
     story = main_job.findings(tmp_path, since=time.time() - 60)
-    assert len(story) == 2 and "40.0" in story[0] and "0.100 -> 0.600" in story[1] and story[1].endswith("holds.")
+    assert len(story) == 2 and "40.0" in story[0] and "0.100 -> 0.600" in story[1] and story[1].endswith("passes.")
+
+
+@pytest.mark.parametrize("interval, word", [([1.0, 2.0], "gain"), ([-3.0, -1.0], "loss"),
+                                            ([-1.0, 2.0], "no clear difference"), ([0.0, 0.4], "no clear difference")])
+def test_findings_decide_a_gain_by_its_interval(tmp_path, interval, word):
+    """Every sentence about a gain says gain, loss or "no clear difference" by the interval alone, and
+    never "holds"."""
+    import time
+    sys.path.insert(0, str(ROOT))
+    import main_job
+    gain = {"mean": sum(interval) / 2, "ci95": interval, "users": 30}
+    rows = [{"alpha": 0.0, "K": 0, "unseen_test": {"mean": 0.6}},
+            {"alpha": 0.0, "K": 3, "basis_size": 3, "numerical_rank": 3, "mean_cos_ref": 0.5, "bases_used": 3,
+             "unseen_test": {"mean": 0.7, "gain_vs_ref": gain, "gain_vs_shared": gain}}]
+    (tmp_path / "RedditTLDR").mkdir()
+    (tmp_path / "RedditTLDR" / "train_basis.json").write_text(json.dumps(
+        {"results": rows, "K_chosen_on_seen_users": {"0.0": 3}}))
+    story = main_job.findings(tmp_path, since=time.time() - 60)
+    sentence = story[0]
+    assert sentence.count(f"over 30 users: {word}") == 2 and "holds" not in " ".join(story)
+    assert f"[{interval[0]:+.1f}, {interval[1]:+.1f}]" in sentence

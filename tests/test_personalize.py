@@ -384,6 +384,8 @@ def test_demo_on_new_prism_users(files, tmp_path, monkeypatch):
             rows[split] += [dict(r, split=split, seen=seen, user_id=u, dialog_id=f"{u}-{i}", turn_nb=0, total_turn_nb=1,
                                  prompt=embedding.conversation(r["prompt"], "")[:-1])
                             for i, r in enumerate(make_comparisons(k, 7, [u])[start:start + count])]
+    # a held-out tie: the same response on both sides scores exactly equal, and a tie counts as wrong
+    rows["test"].append(dict(rows["test"][0], chosen=rows["test"][0]["rejected"]))
     data, results = tmp_path / "prism", tmp_path / "results-PRISM"
     for split in prism_data.SPLITS:
         prism_data.write_comparisons(rows[split], data / prism_data.COMPARISONS_FILE.format(split=split))
@@ -397,11 +399,12 @@ def test_demo_on_new_prism_users(files, tmp_path, monkeypatch):
                f"--basis={results / 'PRISM_V_lore_K_3_alpha_0.0.pt'}", script=demo_script)
     demo = json.loads((tmp_path / "out" / "personalize_demo.json").read_text())
     (first,) = demo["users"]                       # u2 has no pipeline figure, u3 no rows: neither is fitted
-    assert (first["user_id"], first["fewshot_comparisons"], first["heldout_comparisons"]) == ("u1", 4, 3)
+    assert (first["user_id"], first["fewshot_comparisons"], first["heldout_comparisons"]) == ("u1", 4, 4)
+    assert first["score_accuracy"] <= 3 / 4                 # the tie is wrong whatever the other three give
     assert first["pipeline_accuracy"] == 0.25
     assert json.loads((tmp_path / "out" / personalize.WEIGHTS_JSON).read_text())["num_iterations"] == 40  # pipeline's
     assert first["exported_model_accuracy"] == first["score_accuracy"]
-    assert "| u1 | 4 | 3 | 25.0 |" in (tmp_path / "out" / "personalize_demo.md").read_text()
+    assert "| u1 | 4 | 4 | 25.0 |" in (tmp_path / "out" / "personalize_demo.md").read_text()
     with pytest.raises(SystemExit, match=r"per-user figures for PRISM_V_lore_K_3_alpha_1.0.pt .*train_basis.py"):
         run_script(monkeypatch, tmp_path, "--offline", f"--data_dir={data}", "--results_dir=out2",
                    f"--basis={results / 'PRISM_V_lore_K_3_alpha_1.0.pt'}", script=demo_script)

@@ -172,11 +172,13 @@ def test_folder_runs_end_to_end_offline(tmp_path, run_script):
     report = json.loads((results / "train_basis.json").read_text())
     assert report["seed"] == 0 and report["K_list"] == [0, 1, 3] and report["settings"]["offline"] is True
     assert report["counts"]["seen_train"]["comparisons"] + report["counts"]["seen_train"]["skipped_all_equal"] == 120 * 20
-    # The offline world's relations (seed 0, deterministic): the head is a good reward but not the users'
-    # own; LoRe's rank 3 beats it and one shared reward. Margins are about half the smallest gaps seen over
-    # generator seeds 0-2 at this size (K3 - ref >= 0.055, K3 - K1 >= 0.128).
+    # What the world guarantees (seed 0, deterministic): the noise-free planted rewards order every best-vs-
+    # worst pair (the ceiling, 1.0), the head only the shared part (below it: 0.905-0.988 over generator
+    # seeds 0-2 at this size); the users mix 10 reward models, so rank 3 beats one shared reward on new
+    # users (K3 - K1: 0.010-0.086 over those seeds; margin half the smallest).
     unseen = {row["K"]: row["unseen_test"]["mean"] for row in report["results"]}
-    assert unseen[0] < 0.95 and unseen[3] > unseen[0] + 0.03 and unseen[3] > unseen[1] + 0.06, unseen
+    assert report["planted_accuracy"]["unseen_test"] == 1.0 and unseen[0] < 1.0, unseen
+    assert unseen[3] > unseen[1] + 0.005, unseen
     assert (results / "train_basis.md").exists()
     assert (results / "generalization_accuracy_vs_rank_lore_alpha_0.0.png").exists()
     assert (results / "PersonalLLM_V_lore_K_3_alpha_0.0.pt").exists()

@@ -1,6 +1,7 @@
 """PRISM: raw-file validation, parsing, the seed-123 split, comparisons, the offline generator, and the
 whole PRISM folder run in order on the offline default."""
 import json
+import math
 import os
 import socket
 import subprocess
@@ -242,6 +243,18 @@ def test_users_and_split_match_the_original(parsed):
     assert len(split["train_dialog_ids"]) == sum(len(data_user[u]["dialog_ids"]) // 2 for u in seen + unseen)
 
 
+@pytest.mark.parametrize("n_users", [10, 13, 16])
+def test_the_seen_unseen_cut_is_the_originals_when_every_user_qualifies(n_users):
+    """With every user qualifying (6 dialogs each), the seen users are exactly the first int(0.8 n) of the
+    shuffled list: a cut one user earlier or later changes the seen and unseen sets."""
+    data_user = {f"u{i}": {"dialog_ids": [f"c{i}-{k}" for k in range(6)]} for i in range(n_users)}
+    split = prism_data.split_users(data_user)
+    train, test, seen, unseen = expected_split(list(data_user), {u: v["dialog_ids"] for u, v in data_user.items()})
+    assert list(split["seen_user_ids"]) == seen and list(split["unseen_user_ids"]) == unseen
+    assert len(seen) == int(0.8 * n_users) and len(unseen) == n_users - int(0.8 * n_users)
+    assert split["train_dialog_ids"] == train and split["test_dialog_ids"] == test
+
+
 def test_comparison_counts_equal_rejected_responses_of_qualifying_turns(parsed):
     folder, _, data_user, data_dialog, _ = parsed
     split = prism_data.split_users(data_user)
@@ -414,36 +427,48 @@ def test_offline_embeddings_index_every_side(offline_run):
         embedding.load_embedded(data, conversations[:-1], "python generate-prism-embeddings.py")
 
 
+DIAGNOSTICS = ("numerical_rank", "s2_s1", "mean_abs_basis_cos", "mean_cos_ref", "min_cos_ref", "bases_used",
+               "mean_top1_weight", "mean_weight_entropy", "max_weight_entropy")
+GAINS = ("gain_vs_ref", "gain_vs_K1", "gain_vs_shared", "gain_vs_other")
+
+
+def entries(payload) -> dict:
+    return {(r["alpha"], r["K"]): r for r in payload["results"]}
+
+
 @pytest.mark.slow
-def test_offline_world_tells_the_papers_story(offline_run):
-    """The relations the offline world is built for, at PRISM's real alpha = 1e4 and the alpha = 0
-    contrast, on the test-sized data (100 users, 500 iterations, seed 0: deterministic). Each margin is
-    about half the smallest gap measured over generator seeds 0-4 at this size, so a regression of the
-    world or of the method fails while a change of seed would not."""
+def test_offline_world_is_measured_with_its_evidence(offline_run):
+    """What the generated world guarantees, and the evidence every fit carries (100 users, 500
+    iterations, seed 0: deterministic). Margins are about half the smallest gaps over generator seeds 0-2
+    at this size; nothing here asserts that a method wins."""
     _, results, logs = offline_run
     payload = json.loads((results / "train_basis.json").read_text())
     assert payload["seed"] == 0 and payload["settings"]["num_iterations"] == 500 and payload["alpha_list"] == [0.0, 1e4]
-    figure = {(r["alpha"], r["K"], group): r[group]["mean"] for r in payload["results"]
-              for group in ("seen_test", "unseen_test")}
-    planted = payload["planted_accuracy"]
-    # the backbone's head is a good general reward: clearly above chance, below the planted rate
-    assert 0.6 < figure[1e4, 0, "seen_test"] < planted["seen_test"] - 0.07
-    # at alpha = 1e4 LoRe's best rank beats the head and one shared reward (K = 1)
-    for group, over_ref, over_one in (("seen_test", 0.03, 0.013), ("unseen_test", 0.02, 0.0)):
-        best = max(figure[1e4, K, group] for K in (5, 10))
-        assert best > figure[1e4, 0, group] + over_ref and best > figure[1e4, 1, group] + over_one, (group, figure)
-    # without the pull towards the head (alpha = 0) the basis drifts away and loses seen-user accuracy
-    assert max(figure[0.0, K, "seen_test"] for K in (5, 10)) < max(figure[1e4, K, "seen_test"] for K in (5, 10)) - 0.02
-    cosine = {(r["alpha"], r["K"]): r["mean_cosine_to_ref"] for r in payload["results"] if r["K"] >= 1}
-    assert all(cosine[1e4, K] > 0.999 for K in (1, 5, 10)) and cosine[0.0, 5] < 0.7
-    # RewardBench 2: the head is a good reward there too; the alpha = 1e4 basis keeps most of it, the
-    # alpha = 0 basis loses clearly more (its columns point elsewhere)
+    rows, planted = entries(payload), payload["planted_accuracy"]
+    # the head reads the general part only: above chance, below the planted rewards (gaps >= 0.11 on seen
+    # users' unseen prompts over seeds 0-2)
+    assert 0.55 < rows[1e4, 0]["seen_test"]["mean"] < planted["seen_test"] - 0.05
+    for (alpha, K), row in rows.items():
+        if K == 0:
+            continue
+        assert set(DIAGNOSTICS) <= set(row) and row["max_weight_entropy"] == pytest.approx(math.log(row["basis_size"]))
+        for group in ("seen_test", "unseen_test"):
+            for gain in GAINS:
+                lo, hi = row[group][gain]["ci95"]
+                assert lo <= row[group][gain]["mean"] <= hi and row[group][gain]["users"] > 0
+    # the diagnostics see what alpha does here: at 1e4 every basis collapses onto the head (rank 1, cos
+    # 0.99999 at seeds 0-2), at 0 it spreads (rank K, cos 0.17-0.30)
+    for K in (5, 10):
+        assert rows[1e4, K]["numerical_rank"] == 1 and rows[1e4, K]["mean_cos_ref"] > 0.9999
+        assert rows[0.0, K]["numerical_rank"] == K and rows[0.0, K]["mean_cos_ref"] < 0.5
+    table = (results / "train_basis.md").read_text()
+    assert "| ref |" in table and "Collapse diagnostics" in table and "95% bootstrap interval" in table
+    # RewardBench 2: the head is a good reward there (its rows are decided by it, with noise); a basis
+    # collapsed onto it scores as it does
     overall = {path.stem: json.loads(path.read_text())["official"]["mean_overall"] for path in results.glob("rb2_*.json")}
     head = overall["rb2_seqclf"]
     assert head > 0.5
-    assert overall["rb2_lmhead_PRISM_V_lore_K_5_alpha_10000.0_mean_user"] >= head - 0.06
-    assert overall["rb2_lmhead_PRISM_V_lore_K_5_alpha_10000.0"] >= head - 0.08
-    assert overall["rb2_lmhead_PRISM_V_lore_K_5_alpha_0.0"] < overall["rb2_lmhead_PRISM_V_lore_K_5_alpha_10000.0"] - 0.2
+    assert abs(overall["rb2_lmhead_PRISM_V_lore_K_5_alpha_10000.0_mean_user"] - head) < 0.02
     for K in (1, 5, 10):
         V = torch.load(results / f"PRISM_V_lore_K_{K}_alpha_0.0.pt", weights_only=True)
         W = torch.load(results / f"PRISM_W_lore_seen_{K}_0.0.pt", weights_only=True)
@@ -451,10 +476,42 @@ def test_offline_world_tells_the_papers_story(offline_run):
     for alpha in ("0.0", "10000.0"):
         assert (results / f"generalization_accuracy_vs_rank_lore_alpha_{alpha}.png").stat().st_size > 0
         assert (results / f"PRISM_V_lore_K_5_alpha_{alpha}.safetensors").exists()
-    assert "| ref |" in (results / "train_basis.md").read_text()
     fewshot = json.loads((results / "vary_fewshot.json").read_text())
     assert {(r["K"], r["shots"]) for r in fewshot["results"]} == {(1, 2), (1, 10), (5, 2), (5, 10)}
     assert (results / "fewshot_accuracy_vs_shots.png").exists()
+
+
+@pytest.fixture(scope="module")
+def null_run(tmp_path_factory):
+    """The null world (--personal_scale=0: every user's reward is the head, the same label noise):
+    prepare -> embeddings -> train_basis, as the issue's check runs it."""
+    base = tmp_path_factory.mktemp("prism_null")
+    common = ["--offline", f"--data_dir={base / 'data' / 'prism'}"]
+    steps = [["prepare.py", *common, f"--offline_users={OFFLINE_USERS}", "--personal_scale=0.0"],
+             ["generate-prism-embeddings.py", *common],
+             ["train_basis.py", *common, f"--results_dir={base / 'results'}", "--num_iterations=500",
+              "--K_list=[0,1,5]", "--alpha_list=[10000.0,0.0]"]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(steps)], cwd=PRISM, capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0, f"the null-world pipeline failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return json.loads((base / "results" / "train_basis.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_null_world_gives_no_clear_personal_gain(null_run):
+    """Every user shares one reward: a user's own weights cannot beat the mean weights (the true difference
+    is <= 0: over seeds 0-2 every lower bound was <= 0) nor, beyond noise, another user's (true difference
+    0: the largest lower bound over seeds 0-2 was -1.0 points; the margin, 2 points, is the synthetic null
+    test's)."""
+    rows = entries(null_run)
+    assert null_run["settings"]["K_list"] == [0, 1, 5]
+    assert set(DIAGNOSTICS) <= set(rows[1e4, 5]) and all(g in rows[1e4, 5]["unseen_test"] for g in GAINS)
+    assert rows[1e4, 5]["unseen_test"]["gain_vs_shared"]["ci95"][0] <= 0
+    for alpha in (1e4, 0.0):
+        for group in ("seen_test", "unseen_test"):
+            shared, other = rows[alpha, 5][group]["gain_vs_shared"], rows[alpha, 5][group]["gain_vs_other"]
+            assert shared["ci95"][0] <= 0 and other["ci95"][0] < 2.0, (alpha, group, shared, other)
 
 
 @pytest.mark.slow
