@@ -44,15 +44,25 @@ the simplex (W_u ~ N(0, I) as the code's UserLearner.init_weight).
   weights are a parameter of their own there, so Adam moves (and counts steps for) only the users of a
   mini-batch; here a row-wise Adam does the same on one [C, K] tensor. New users (main_pal_b_unseen.py):
   only their weights are fitted, everything else frozen, Adam(W) at lr 5e-3 without weight decay.
+  Model selection, as the code's trainer (src/dataset_factory.py: train_test_split(test_size=0.1,
+  stratify=user); main_pal_b.py: ModelCheckpoint(monitor="ValLoss"), Lightning's mode "min"): 10% of the
+  seen users' training comparisons are held out, per user (a user with fewer than 5 keeps all its
+  comparisons; seeded), the rest trains, and the epoch with the lowest validation loss is kept. The same
+  split chooses K and the width d_pref from PAL_GRID (the code's README compares k = 1 and 2; its configs
+  set the width to the encoder's, 512-1536): every candidate is trained, the lowest validation loss wins.
+  The held-out part is never a test set; the choice is recorded per seed (`selection`). A candidate stops
+  after 3 epochs without a lower validation loss (`patience`): our departure to 20 epochs (below) times
+  an 8-point grid would otherwise cost 160 epochs per fit, and the code's own default trains 1. New users are
+  fitted without selection (the code's unseen-user script selects its epoch on the test set itself; here
+  the iterations are fixed).
   Departures, for frozen 4096-d embeddings and our data:
-  - width m = d_pref = 512. The configs set d_pref = the backbone's width (512-1536); at d = 4096 the
-    mlp2 projector would have 50M parameters for a few tens of thousands of comparisons. 512 is the
-    README's main configuration (b-dim512). Set d_pref=4096 (and residual=True for PAL-A) for the
-    literal reading.
+  - the width is chosen on the validation split among PAL_GRID's (128, 512) rather than set to the
+    backbone's width: at d = 4096 the mlp2 projector would have 50M parameters for a few tens of
+    thousands of comparisons. Build with d_pref=4096 for the literal reading.
   - PAL-B's prototypes are functions g_k(prompt) of a separate prompt embedding in the code; our
     embeddings are of whole conversations (no separate prompt), so the prototypes are K free vectors
     (the "K prototype reward directions" of the paper's reward form).
-  - PAL-A's configs use a residual projector (x + mlp(x)), which needs m = d: off at m = 512.
+  - PAL-A's configs use a residual projector (x + mlp(x)), which needs m = d: not used (m < d).
   - batch size 32 instead of 4 (4 was set by fine-tuning the backbone on a GPU; with frozen embeddings a
     step costs the same at 32, and VPL's effective batch is 32 too), and 20 epochs for the seen users
     instead of 1: the code's single epoch ran over the ten most active Reddit TL;DR workers
@@ -73,26 +83,37 @@ one self-attention layer over the set (q, k, v: Linear(L, L), softmax(q k^T / sq
 the set (permutation invariant), then Linear heads for the mean and log-variance, both clamped to
 [-1, 1]. The decoder is a reward MLP r(e, z) = MLP([e; z]) (d + L -> h -> h -> 1, LeakyReLU(0.2)).
 Training maximises the ELBO: for a target comparison of a user, z ~ N(mean, exp(log_var)) from a context
-of `context_size` other comparisons of the same user (reparameterised, then scaled to norm sqrt(L) as the
-code does), loss = mean over targets of -log sigmoid(r(e_c, z) - r(e_r, z)) + beta * a_t * KL(N(mean,
+of other comparisons of the same user (reparameterised, then scaled to norm sqrt(L) as the code does), loss = mean over targets of -log sigmoid(r(e_c, z) - r(e_r, z)) + beta * a_t * KL(N(mean,
 exp(log_var)) || N(0, I)), a_t the code's cyclical cosine annealing (period 10,000 steps, floor 0.1).
 At evaluation z = mean (as the code). A new user's latent is the encoder's output on its few-shot
 comparisons: no gradient step.
-  Hyperparameters (submit_job_UF_P_4.sh, the four-user UltraFeedback setting, and
-  train_llm_vae_preference_model.py; the job scripts use the same sizes for GPT-2 and for Llama-2-7b,
-  whose embeddings have d = 4096):
+  Hyperparameters (submit_job_UF_P_4.sh, the four-user UltraFeedback setting, its data script
+  generate_llm_embeddings_UF_P_4.sh, and train_llm_vae_preference_model.py; the job scripts use the same
+  sizes for GPT-2 and for Llama-2-7b, whose embeddings have d = 4096):
   latent L = 512, hidden h = 512, learning rate 1e-4, beta = 3e-6 with annealing, 2 epochs, batch 32
   (4 per device x 8 accumulation steps), AdamW (weight decay 0.001, none on biases, as the HF Trainer),
-  gradient norm clipped at 1.0 (the Trainer's default), cosine schedule with 3% warm-up (VAETrainer);
-  context of 8 comparisons (data_utils/data_processing.py, context_length 8).
+  gradient norm clipped at 1.0 (the Trainer's default), cosine schedule with 3% warm-up (VAETrainer).
+  The budget: the data script writes every training comparison 4 times (`--num_duplicates 4`), each copy
+  with its own context, so an epoch has 4 N targets: 2 x ceil(4 N / 32) optimiser steps in all. The
+  context rule (data_utils/add_survey_contexts.py, the pipeline of the cited jobs; not data_processing.py):
+  a survey pool of 100 comparisons is drawn once per user type, and every target's context is a random
+  2-8 of them (`random.randint(2, 8)` without --fixed_context_length). The code keeps no validation
+  split and no best checkpoint: the last step is the model.
   Departures: the decoder reads the frozen embedding itself (the code's fixed_llm_embeddings path; its
-  default tunes a LoRA backbone whose 0.01-scaled score head outputs the decoder's input); contexts are 8
-  other comparisons of the same user drawn at random each step (the code draws them from the user
-  type's pool, avoiding the target's prompt: we have no prompt ids, so only the target itself is
-  excluded; a user with a single comparison is its own context); at evaluation the latent of a user is
-  inferred from all of its available comparisons (seen users: their training comparisons; new users:
-  their few-shot comparisons), a user with none gets the prior mean 0; the annealer steps once per
-  optimiser step (the code steps it per micro-batch); float32, not bf16.
+  default tunes a LoRA backbone whose 0.01-scaled score head outputs the decoder's input); the survey
+  pool is per user (our users are the code's user types), at most 100 of its training comparisons; the
+  contexts are drawn at every step rather than written once per copy (the same distribution); the target
+  itself is never in its own context (the code may draw it; a context holding the target's own label
+  lets the decoder copy it), except for a user whose pool holds nothing else; the code redraws a context
+  until it identifies the user type, which our users (one per set) always do; at evaluation a seen
+  user's latent is inferred from its whole survey pool and a new user's from its few-shot comparisons (a
+  user with none gets the prior mean 0); the annealer steps once per optimiser step (the code steps it
+  per micro-batch); float32, not bf16.
+
+Anchored variants ("PAL+ref", "VPL+ref"): the method's reward plus the backbone head's, r(e) + e . V_ref /
+100 (the scale LoRe's reference uses), trained, selected and evaluated exactly as the plain method. LoRe
+starts from the head (its cosine pull keeps the basis next to it); an anchored baseline starts from the
+same prior.
 
 Shapes and cost: nothing materialises one d-vector per comparison per user. Products with the d-wide
 first layers are computed once per table row in use (per mini-batch in training, per group in
@@ -116,6 +137,7 @@ import torch.nn.functional as F
 import harness
 import utils
 
+ANCHORED = "+ref"                               # a method anchored on the backbone's head
 EVAL_CHUNK = 1 << 15                            # comparisons per evaluation block (memory: chunk x width)
 ROW_CHUNK = 4096                                # table rows per projection block
 _INDEXED = weakref.WeakKeyDictionary()          # dense Comparisons -> its indexed view (built once)
@@ -194,18 +216,23 @@ def _seeded_modules(seed: int, build):
 
 class _Baseline:
     """fit(train) -> self; personalize(fewshot) -> user state; margins / per_user_accuracy(comparisons,
-    state); parameter_counts(n_users). `seen_state` holds the state of the training users after fit."""
+    state); parameter_counts(n_users). `seen_state` holds the state of the training users after fit,
+    `optimizer_steps` the steps the fit took.
+
+    anchor: the backbone's reward head V_ref ([d] or [d, 1]) or None. Anchored ("+ref"), the method's
+    reward is its own plus the head's, r(e) + e . V_ref / 100 (the scale LoRe's reference uses), in training
+    and evaluation alike: the same prior LoRe starts from."""
 
     name = "?"
     DEFAULTS: dict = {}
     uses_K = True
 
     def __init__(self, d: int, n_users: int, K: int | None = None, *, seed: int = 0, device=None,
-                 dtype=torch.float32, progress: bool = False, **hyper):
+                 dtype=torch.float32, progress: bool = False, anchor=None, **hyper):
         unknown = sorted(set(hyper) - set(self.DEFAULTS))
         if unknown:
             raise harness.SettingsError(f"error: unknown hyperparameter(s) {', '.join(unknown)} for {self.name}; "
-                                      f"known: {', '.join(sorted(self.DEFAULTS))}")
+                                        f"known: {', '.join(sorted(self.DEFAULTS))}")
         if self.uses_K and (K is None or int(K) < 1):
             raise harness.SettingsError(f"error: {self.name} needs K >= 1 (its number of prototypes), got {K!r}")
         self.d, self.n_users, self.K = int(d), int(n_users), (int(K) if self.uses_K else None)
@@ -213,8 +240,20 @@ class _Baseline:
         self.device = utils.get_device() if device is None else torch.device(device)
         self.dtype = dtype
         self.hyper = {**self.DEFAULTS, **hyper}
+        self.anchor = None
+        if anchor is not None:
+            anchor = torch.as_tensor(anchor).reshape(-1)
+            if anchor.shape[0] != self.d:
+                raise ValueError(f"the anchor (reference head) has {anchor.shape[0]} entries, the model d = {self.d}")
+            self.anchor = (anchor / utils.TEMPERATURE).to(self.device, dtype)
+            self.name = self.name + ANCHORED
         self.seen_state = None
         self.loss_history = None
+        self.optimizer_steps = 0
+
+    def head_rewards(self, E: torch.Tensor) -> torch.Tensor:
+        """The anchor's reward e . V_ref / 100 [n] of embeddings E [n, d] (zeros when not anchored)."""
+        return E @ self.anchor if self.anchor is not None else E.new_zeros(E.shape[0])
 
     def _check(self, comparisons: utils.Comparisons, what: str) -> None:
         if comparisons.d != self.d:
@@ -238,10 +277,12 @@ class _Baseline:
         table, chosen, rejected = _indexed(comparisons)
         rows, inverse = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
         features = _map_rows(featurize, table, rows, self.device, self.dtype)      # once per row
+        heads = _map_rows(self.head_rewards, table, rows, self.device, self.dtype)
         users, N = comparisons.users.to(self.device), comparisons.N
         inv_c, inv_r = inverse[:N], inverse[N:]
         out = [margin(features[inv_c[i:i + EVAL_CHUNK]], features[inv_r[i:i + EVAL_CHUNK]],
-                      per_user[users[i:i + EVAL_CHUNK]]) for i in range(0, N, EVAL_CHUNK)]
+                      per_user[users[i:i + EVAL_CHUNK]]) + heads[inv_c[i:i + EVAL_CHUNK]] - heads[inv_r[i:i + EVAL_CHUNK]]
+               for i in range(0, N, EVAL_CHUNK)]
         return torch.cat(out) if out else torch.zeros(0, dtype=self.dtype, device=self.device)
 
     def per_user_accuracy(self, comparisons: utils.Comparisons, state) -> torch.Tensor:
@@ -284,23 +325,21 @@ class _RowAdam:
 class PAL(_Baseline):
     """PAL-B on frozen embeddings (see the module docstring for the model, sources and departures).
 
-    Hyperparameters (DEFAULTS): projection "mlp" | "linear" | "identity"; d_pref (m); depth (hidden
-    layers of the mlp: PAL's mlp2 = 2); activation "gelu" | "relu"; residual (x + mlp(x), needs
-    m = d); similarity "cosine" (PAL's "angle") | "dot"; scale (None: 1/0.07 for cosine, 1/100 for
-    dot); learn_scale (None: learned for cosine, fixed for dot); loss "logistic" | "hinge"; batch_size,
-    epochs, max_steps (None: all; else stop after that many mini-batches, for benchmarks and smoke
-    runs); lr_projection, weight_decay_projection, lr_prototypes, lr_weights, lr_scale;
-    personalize_iterations, personalize_lr.
+    Hyperparameters (DEFAULTS): projection "mlp" | "linear" | "identity"; d_pref (m); activation "gelu" |
+    "relu"; similarity "cosine" (PAL's "angle", scale learned from 1/0.07) | "dot" (scale fixed at 1/100,
+    LoRe's temperature); loss "logistic" | "hinge"; batch_size, epochs, patience (with a validation set:
+    stop after this many epochs without a lower validation loss), max_steps (None: all; else stop after
+    that many mini-batches, for benchmarks); lr_projection, weight_decay_projection, lr_prototypes,
+    lr_weights, lr_scale; personalize_iterations, personalize_lr.
     User state: {"logits": W [C, K]} (weights = softmax(W)).
     """
 
     name = "PAL"
     form = "B"
-    DEFAULTS = {"projection": "mlp", "d_pref": 512, "depth": 2, "activation": "gelu", "residual": False,
-                "similarity": "cosine", "scale": None, "learn_scale": None, "loss": "logistic",
-                "batch_size": 32, "epochs": 20, "max_steps": None, "lr_projection": 1e-4,
-                "weight_decay_projection": 0.01,
-                "lr_prototypes": 5e-3, "lr_weights": 5e-3, "lr_scale": 0.1,
+    DEFAULTS = {"projection": "mlp", "d_pref": 512, "activation": "gelu", "similarity": "cosine",
+                "loss": "logistic", "batch_size": 32, "epochs": 20, "patience": 3, "max_steps": None,
+                "lr_projection": 1e-4,
+                "weight_decay_projection": 0.01, "lr_prototypes": 5e-3, "lr_weights": 5e-3, "lr_scale": 0.1,
                 "personalize_iterations": 500, "personalize_lr": 5e-3}
     _CHOICES = {"projection": ("mlp", "linear", "identity"), "activation": ("gelu", "relu"),
                 "similarity": ("cosine", "dot"), "loss": ("logistic", "hinge")}
@@ -312,12 +351,9 @@ class PAL(_Baseline):
             if h[key] not in choices:
                 raise harness.SettingsError(f"error: {self.name} {key} must be one of {choices}, got {h[key]!r}")
         self.m = self.d if h["projection"] == "identity" else int(h["d_pref"])
-        if h["residual"] and (self.m != self.d or h["projection"] == "identity"):
-            raise harness.SettingsError(f"error: {self.name} residual=True needs a learned projection with "
-                                      f"d_pref = d = {self.d} (x + mlp(x)), got d_pref = {self.m}")
         cosine = self.form == "B" and h["similarity"] == "cosine"
-        scale = h["scale"] if h["scale"] is not None else (1 / 0.07 if cosine else 1 / utils.TEMPERATURE)
-        self.learn_scale = bool(cosine if h["learn_scale"] is None else h["learn_scale"])
+        self.learn_scale = cosine            # PAL-B's logit scale is learned (CLIP's); a dot product's is fixed
+        scale = 1 / 0.07 if cosine else 1 / utils.TEMPERATURE
         g = utils.cpu_generator(self.seed)
         prototype_dim = self.m if self.form == "B" else self.d     # PAL-A: prototypes in the input space
         prototypes = torch.randn(self.K, prototype_dim, generator=g, dtype=torch.float64)
@@ -325,6 +361,7 @@ class PAL(_Baseline):
         self.W = torch.randn(self.n_users, self.K, generator=g, dtype=self.dtype).to(self.device)
         self.log_scale = torch.tensor(math.log(scale), dtype=self.dtype, device=self.device)
         self.layers = _seeded_modules(utils.derived_seed(self.seed, 1), self._build_layers).to(self.device, self.dtype)
+        self.selection = None
 
     def _build_layers(self) -> nn.Sequential:
         h = self.hyper
@@ -333,17 +370,13 @@ class PAL(_Baseline):
         if h["projection"] == "linear":
             return nn.Sequential(nn.Linear(self.d, self.m))
         act = nn.GELU if h["activation"] == "gelu" else nn.ReLU
-        layers, width = [], self.d
-        for _ in range(int(h["depth"])):
-            layers += [nn.Linear(width, self.m), act()]
-            width = self.m
-        return nn.Sequential(*layers, nn.Linear(width, self.m))
+        return nn.Sequential(nn.Linear(self.d, self.m), act(), nn.Linear(self.m, self.m), act(),
+                             nn.Linear(self.m, self.m))                      # PAL's mlp2
 
     # model pieces -------------------------------------------------------------------------------
     def project(self, E: torch.Tensor) -> torch.Tensor:
         """f(E) [n, m] for embeddings E [n, d]."""
-        out = self.layers(E)
-        return out + E if self.hyper["residual"] else out
+        return self.layers(E)
 
     def user_points(self, weights: torch.Tensor) -> torch.Tensor:
         """a_u [n, m] for simplex weights [n, K]: PAL-B sum_k w_k p_k; PAL-A f(sum_k w_k p_k), its d-wide
@@ -353,14 +386,14 @@ class PAL(_Baseline):
             return mixture
         first = self.layers[0]
         hidden = weights @ (self.prototypes @ first.weight.T) + first.bias
-        out = self.layers[1:](hidden)
-        return out + mixture if self.hyper["residual"] else out
+        return self.layers[1:](hidden)
 
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp().clamp(max=100.0)
 
     def margin(self, f_chosen, f_rejected, points) -> torch.Tensor:
-        """r_u(chosen) - r_u(rejected) [n] from projected rows [n, m] and each row's user point [n, m]."""
+        """r_u(chosen) - r_u(rejected) [n] from projected rows [n, m] and each row's user point [n, m]
+        (the method's own part; an anchor's head margin is added by the callers)."""
         if self.form == "A":
             return (f_rejected - points).norm(dim=1) - (f_chosen - points).norm(dim=1)
         if self.hyper["similarity"] == "cosine":
@@ -377,16 +410,35 @@ class PAL(_Baseline):
         """The training objective of one mini-batch: the pooled mean loss of comparisons (chosen [b],
         rejected [b] rows of table) whose users have logits W_rows[user_of_row] (differentiable)."""
         rows, inverse = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
-        projected = self.project(table[rows].to(self.device, self.dtype))   # f once per row in use
+        E = table[rows].to(self.device, self.dtype)
+        projected, heads = self.project(E), self.head_rewards(E)                  # once per row in use
         b = len(chosen)
         points = self.user_points(torch.softmax(W_rows, 1))[user_of_row]
-        return self.pair_loss(self.margin(projected[inverse[:b]], projected[inverse[b:]], points)).mean()
+        margins = self.margin(projected[inverse[:b]], projected[inverse[b:]], points)
+        return self.pair_loss(margins + heads[inverse[:b]] - heads[inverse[b:]]).mean()
 
-    def fit(self, train: utils.Comparisons) -> "PAL":
+    def _state(self) -> dict:
+        return {"layers": {k: v.clone() for k, v in self.layers.state_dict().items()},
+                "prototypes": self.prototypes.detach().clone(), "W": self.W.clone(),
+                "log_scale": self.log_scale.detach().clone()}
+
+    def _restore(self, state: dict) -> None:
+        with torch.no_grad():
+            self.layers.load_state_dict(state["layers"])
+            self.prototypes.copy_(state["prototypes"])
+            self.W.copy_(state["W"])
+            self.log_scale.copy_(state["log_scale"])
+
+    def fit(self, train: utils.Comparisons, valid: utils.Comparisons | None = None) -> "PAL":
         """Fit projection, prototypes, scale and the training users' weights (mini-batch Adam, pooled
-        mean loss per batch, as PAL's code). Sets `seen_state` and `loss_history` (one mean per epoch)."""
+        mean loss per batch, as PAL's code). With `valid` (held-out comparisons of the same users), keep
+        the epoch whose validation loss is the lowest, as PAL's trainer does (ModelCheckpoint on ValLoss,
+        mode min), and stop once `patience` epochs passed without a lower one; `selection` records it.
+        Sets `seen_state`, `loss_history` (one mean per epoch run) and `optimizer_steps`."""
         h = self.hyper
         table, chosen, rejected = self._training_data(train)
+        if valid is not None and valid.n_users != self.n_users:
+            raise ValueError(f"the validation data have {valid.n_users} users, the model {self.n_users}")
         users = train.users
         groups = [{"params": list(self.layers.parameters()), "lr": h["lr_projection"],
                    "weight_decay": h["weight_decay_projection"]},
@@ -399,13 +451,15 @@ class PAL(_Baseline):
         optimizer = torch.optim.Adam(groups, foreach=True)
         row_adam = _RowAdam(self.W, h["lr_weights"])
         g = utils.cpu_generator(utils.derived_seed(self.seed, 2))
-        batch, history = int(h["batch_size"]), []
+        batch, history, validation = int(h["batch_size"]), [], []
         steps = [(epoch, start) for epoch in range(int(h["epochs"])) for start in range(0, train.N, batch)]
         steps = steps[:h["max_steps"]] if h["max_steps"] is not None else steps
-        order = None
-        total = 0.0
+        order, total, best, taken = None, 0.0, None, 0
         with _small_ops(self.device):
             for epoch, start in harness.progress(steps, self.name, self.progress):
+                if best is not None and epoch - best[0] > int(h["patience"]):
+                    break                                # no lower validation loss for `patience` epochs
+                taken += 1
                 if start == 0:
                     order = torch.randperm(train.N, generator=g).to(users.device)
                     total = 0.0
@@ -419,8 +473,16 @@ class PAL(_Baseline):
                 optimizer.step()
                 row_adam.step(batch_users, W_rows.grad)
                 total += float(loss.detach()) * len(index)
-                if start + batch >= train.N:
+                if start + batch >= train.N:                            # the end of an epoch
                     history.append(total / train.N)
+                    if valid is not None:
+                        validation.append(float(self.loss(valid, {"logits": self.W})))
+                        if best is None or validation[-1] < best[1]:
+                            best = (epoch, validation[-1], self._state())
+        self.optimizer_steps = taken
+        if best is not None:
+            self._restore(best[2])
+            self.selection = {"epoch": best[0] + 1, "validation_loss": best[1], "validation_losses": validation}
         self.prototypes.requires_grad_(False)
         self.log_scale.requires_grad_(False)
         for p in self.layers.parameters():
@@ -445,26 +507,29 @@ class PAL(_Baseline):
         with torch.no_grad():
             rows, inverse = torch.unique(torch.cat([chosen, rejected]), return_inverse=True)
             projected = _map_rows(self.project, table, rows, self.device, self.dtype)
+            heads = _map_rows(self.head_rewards, table, rows, self.device, self.dtype)
             f_chosen, f_rejected = projected[inverse[:fewshot.N]], projected[inverse[fewshot.N:]]
+            head_margin = heads[inverse[:fewshot.N]] - heads[inverse[fewshot.N:]]
             margin_of = self.frozen_margins(f_chosen, f_rejected, users)
         row_weight = (1.0 / fewshot.counts().clamp(min=1).to(self.device, self.dtype))[users]
         W.requires_grad_(True)
         optimizer = torch.optim.Adam([W], lr=h["personalize_lr"], foreach=True)
         with _small_ops(self.device):
-            for _ in harness.progress(range(int(h["personalize_iterations"])), f"{self.name} new users", self.progress):
-                loss = (self.pair_loss(margin_of(torch.softmax(W, 1))) * row_weight).sum()
+            for _ in harness.progress(range(int(h["personalize_iterations"])), f"{self.name} new users",
+                                      self.progress):
+                loss = (self.pair_loss(margin_of(torch.softmax(W, 1)) + head_margin) * row_weight).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
         return {"logits": W.detach()}
 
     def frozen_margins(self, f_chosen: torch.Tensor, f_rejected: torch.Tensor, users: torch.Tensor):
-        """weights [C, K] -> margins [N] of comparisons with projected rows f_chosen, f_rejected [N, m]
-        and users [N], everything but the weights frozen (differentiable in the weights). PAL-B is linear
-        in a_u = w P, so the m-wide products are taken once: with D = (f_c - f_r) P^T [N, K] (f
-        normalised first for the cosine) the margin is s * D_n . w_u, divided by |a_u| =
-        sqrt(w_u P P^T w_u) for the cosine: O(N K) per iteration. PAL-A's ideal point is nonlinear in
-        w_u: margin(f_c, f_r, user_points(w)[users])."""
+        """weights [C, K] -> the method's own margins [N] of comparisons with projected rows f_chosen,
+        f_rejected [N, m] and users [N], everything but the weights frozen (differentiable in the
+        weights). PAL-B is linear in a_u = w P, so the m-wide products are taken once: with
+        D = (f_c - f_r) P^T [N, K] (f normalised first for the cosine) the margin is s * D_n . w_u, divided
+        by |a_u| = sqrt(w_u P P^T w_u) for the cosine: O(N K) per iteration. PAL-A's ideal point is
+        nonlinear in w_u: margin(f_c, f_r, user_points(w)[users])."""
         if self.form == "A":
             return lambda weights: self.margin(f_chosen, f_rejected, self.user_points(weights)[users])
         scale = self.scale().detach()
@@ -498,7 +563,7 @@ class PAL(_Baseline):
 
 class PAL_A(PAL):
     """PAL-A: the ideal-point form (see the module docstring). Same hyperparameters as PAL; activation
-    ReLU and the hinge loss by default (PAL's a-configs); `similarity`, `scale` do not apply."""
+    ReLU and the hinge loss by default (PAL's a-configs); `similarity` does not apply."""
 
     name = "PAL-A"
     form = "A"
@@ -524,21 +589,23 @@ def kl_annealing(step: int, period: int = 10000, floor: float = 0.1) -> float:
 class VPL(_Baseline):
     """VPL on frozen embeddings (see the module docstring for the model, sources and departures).
 
-    Hyperparameters (DEFAULTS): hidden_dim (h), latent_dim (L), context_size, batch_size, epochs,
-    max_steps (None: all; else stop after that many steps, the schedule still spanning `epochs`),
-    learning_rate, weight_decay, warmup_ratio, max_grad_norm, kl_weight (beta), kl_annealing,
-    anneal_steps, anneal_floor, negative_slope (LeakyReLU). K does not apply (recorded as None).
+    Hyperparameters (DEFAULTS): hidden_dim (h), latent_dim (L), batch_size, epochs, duplicates (each
+    comparison is a target this many times per epoch, each time with a fresh context), context_min and
+    context_max (a context holds a random number of comparisons in [context_min, context_max]), survey_size
+    (the pool of each user's training comparisons its contexts are drawn from, fixed once), max_steps
+    (None: all; else stop after that many steps, the schedule still spanning `epochs`), learning_rate,
+    weight_decay, warmup_ratio, max_grad_norm, kl_weight (beta), anneal_steps, anneal_floor,
+    negative_slope (LeakyReLU). K does not apply (recorded as None).
     User state: {"mean": [C, L], "log_var": [C, L], "context": [C] comparisons each latent was inferred
     from}; the reward uses z = mean.
     """
 
     name = "VPL"
     uses_K = False
-    DEFAULTS = {"hidden_dim": 512, "latent_dim": 512, "context_size": 8, "batch_size": 32, "epochs": 2,
-                "max_steps": None, "learning_rate": 1e-4, "weight_decay": 1e-3, "warmup_ratio": 0.03,
-                "max_grad_norm": 1.0,
-                "kl_weight": 3e-6, "kl_annealing": True, "anneal_steps": 10000, "anneal_floor": 0.1,
-                "negative_slope": 0.2}
+    DEFAULTS = {"hidden_dim": 512, "latent_dim": 512, "batch_size": 32, "epochs": 2, "duplicates": 4,
+                "context_min": 2, "context_max": 8, "survey_size": 100, "max_steps": None, "learning_rate": 1e-4,
+                "weight_decay": 1e-3, "warmup_ratio": 0.03, "max_grad_norm": 1.0, "kl_weight": 3e-6,
+                "anneal_steps": 10000, "anneal_floor": 0.1, "negative_slope": 0.2}
 
     def __init__(self, d, n_users, K=None, **kwargs):
         super().__init__(d, n_users, K, **kwargs)
@@ -606,13 +673,12 @@ class VPL(_Baseline):
 
     def elbo_loss(self, reward_chosen, reward_rejected, mean, log_var, step: int | None = None):
         """(loss, nll, kl): nll = mean of -log sigmoid(r_c - r_r) over targets [B]; kl = mean over targets
-        of gaussian_kl; loss = nll + kl_weight * a_step * kl, a_step = kl_annealing(step) when annealing
-        (step None: a = 1)."""
+        of gaussian_kl; loss = nll + kl_weight * a_step * kl, a_step = kl_annealing(step) (step None:
+        a = 1)."""
         nll = F.softplus(-(reward_chosen - reward_rejected)).mean()
         kl = gaussian_kl(mean, log_var).mean()
         h = self.hyper
-        factor = (kl_annealing(step, int(h["anneal_steps"]), h["anneal_floor"])
-                  if h["kl_annealing"] and step is not None else 1.0)
+        factor = kl_annealing(step, int(h["anneal_steps"]), h["anneal_floor"]) if step is not None else 1.0
         return nll + h["kl_weight"] * factor * kl, nll, kl
 
     def batch_loss(self, table, chosen, rejected, targets, contexts, mask, step=None, generator=None):
@@ -630,48 +696,81 @@ class VPL(_Baseline):
         mean, log_var = self.pool(pairs, mask.to(self.device))
         z = mean if generator is None else self.reparameterize(mean, log_var, generator)
         latent = self.latent_hidden(z)
-        dec_rows = rows_through(self.decoder_rows, torch.cat([chosen[targets], rejected[targets]]))
-        r_c, r_r = self.reward(dec_rows[:B], latent), self.reward(dec_rows[B:], latent)
+        sides = torch.cat([chosen[targets], rejected[targets]])
+        dec_rows, heads = rows_through(self.decoder_rows, sides), rows_through(self.head_rewards, sides)
+        r_c, r_r = self.reward(dec_rows[:B], latent) + heads[:B], self.reward(dec_rows[B:], latent) + heads[B:]
         return self.elbo_loss(r_c, r_r, mean, log_var, step)
 
     @staticmethod
-    def sample_contexts(targets, users, order, starts, counts, size: int, generator):
-        """For each target comparison, `size` other comparisons of its user drawn without replacement
-        (fewer when the user has fewer; a user with one comparison gets that one). Returns (contexts
-        [B, size] comparison indices, mask [B, size])."""
-        B = len(targets)
-        rank = _rank_in_user(targets, users, order, starts)
-        u = users[targets]
-        others = counts[u] - 1                                              # candidates per target
-        width = max(int(others.max()) if B else 0, 1)
+    def survey_pools(users: torch.Tensor, n_users: int, size: int, generator):
+        """Each user's survey pool, drawn once: at most `size` of its comparisons, at random. Returns
+        (order [P]: pool members grouped by user, starts [C], counts [C], rank [N]: a comparison's
+        position in its user's pool, -1 outside it)."""
+        N = len(users)
+        shuffled = torch.randperm(N, generator=generator).to(users.device)
+        order, starts, counts = _user_layout(users[shuffled], n_users)
+        order = shuffled[order]                                          # random order within each user
+        position = torch.arange(N, device=users.device) - starts[users[order]]
+        keep = position < size
+        order, counts = order[keep], counts.clamp(max=size)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.full((N,), -1, dtype=torch.long, device=users.device)
+        rank[order] = torch.arange(len(order), device=users.device) - starts[users[order]]
+        return order, starts, counts, rank
+
+    @staticmethod
+    def sample_contexts(targets, users, pool, size_min: int, size_max: int, generator):
+        """For each target comparison, a context of L ~ U{size_min..size_max} other comparisons of its user,
+        drawn without replacement from the user's survey pool (fewer when the pool has fewer; the target
+        itself is never in its own context, except for a user whose pool holds nothing else, whose one
+        comparison is its own context). pool: survey_pools(...). Returns (contexts [B, size_max]
+        comparison indices, mask [B, size_max])."""
+        order, starts, counts, rank = pool
+        B, u = len(targets), users[targets]
+        own = rank[targets]                                                  # -1: the target is not in the pool
+        available = counts[u] - (own >= 0).long()
+        width = max(int(counts[u].max()) if B else 0, 1)
         keys = torch.rand(B, width, generator=generator).to(users.device)
-        keys = keys.masked_fill(torch.arange(width, device=users.device)[None, :] >= others[:, None], 2.0)
-        take = min(size, width)
-        slot = torch.topk(keys, take, dim=1, largest=False).indices           # random distinct slots
-        mask = torch.gather(keys, 1, slot) < 2.0
-        slot = slot + (slot >= rank[:, None]).long()                          # skip the target itself
-        alone = others == 0
-        slot[alone] = rank[alone][:, None]
+        slot = torch.arange(width, device=users.device)[None, :]
+        keys = keys.masked_fill((slot >= counts[u][:, None]) | (slot == own[:, None]), 2.0)
+        lengths = torch.randint(size_min, size_max + 1, (B,), generator=generator).to(users.device)
+        take = min(size_max, width)
+        chosen_slots = torch.topk(keys, take, dim=1, largest=False).indices             # random distinct slots
+        mask = (torch.gather(keys, 1, chosen_slots) < 2.0) & (torch.arange(take, device=users.device)[None, :]
+                                                               < torch.minimum(lengths, available)[:, None])
+        contexts = order[(starts[u][:, None] + chosen_slots).clamp(max=max(len(order) - 1, 0))]
+        alone = available <= 0
+        contexts[alone, 0] = targets[alone]
         mask[alone, 0] = True
-        contexts = order[(starts[u][:, None] + slot).clamp(max=len(order) - 1)]
+        if take < size_max:                                                  # pad to a fixed width
+            pad = size_max - take
+            contexts = torch.cat([contexts, contexts.new_zeros(B, pad)], 1)
+            mask = torch.cat([mask, mask.new_zeros(B, pad)], 1)
         return contexts, mask
 
+    def steps_for(self, n_comparisons: int) -> int:
+        """Optimiser steps of a full fit on n comparisons: epochs x ceil(duplicates x n / batch_size)."""
+        h = self.hyper
+        return int(h["epochs"]) * math.ceil(int(h["duplicates"]) * n_comparisons / int(h["batch_size"]))
+
     def fit(self, train: utils.Comparisons) -> "VPL":
-        """Train encoder and decoder on the ELBO (AdamW, cosine schedule with warm-up, clipped gradients).
-        Sets `seen_state` (latents of the training users from all their training comparisons) and
-        `loss_history` (mean loss per epoch)."""
+        """Train encoder and decoder on the ELBO (AdamW, cosine schedule with warm-up, clipped gradients),
+        every comparison a target `duplicates` times per epoch with a fresh context from its user's
+        survey pool. Sets `seen_state` (latents of the training users from their survey pools),
+        `loss_history` (mean loss per epoch) and `optimizer_steps`."""
         h = self.hyper
         table, chosen, rejected = self._training_data(train)
         users = train.users
-        order, starts, counts = _user_layout(users, train.n_users)
+        g = utils.cpu_generator(utils.derived_seed(self.seed, 2))
+        pool = self.survey_pools(users, train.n_users, int(h["survey_size"]), g)
         decay = [p for n, p in self.net.named_parameters() if not n.endswith("bias")]
         no_decay = [p for n, p in self.net.named_parameters() if n.endswith("bias")]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": h["weight_decay"]},
                                        {"params": no_decay, "weight_decay": 0.0}],
                                       lr=h["learning_rate"], betas=(0.9, 0.999), eps=1e-8, foreach=True)
-        batch = int(h["batch_size"])
-        per_epoch = math.ceil(train.N / batch)
-        total_steps = int(h["epochs"]) * per_epoch
+        batch, targets_per_epoch = int(h["batch_size"]), int(h["duplicates"]) * train.N
+        per_epoch = math.ceil(targets_per_epoch / batch)
+        total_steps = self.steps_for(train.N)
         warmup = int(h["warmup_ratio"] * total_steps)
 
         def schedule(step):                    # transformers' get_cosine_schedule_with_warmup
@@ -680,19 +779,18 @@ class VPL(_Baseline):
             progress = (step - warmup) / max(1, total_steps - warmup)
             return max(0.0, 0.5 * (1 + math.cos(math.pi * progress)))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        g = utils.cpu_generator(utils.derived_seed(self.seed, 2))
         history, total, perm = [], 0.0, None
         self.net.train()
         run_steps = total_steps if h["max_steps"] is None else min(total_steps, int(h["max_steps"]))
         with _small_ops(self.device):
             for step in harness.progress(range(run_steps), self.name, self.progress):
                 start = (step % per_epoch) * batch
-                if start == 0:
-                    perm = torch.randperm(train.N, generator=g).to(users.device)
+                if start == 0:             # every comparison `duplicates` times, shuffled together
+                    perm = (torch.randperm(targets_per_epoch, generator=g) % train.N).to(users.device)
                     total = 0.0
                 targets = perm[start:start + batch]
-                contexts, mask = self.sample_contexts(targets, users, order, starts, counts,
-                                                      int(h["context_size"]), g)
+                contexts, mask = self.sample_contexts(targets, users, pool, int(h["context_min"]),
+                                                      int(h["context_max"]), g)
                 loss, _, _ = self.batch_loss(table, chosen, rejected, targets, contexts, mask, step, g)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -701,13 +799,14 @@ class VPL(_Baseline):
                 optimizer.step()
                 scheduler.step()
                 total += float(loss.detach()) * len(targets)
-                if start + batch >= train.N:
-                    history.append(total / train.N)
+                if start + batch >= targets_per_epoch:
+                    history.append(total / targets_per_epoch)
         self.net.eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.loss_history = history
-        self.seen_state = self.encode(train)
+        self.optimizer_steps = run_steps
+        self.seen_state = self.encode(train.select(pool[0]))
         return self
 
     @torch.no_grad()
@@ -761,14 +860,10 @@ class VPL(_Baseline):
                 "not fitted)")
 
 
-def _rank_in_user(index, users, order, starts):
-    """Position of comparisons `index` within their user's block of `order`."""
-    position = torch.empty_like(order)
-    position[order] = torch.arange(len(order), device=order.device)
-    return position[index] - starts[users[index]]
-
-
 METHODS = {"PAL": PAL, "PAL-A": PAL_A, "VPL": VPL}
+PAL_GRID = {"K": (1, 2, 4, 8), "d_pref": (128, 512)}   # PAL's K and width, chosen on the validation split
+VALIDATION_FRACTION = 0.1     # PAL's held-out share of the training comparisons (dataset_factory.py)
+MIN_VALIDATION_USER = 5       # a user with fewer training comparisons keeps them all for training
 
 
 def check_methods(methods) -> list[str]:
@@ -779,30 +874,78 @@ def check_methods(methods) -> list[str]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise harness.SettingsError(f"error: unknown baseline(s) {', '.join(map(repr, unknown))}; known: "
-                                  f"{', '.join(METHODS)}")
+                                    f"{', '.join(METHODS)} (each is also run anchored on the head, as "
+                                    f"<name>{ANCHORED})")
     if len(set(methods)) != len(methods):
         raise harness.SettingsError(f"error: a baseline is listed twice in {methods}")
     return methods
 
 
 def build(method: str, d: int, n_users: int, *, K=None, seed=0, device=None, dtype=torch.float32,
-          progress=False, **hyper) -> _Baseline:
-    """An unfitted model of `method` (its parameters drawn from `seed`)."""
+          progress=False, anchor=None, **hyper) -> _Baseline:
+    """An unfitted model of `method` (its parameters drawn from `seed`; anchored on `anchor`, the head
+    V_ref, when given)."""
     (method,) = check_methods([method])
-    return METHODS[method](d, n_users, K, seed=seed, device=device, dtype=dtype, progress=progress, **hyper)
+    return METHODS[method](d, n_users, K, seed=seed, device=device, dtype=dtype, progress=progress, anchor=anchor,
+                           **hyper)
 
 
 def fit(method: str, train: utils.Comparisons, *, K=None, seed=0, device=None, dtype=None, progress=False,
-        **hyper) -> _Baseline:
-    """Fit `method` ("PAL", "PAL-A" or "VPL") on the seen users' training comparisons.
+        anchor=None, **hyper) -> _Baseline:
+    """Fit `method` ("PAL", "PAL-A" or "VPL") on the seen users' training comparisons, without selection.
 
-    K: PAL's number of prototypes (VPL ignores it: its latent size is `latent_dim`). hyper: the
-    method's DEFAULTS to override. dtype None: the data's. Returns the fitted model (`seen_state`
-    holds the training users' state)."""
+    K: PAL's number of prototypes (VPL ignores it: its latent size is `latent_dim`). anchor: the head
+    V_ref for the "+ref" variant. hyper: the method's DEFAULTS to override. dtype None: the data's.
+    Returns the fitted model (`seen_state` holds the training users' state)."""
     dtype = train.dtype if dtype is None else dtype
     model = build(method, train.d, train.n_users, K=K, seed=seed, device=device, dtype=dtype,
-                  progress=progress, **hyper)
+                  progress=progress, anchor=anchor, **hyper)
     return model.fit(train)
+
+
+def validation_split(train: utils.Comparisons, seed: int, fraction: float = VALIDATION_FRACTION):
+    """(fit part, validation part) of the seen users' training comparisons: of each user with at least
+    MIN_VALIDATION_USER comparisons, round(fraction x m) (at least 1) held out at random (seeded), as PAL's
+    train_test_split stratified by user; both parts keep every user's index."""
+    g = utils.cpu_generator(seed)
+    users = train.users.cpu()
+    order = torch.randperm(train.N, generator=g)
+    order = order[torch.argsort(users[order], stable=True)]               # random within each user
+    counts = torch.bincount(users, minlength=train.n_users)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(train.N) - starts[users[order]]
+    held = torch.where(counts >= MIN_VALIDATION_USER, (fraction * counts.double()).round().long().clamp(min=1), 0)
+    valid = torch.zeros(train.N, dtype=torch.bool)
+    valid[order[rank < held[users[order]]]] = True
+    valid = valid.to(train.device)
+    return train.select(~valid), train.select(valid)
+
+
+def fit_selected(method: str, train: utils.Comparisons, *, seed: int, grid: dict | None = None, device=None,
+                 dtype=None, progress=False, anchor=None, **hyper) -> _Baseline:
+    """PAL (or PAL-A) with the code's model selection: a validation split of `train` (validation_split),
+    every (K, d_pref) of `grid` (default PAL_GRID) trained on the rest with its best epoch kept, and the
+    candidate with the lowest validation loss returned; its `selection` records the grid, every
+    candidate's loss and epoch, and the choice."""
+    grid = dict(PAL_GRID if grid is None else grid)
+    fit_part, valid = validation_split(train, utils.derived_seed(seed, 7))
+    if valid.N == 0:
+        raise SystemExit(f"error: no seen user has {MIN_VALIDATION_USER} or more training comparisons, so {method} "
+                         f"has no validation split to select its epoch, K and width on")
+    best, candidates = None, []
+    for K in grid["K"]:
+        for width in grid["d_pref"]:
+            model = build(method, train.d, train.n_users, K=K, seed=seed, device=device,
+                          dtype=train.dtype if dtype is None else dtype, progress=progress, anchor=anchor,
+                          **{**hyper, "d_pref": width}).fit(fit_part, valid)
+            candidates.append({"K": K, "d_pref": width, **{k: model.selection[k] for k in ("epoch", "validation_loss")}})
+            if best is None or model.selection["validation_loss"] < best.selection["validation_loss"]:
+                best = model
+    best.selection = {"chosen": {"K": best.K, "d_pref": best.hyper["d_pref"], "epoch": best.selection["epoch"]},
+                      "validation_loss": best.selection["validation_loss"], "candidates": candidates,
+                      "validation": {"comparisons": valid.N, "users": int((valid.counts() > 0).sum()),
+                                     "fit_comparisons": fit_part.N}}
+    return best
 
 
 # -----------------------------------------------------------------------------
@@ -833,18 +976,21 @@ def _check_groups(groups: dict, methods, dataset=None) -> dict:
     return groups
 
 
-def evaluate_methods(methods, groups: dict, seeds=(0,), *, K=None, hyper=None, device=None, dtype=None,
-                     progress=False, dataset=None) -> list[dict]:
-    """Fit, personalise and evaluate every method for every seed on the same groups; one result each.
+def evaluate_methods(methods, groups: dict, seeds=(0,), *, V_ref=None, grid=None, hyper=None, device=None,
+                     dtype=None, progress=False, dataset=None) -> list[dict]:
+    """Fit, personalise and evaluate every method for every seed on the same groups; one result each, and
+    with V_ref (the backbone's head) each method again anchored on it ("<name>+ref").
 
     groups: {"seen_train", "seen_test", "unseen_train", "unseen_test"} Comparisons with the user indexing
     of the LoRe pipeline (seen groups share their users, unseen groups theirs). For each method and seed
-    s: fit on seen_train with seed utils.derived_seed(s, 0) (the seed of LoRe's fits), evaluate seen_train
-    and seen_test with the seen users' state, personalise on unseen_train (seed utils.derived_seed(s, 1))
-    and evaluate unseen_train and unseen_test. K: an int for every method or {method: K}; hyper: {method:
-    {name: value}}. Returns per method {"method", "K", "seeds", "per_seed": [{group: per-user accuracy
-    [C]}], "counts" (utils.group_counts), "parameters" (for the seen users), "hyperparameters",
-    "seconds"}: the arguments of reports.paper_row."""
+    s: fit on seen_train with seed utils.derived_seed(s, 0) (the seed of LoRe's fits; PAL with its model
+    selection on a validation split of seen_train, fit_selected over `grid`; VPL for its cited budget,
+    no selection), evaluate seen_train and seen_test with the seen users' state, personalise on
+    unseen_train (seed utils.derived_seed(s, 1)) and evaluate unseen_train and unseen_test. hyper:
+    {method: {name: value}}. Returns per method {"method", "K", "seeds", "per_seed": [{group: per-user
+    accuracy [C]}], "counts" (utils.group_counts), "parameters" (for the seen users), "hyperparameters"
+    (effective, of the first seed's model), "optimizer_steps" [per seed], "selected_on" (what was chosen
+    on which split), "selection" [per seed], "seconds"}: the arguments of reports.paper_row."""
     methods = check_methods(methods)
     groups = _check_groups(groups, methods, dataset)
     hyper = dict(hyper or {})
@@ -854,20 +1000,34 @@ def evaluate_methods(methods, groups: dict, seeds=(0,), *, K=None, hyper=None, d
                                     f"the baselines run ({', '.join(methods)})")
     results = []
     for method in methods:
-        k = K.get(method) if isinstance(K, dict) else K
-        k = k if METHODS[method].uses_K else None
-        per_seed, model, start = [], None, time.time()
-        for seed in seeds:
-            model = fit(method, groups["seen_train"], K=k, seed=utils.derived_seed(seed, 0), device=device,
-                        dtype=dtype, progress=progress, **hyper.get(method, {}))
-            new_users = model.personalize(groups["unseen_train"], seed=utils.derived_seed(seed, 1))
-            per_seed.append({
-                "seen_train": model.per_user_accuracy(groups["seen_train"], model.seen_state),
-                "seen_test": model.per_user_accuracy(groups["seen_test"], model.seen_state),
-                "unseen_train": model.per_user_accuracy(groups["unseen_train"], new_users),
-                "unseen_test": model.per_user_accuracy(groups["unseen_test"], new_users)})
-        results.append({"method": method, "K": k, "seeds": list(seeds), "per_seed": per_seed,
-                        "counts": utils.group_counts(groups),
-                        "parameters": model.parameter_counts(groups["seen_train"].n_users),
-                        "hyperparameters": model.hyper, "seconds": round(time.time() - start, 2)})
+        for anchor in [None] + ([V_ref] if V_ref is not None else []):
+            per_seed, models, start = [], [], time.time()
+            for seed in seeds:
+                options = dict(seed=utils.derived_seed(seed, 0), device=device, dtype=dtype, progress=progress,
+                               anchor=anchor, **hyper.get(method, {}))
+                model = (fit_selected(method, groups["seen_train"], grid=grid, **options) if METHODS[method].uses_K
+                         else fit(method, groups["seen_train"], **options))
+                new_users = model.personalize(groups["unseen_train"], seed=utils.derived_seed(seed, 1))
+                per_seed.append({
+                    "seen_train": model.per_user_accuracy(groups["seen_train"], model.seen_state),
+                    "seen_test": model.per_user_accuracy(groups["seen_test"], model.seen_state),
+                    "unseen_train": model.per_user_accuracy(groups["unseen_train"], new_users),
+                    "unseen_test": model.per_user_accuracy(groups["unseen_test"], new_users)})
+                models.append(model)
+            first = models[0]
+            selected_on = (f"validation: {VALIDATION_FRACTION:.0%} of each seen user's training comparisons (users "
+                           f"with >= {MIN_VALIDATION_USER}), seeded per seed; the epoch, K and d_pref with the lowest "
+                           f"validation loss over the grid {dict(PAL_GRID if grid is None else grid)}"
+                           if METHODS[method].uses_K else
+                           "nothing: the cited trainer keeps the last step (no validation split, no checkpoint choice)")
+            chosen_K = "/".join(str(k) for k in dict.fromkeys(m.K for m in models))
+            label = f"{first.name} (K = {chosen_K}, chosen on validation)" if first.uses_K else first.name
+            results.append({"method": first.name, "label": label, "K": first.K, "seeds": list(seeds),
+                            "per_seed": per_seed,
+                            "counts": utils.group_counts(groups),
+                            "parameters": first.parameter_counts(groups["seen_train"].n_users),
+                            "hyperparameters": {**first.hyper, **({"K": first.K} if first.uses_K else {})},
+                            "optimizer_steps": [m.optimizer_steps for m in models], "selected_on": selected_on,
+                            "selection": [m.selection if first.uses_K else None for m in models],
+                            "seconds": round(time.time() - start, 2)})
     return results

@@ -75,7 +75,7 @@ records = [record for s in seed_list for record in utils.run(
     K_list, alpha_list, V_ref, *groups.values(), n_seen_users, n_unseen_users, device, num_iterations=num_iterations,
     learning_rate=learning_rate, fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate,
     seed=s, results_dir=results_path if s == seed else None, dataset_name="PersonalLLM", overwrite=overwrite).records]
-methods = baseline_methods.evaluate_methods(baselines, groups, seed_list, K=utils.choose_K(records, alpha_list[0]),
-                                            device=device, dataset="PersonalLLM") if baselines else []
+methods = baseline_methods.evaluate_methods(baselines, groups, seed_list, V_ref=V_ref, device=device,
+                                            dataset="PersonalLLM") if baselines else []
 extra["seconds"] = {"load_and_simulate": round(simulated - start, 1), "run": round(time.time() - simulated, 1)}
 reports.save_train_basis(results_path, "PersonalLLM", settings, records, extra, methods=methods)

@@ -66,7 +66,7 @@ records = [record for s in seed_list for record in utils.run(
     K_list, alpha_list, V_ref, *groups.values(), N, N_unseen, device, num_iterations=num_iterations,
     learning_rate=learning_rate, fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate,
     seed=s, results_dir=results_path if s == seed else None, dataset_name="TLDR", overwrite=overwrite).records]
-methods = baseline_methods.evaluate_methods(baselines, groups, seed_list, K=utils.choose_K(records, alpha_list[0]),
-                                            device=device, dataset="Reddit TLDR") if baselines else []
+methods = baseline_methods.evaluate_methods(baselines, groups, seed_list, V_ref=V_ref, device=device,
+                                            dataset="Reddit TLDR") if baselines else []
 extra["seconds"] = round(time.time() - start, 1)
 reports.save_train_basis(results_path, "Reddit TLDR", settings, records, extra, user_ids=users, methods=methods)

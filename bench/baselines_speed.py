@@ -132,8 +132,11 @@ def evaluate(model, groups, new_state):
 
 
 def default_steps(method: str, N: int) -> int:
+    """Optimiser steps of one default fit on N comparisons (VPL: every comparison `duplicates` times per
+    epoch; PAL: one fit of its selection grid, on the 90% it trains on)."""
     hyper = baselines.METHODS[method].DEFAULTS
-    return int(hyper["epochs"]) * math.ceil(N / int(hyper["batch_size"]))
+    targets = N * int(hyper.get("duplicates", 1)) if method == "VPL" else int(N * (1 - baselines.VALIDATION_FRACTION))
+    return int(hyper["epochs"]) * math.ceil(targets / int(hyper["batch_size"]))
 
 
 def part_timing():
@@ -188,9 +191,11 @@ def part_timing():
               f"{r['rest']:.1f} s | {params:,} |")
     print(f"\nAn iteration: LoRe_regularized one full pass over the {train.N} comparisons (a W step and a V "
           f"step); a baseline one mini-batch step (PAL: {baselines.PAL.DEFAULTS['batch_size']} comparisons; "
-          f"VPL: {baselines.VPL.DEFAULTS['batch_size']} targets with {baselines.VPL.DEFAULTS['context_size']} "
-          f"context comparisons each). Default fits: LoRe {lore_iterations:,} iterations; PAL "
-          f"{baselines.PAL.DEFAULTS['epochs']} epochs, VPL {baselines.VPL.DEFAULTS['epochs']} epochs. "
+          f"VPL: {baselines.VPL.DEFAULTS['batch_size']} targets with {baselines.VPL.DEFAULTS['context_min']}-"
+          f"{baselines.VPL.DEFAULTS['context_max']} context comparisons each). Default fits: LoRe "
+          f"{lore_iterations:,} iterations; PAL {baselines.PAL.DEFAULTS['epochs']} epochs per candidate of its "
+          f"{len(baselines.PAL_GRID['K']) * len(baselines.PAL_GRID['d_pref'])}-point selection grid, VPL "
+          f"{baselines.VPL.DEFAULTS['epochs']} epochs of {baselines.VPL.DEFAULTS['duplicates']} copies. "
           f"Load average now {os.getloadavg()[0]:.1f}.")
     return results
 

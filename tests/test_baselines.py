@@ -197,9 +197,10 @@ def test_pal_one_prototype_identity_equals_single_bradley_terry():
 
 # --- planted heterogeneous users: a personalised baseline must beat K = 1 on unseen users ----------
 
-SMALL = {"PAL": {"d_pref": 16, "batch_size": 64, "epochs": 20, "lr_projection": 1e-3},
-         "PAL-A": {"d_pref": 16, "batch_size": 64, "epochs": 20, "lr_projection": 1e-3},
-         "VPL": {"hidden_dim": 32, "latent_dim": 8, "batch_size": 64, "epochs": 20, "learning_rate": 3e-3}}
+SMALL = {"PAL": {"batch_size": 64, "epochs": 20, "lr_projection": 1e-3},
+         "PAL-A": {"batch_size": 64, "epochs": 20, "lr_projection": 1e-3},
+         "VPL": {"hidden_dim": 32, "latent_dim": 8, "batch_size": 64, "epochs": 5, "learning_rate": 3e-3}}
+SMALL_GRID = {"K": (2,), "d_pref": (16,)}
 
 
 def test_planted_population_each_baseline_beats_single_reward_on_unseen_users(tmp_path):
@@ -211,7 +212,7 @@ def test_planted_population_each_baseline_beats_single_reward_on_unseen_users(tm
     k1_row = reports.paper_row("K = 1", single, utils.group_counts(groups), reports.lore_parameter_counts(16, 1, 40),
                                label="K = 1")
     rows = [reports.paper_row(**result) for result in baselines.evaluate_methods(
-        ["PAL", "PAL-A", "VPL"], groups, seeds=[0], K=2, hyper=SMALL, device="cpu")]
+        ["PAL", "PAL-A", "VPL"], groups, seeds=[0], grid=SMALL_GRID, hyper=SMALL, device="cpu")]
     # The tastes are opposed (directions v and -v), so the best single reward is near the population
     # average, ~0: K = 1 sits near chance (47-49% for seeds 0-2). A personalised model reads each
     # user's side from 20 shots. The standard error of a mean accuracy over 30 users x 30 comparisons
@@ -230,7 +231,7 @@ def test_planted_population_each_baseline_beats_single_reward_on_unseen_users(tm
         assert counts == {(groups[name].n_users, groups[name].N)}
     paths = reports.save_paper_table(tmp_path, "planted_table", [k1_row] + rows, {"seed": 0})
     table = paths["markdown"].read_text()
-    assert "| K = 1 |" in table and "| PAL (K = 2) |" in table and "| VPL |" in table
+    assert "| K = 1 |" in table and "| PAL (K = 2, chosen on validation) |" in table and "| VPL |" in table
     assert "mean ± std over users (one seed)" in table
 
 
@@ -322,19 +323,31 @@ def test_vpl_new_users_batched_equals_one_at_a_time():
     assert batched["context"].tolist() == [2, 3, 4, 5, 6]
 
 
-def test_vpl_contexts_are_other_comparisons_of_the_same_user():
-    users = torch.tensor([0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2])     # user 1 has a single comparison
-    order, starts, counts = baselines._user_layout(users, 3)
+def test_vpl_contexts_are_2_to_8_others_from_the_users_fixed_survey_pool():
+    """The cited rule (add_survey_contexts.py): a survey pool per user drawn once, every context a random
+    2-8 of it; here never the target itself (unless its user's pool holds nothing else)."""
+    users = torch.tensor([0, 0, 0, 1] + [2] * 30)                    # user 1 has a single comparison
     g = torch.Generator().manual_seed(0)
-    targets = torch.arange(len(users))
-    contexts, mask = baselines.VPL.sample_contexts(targets, users, order, starts, counts, 8, g)
-    for t in range(len(users)):
-        members = contexts[t][mask[t]].tolist()
+    pool = baselines.VPL.survey_pools(users, 3, 20, g)                # user 2: 20 of its 30 in the pool
+    order, starts, counts, rank = pool
+    assert counts.tolist() == [3, 1, 20] and int((rank >= 0).sum()) == 24
+    assert all(users[m] == 2 for m in order[starts[2]:starts[2] + 20])
+    targets = torch.arange(len(users)).repeat(20)                     # every comparison, 20 draws each
+    contexts, mask = baselines.VPL.sample_contexts(targets, users, pool, 2, 8, g)
+    assert contexts.shape == mask.shape == (len(targets), 8)
+    sizes = mask.sum(1)
+    for i, t in enumerate(targets.tolist()):
+        members = contexts[i][mask[i]].tolist()
         assert all(users[m] == users[t] for m in members) and len(set(members)) == len(members)
-        if counts[users[t]] > 1:
-            assert t not in members and len(members) == min(8, int(counts[users[t]]) - 1)
+        assert all(rank[m] >= 0 for m in members)                     # drawn from the pool only
+        if users[t] == 1:
+            assert members == [t]                                      # its own context: nothing else
         else:
-            assert members == [t]                        # a user with one comparison is its own context
+            assert t not in members
+            available = int(counts[users[t]]) - int(rank[t] >= 0)
+            assert min(2, available) <= len(members) <= min(8, available)
+    big = sizes[users[targets] == 2]
+    assert set(big.tolist()) == set(range(2, 9))                      # every length 2..8 occurs
 
 
 def test_dense_comparisons_are_viewed_without_leaking_the_label():
@@ -354,8 +367,9 @@ def test_dense_comparisons_are_viewed_without_leaking_the_label():
 
 def test_evaluate_methods_two_seeds_gives_mean_and_std_over_seeds(tmp_path):
     groups = planted_population(8, 6, 10, 6, 8, 6, seed=3)
-    hyper = {"PAL": {"d_pref": 8, "batch_size": 32, "epochs": 2, "personalize_iterations": 20}}
-    row, = [reports.paper_row(**r) for r in baselines.evaluate_methods(["PAL"], groups, seeds=[0, 1], K=2,
+    hyper = {"PAL": {"batch_size": 32, "epochs": 2, "personalize_iterations": 20}}
+    row, = [reports.paper_row(**r) for r in baselines.evaluate_methods(["PAL"], groups, seeds=[0, 1],
+                                                                        grid={"K": (2,), "d_pref": (8,)},
                                                                         hyper=hyper, device="cpu")]
     entry = row["groups"]["unseen_test"]
     assert entry["std_over"] == "seeds" and len(entry["per_seed"]) == 2
@@ -370,11 +384,11 @@ def test_evaluate_methods_two_seeds_gives_mean_and_std_over_seeds(tmp_path):
                              utils.group_counts(groups), reports.lore_parameter_counts(6, 3, 8), K=3)
     paths = reports.save_paper_table(tmp_path, "table", [lore, row], {"seed": 0})
     markdown = paths["markdown"].read_text()
-    assert "| LoRe (K = 3) | 80.0 ± 10.0† | 70.0 ± 20.0† | 3 | 42 |" in markdown
+    assert "| LoRe (K = 3) | 80.0 ± 10.0† | 70.0 ± 20.0† | - | - | 3 | 42 |" in markdown
     assert "† marks a row with one seed, whose std is over users" in markdown
     payload = json.loads(paths["json"].read_text())
     assert payload["counts"]["unseen_test"] == {"users": 6, "comparisons": 48}
-    assert [r["label"] for r in payload["rows"]] == ["LoRe (K = 3)", "PAL (K = 2)"]
+    assert [r["label"] for r in payload["rows"]] == ["LoRe (K = 3)", "PAL (K = 2, chosen on validation)"]
     # a row computed on other comparisons is refused
     fewer = dict(groups, unseen_test=groups["unseen_test"].select(torch.arange(40)))
     other = reports.paper_row("ref", [{"seen_test": np.array([0.5]), "unseen_test": np.array([0.5])}],
@@ -395,7 +409,7 @@ def test_vpl_parameter_counts():
 def test_unknown_method_lists_the_known_ones():
     groups = planted_population(4, 3, 4, 4, 4, 4)
     with pytest.raises(harness.SettingsError, match="unknown baseline.*'LoRA'.*known: PAL, PAL-A, VPL"):
-        baselines.evaluate_methods(["PAL", "LoRA"], groups, K=2)
+        baselines.evaluate_methods(["PAL", "LoRA"], groups)
     with pytest.raises(harness.SettingsError, match="known: PAL, PAL-A, VPL"):
         baselines.fit("pal", groups["seen_train"], K=2)
     with pytest.raises(harness.SettingsError, match="unknown hyperparameter.*lr.*known: .*learning_rate"):
@@ -412,3 +426,122 @@ def test_baseline_without_unseen_users_says_what_is_missing():
     with pytest.raises(SystemExit, match="on TLDR are evaluated on unseen users.*unseen_train group is empty "
                                          r"\(0 users, 0 comparisons\)"):
         baselines.evaluate_methods(["VPL"], dict(groups, unseen_train=empty, unseen_test=empty), dataset="TLDR")
+
+
+# --- the cited budgets, the selection and the anchored variants (issue: fair baselines) ----------------
+
+def test_defaults_are_the_cited_configurations():
+    """Every default of PAL and VPL, with where it comes from; a changed default fails here."""
+    assert baselines.PAL.DEFAULTS == {
+        "projection": "mlp",            # PAL's mlp2 projector (config/prefLearner_config/*-mlp2.yaml)
+        "d_pref": 512,                  # b-dim512 (the README's main configuration); chosen on validation
+        "activation": "gelu",           # PAL-B's configs (PAL-A: relu)
+        "similarity": "cosine",         # PrefLearner_angle
+        "loss": "logistic",             # the code's cross-entropy over the two rewards (PAL-A: hinge)
+        "batch_size": 32, "epochs": 20,  # departures, documented: frozen embeddings, users with tens
+        "patience": 3,                  # stop a candidate 3 epochs after its best (documented departure)
+        "max_steps": None,
+        "lr_projection": 1e-4, "weight_decay_projection": 0.01,   # config/optim_config/vanilla-e1.yaml
+        "lr_prototypes": 5e-3, "lr_weights": 5e-3, "lr_scale": 0.1,
+        "personalize_iterations": 500, "personalize_lr": 5e-3}   # main_pal_b_unseen.py: W only, lr 5e-3
+    assert baselines.PAL_A.DEFAULTS == {**baselines.PAL.DEFAULTS, "activation": "relu", "loss": "hinge"}
+    assert baselines.PAL_GRID == {"K": (1, 2, 4, 8), "d_pref": (128, 512)}
+    assert (baselines.VALIDATION_FRACTION, baselines.MIN_VALIDATION_USER) == (0.1, 5)   # dataset_factory.py
+    assert baselines.VPL.DEFAULTS == {
+        "hidden_dim": 512, "latent_dim": 512,     # submit_job_UF_P_4.sh
+        "batch_size": 32,                         # 4 per device x 8 accumulation steps
+        "epochs": 2, "duplicates": 4,             # --num_train_epochs=2; --num_duplicates 4 (data script)
+        "context_min": 2, "context_max": 8, "survey_size": 100,    # add_survey_contexts.py, survey_size=100
+        "max_steps": None, "learning_rate": 1e-4, "weight_decay": 1e-3, "warmup_ratio": 0.03,
+        "max_grad_norm": 1.0,                     # the HF Trainer's default
+        "kl_weight": 3e-6, "anneal_steps": 10000, "anneal_floor": 0.1, "negative_slope": 0.2}
+
+
+def test_vpl_takes_its_cited_number_of_optimizer_steps():
+    groups = planted_population(6, 3, 21, 5, 5, 6, seed=2)
+    model = baselines.fit("VPL", groups["seen_train"], seed=0, device="cpu", hidden_dim=8, latent_dim=4)
+    N = groups["seen_train"].N                       # 126: 2 epochs x ceil(4 x 126 / 32) = 2 x 16
+    assert model.optimizer_steps == model.steps_for(N) == 2 * math.ceil(4 * N / 32) == 32
+    assert model.optimizer_steps >= 7 * N / 32 and len(model.loss_history) == 2
+
+
+def test_pal_validation_split_is_per_user_disjoint_and_seeded():
+    groups = planted_population(5, 2, 12, 4, 4, 6, seed=0)
+    train = groups["seen_train"].select(torch.arange(60 - 8))      # the last user keeps 4: below 5
+    fit_part, valid = baselines.validation_split(train, seed=3)
+    assert fit_part.N + valid.N == train.N and valid.counts().tolist() == [1, 1, 1, 1, 0]   # round(1.2) = 1
+    pairs = lambda c: set(zip(c.users.tolist(), c.chosen.tolist(), c.rejected.tolist()))   # noqa: E731
+    assert not pairs(fit_part) & pairs(valid) and pairs(fit_part) | pairs(valid) == pairs(train)
+    again = baselines.validation_split(train, seed=3)[1]
+    assert torch.equal(again.chosen, valid.chosen) and not torch.equal(baselines.validation_split(train, 4)[1].chosen,
+                                                                        valid.chosen)
+
+
+def test_pal_keeps_the_epoch_with_the_lowest_validation_loss():
+    groups = planted_population(8, 2, 30, 4, 4, 6, seed=1)
+    fit_part, valid = baselines.validation_split(groups["seen_train"], seed=0)
+    fast = dict(K=2, seed=0, device="cpu", dtype=torch.float64, d_pref=8, epochs=6, lr_projection=3e-2,
+                lr_prototypes=0.3, lr_weights=0.3)                               # fast: it overfits
+    model = baselines.build("PAL", 6, 8, patience=6, **fast)
+    model.fit(fit_part.to(dtype=torch.float64), valid.to(dtype=torch.float64))
+    losses = model.selection["validation_losses"]
+    best = int(np.argmin(losses))
+    assert len(losses) == 6 and model.selection["epoch"] == best + 1 and best < 4     # not simply the last
+    kept = float(model.loss(valid.to(dtype=torch.float64), model.seen_state))
+    assert kept == pytest.approx(losses[best], rel=1e-12)
+    assert model.optimizer_steps == 6 * math.ceil(fit_part.N / 32)
+    # with patience 1 the same trajectory stops at the first epoch that follows an epoch without a new best
+    stop = next((e for e in range(1, 6) if e - int(np.argmin(losses[:e])) > 1), 6)
+    early = baselines.build("PAL", 6, 8, patience=1, **fast)
+    early.fit(fit_part.to(dtype=torch.float64), valid.to(dtype=torch.float64))
+    assert early.selection["validation_losses"] == losses[:stop] and stop < 6
+    assert early.selection["epoch"] == int(np.argmin(losses[:stop])) + 1
+    assert early.optimizer_steps == stop * math.ceil(fit_part.N / 32)
+
+
+def test_selection_is_recorded_and_never_touches_the_test_groups(monkeypatch):
+    groups = planted_population(8, 4, 20, 5, 6, 6, seed=2)
+    triples = lambda c: set(zip(c.users.tolist(), c.chosen.tolist(), c.rejected.tolist()))   # noqa: E731
+    seen_train = triples(groups["seen_train"])
+    seen = []
+    real_fit = baselines.PAL.fit
+
+    def spy(self, train, valid=None):        # both parts come from seen_train and split it
+        seen.append((train.N, valid.N))
+        assert triples(train) | triples(valid) == seen_train and not triples(train) & triples(valid)
+        return real_fit(self, train, valid)
+    monkeypatch.setattr(baselines.PAL, "fit", spy)
+    result, = baselines.evaluate_methods(["PAL"], groups, seeds=[0], grid={"K": (1, 2), "d_pref": (4,)},
+                                         hyper={"PAL": {"epochs": 2}}, device="cpu")
+    assert seen == [(144, 16), (144, 16)]                 # 2 candidates, each on 90% with 10% to validate
+    selection = result["selection"][0]
+    assert [c["K"] for c in selection["candidates"]] == [1, 2]
+    best = min(selection["candidates"], key=lambda c: c["validation_loss"])
+    assert selection["chosen"]["K"] == best["K"] == result["K"] == result["hyperparameters"]["K"]
+    assert "validation" in result["selected_on"] and result["optimizer_steps"] == [2 * math.ceil(144 / 32)]
+
+
+def test_anchored_variants_add_the_heads_reward_in_training_and_evaluation():
+    groups = planted_population(6, 3, 12, 4, 6, 5, seed=3)
+    V_ref = torch.randn(5, 1, generator=torch.Generator().manual_seed(0))
+    results = baselines.evaluate_methods(["PAL", "VPL"], groups, seeds=[0], V_ref=V_ref,
+                                         grid={"K": (2,), "d_pref": (4,)}, device="cpu",
+                                         hyper={"PAL": {"epochs": 1}, "VPL": {"hidden_dim": 4, "latent_dim": 2,
+                                                                              "epochs": 1}})
+    assert [r["method"] for r in results] == ["PAL", "PAL+ref", "VPL", "VPL+ref"]
+    assert all(r["optimizer_steps"][0] > 0 and r["selected_on"] for r in results)
+    # an anchored model whose own reward is switched off scores exactly as the head (x . V_ref / 100)
+    model = baselines.build("PAL", 5, 6, K=1, seed=0, device="cpu", dtype=torch.float64, anchor=V_ref.double(),
+                            projection="identity", similarity="dot")
+    assert model.name == "PAL+ref"
+    model.prototypes.zero_()
+    test = groups["seen_test"].to(dtype=torch.float64)
+    head = (test.table[test.chosen] - test.table[test.rejected]) @ V_ref.double()[:, 0] / utils.TEMPERATURE
+    assert torch.allclose(model.margins(test, {"logits": torch.zeros(6, 1, dtype=torch.float64)}), head, rtol=1e-12)
+    vpl = baselines.build("VPL", 5, 6, device="cpu", dtype=torch.float64, anchor=V_ref.double(), hidden_dim=4,
+                          latent_dim=2)
+    plain = baselines.build("VPL", 5, 6, device="cpu", dtype=torch.float64, hidden_dim=4, latent_dim=2)
+    state = {"mean": torch.zeros(6, 2, dtype=torch.float64)}
+    assert torch.allclose(vpl.margins(test, state) - plain.margins(test, state), head, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="anchor"):
+        baselines.build("PAL", 4, 6, K=1, device="cpu", anchor=V_ref)

@@ -1,6 +1,7 @@
 """Reddit TLDR: row parsing and skip counts, the reproducible worker split, the offline generator, and
 the whole folder end to end on the offline default (small sizes)."""
 import json
+import math
 import os
 import random
 import subprocess
@@ -176,17 +177,17 @@ def test_folder_runs_end_to_end_offline_and_generates_reproducibly(tmp_path):
     basis = json.loads((out_results / "train_basis.json").read_text())
     assert basis["seed"] == 0 and basis["settings"]["K_list"] == [0, 1, 3]
     assert basis["split"]["skipped_lacking_a_side"] == 3 and basis["split"]["seen"] == 20
-    # The offline world's relations on new workers (seed 3, deterministic): the head is a good reward,
-    # below the planted rate; LoRe's rank 3 beats it and one shared reward. Margins are half the smallest
-    # gaps measured over generator seeds 0-4 at this size (planted - ref >= 0.093, K3 - ref >= 0.038,
-    # K3 - K1 >= 0.017 on new workers; on seen workers K3 - K1 >= 0.021, K3 - ref >= 0.073).
+    # What the world guarantees on new workers (seed 3, deterministic), with margins about half the smallest
+    # gaps over generator seeds 0-4 at this size: the head reads only the shared part, so it is below the
+    # planted rate (gaps 0.105-0.227); the workers differ, so rank 3 beats one shared reward on new workers
+    # (K3 - K1: 0.032-0.081; the paired interval of own weights over the mean weights lay above 0 at every
+    # seed, lower bounds +1.1 to +5.3 points).
     figure = {(r["K"], group): r[group]["mean"] for r in basis["results"] for group in ("seen_test", "unseen_test")}
     planted = basis["planted_accuracy"]["unseen_test"]
-    assert 0.6 < figure[0, "unseen_test"] < planted - 0.045, figure
-    assert figure[3, "unseen_test"] > figure[0, "unseen_test"] + 0.019 and \
-        figure[3, "unseen_test"] > figure[1, "unseen_test"] + 0.008, figure
-    assert figure[3, "seen_test"] > figure[1, "seen_test"] + 0.01 and \
-        figure[3, "seen_test"] > figure[0, "seen_test"] + 0.035, figure
+    assert 0.6 < figure[0, "unseen_test"] < planted - 0.05, figure
+    assert figure[3, "unseen_test"] > figure[1, "unseen_test"] + 0.015, figure
+    three = next(r for r in basis["results"] if r["K"] == 3)
+    assert three["unseen_test"]["gain_vs_shared"]["ci95"][0] > 0, three["unseen_test"]["gain_vs_shared"]
     assert [r["K"] for r in basis["results"]] == [0, 1, 3]
     assert set(basis["planted_accuracy"]) == {"seen_train", "seen_test", "unseen_train", "unseen_test"}
     fewshot = json.loads((out_results / "vary_fewshot.json").read_text())
@@ -202,10 +203,14 @@ def test_folder_runs_end_to_end_offline_and_generates_reproducibly(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     paper = json.loads((tmp_path / "comparison" / "paper_table.json").read_text())
-    assert [row["label"] for row in paper["rows"]] == ["ref (the backbone's head)", "K = 1 (one Bradley-Terry reward)",
-                                                      "LoRe (K = 3, chosen on seen users)", "PAL (K = 3)", "VPL"]
+    assert [row["method"] for row in paper["rows"]] == ["LoRe", "LoRe", "LoRe", "PAL", "PAL+ref", "VPL", "VPL+ref"]
     assert paper["std_over"] == ["seeds"] and paper["seeds"] == [0, 1]
-    assert "| PAL (K = 3) |" in (tmp_path / "comparison" / "train_basis.md").read_text()
+    for row in paper["rows"][3:]:
+        assert len(row["optimizer_steps"]) == 2 and row["selected_on"] and "gain_vs_ref" in row["groups"]["unseen_test"]
+    vpl = paper["rows"][5]
+    N = basis["split"]["seen_train_comparisons"]                        # 2 epochs of 4 copies, batches of 32
+    assert vpl["optimizer_steps"] == [2 * math.ceil(4 * N / 32)] * 2 and vpl["optimizer_steps"][0] >= 7 * N / 32
+    assert "| PAL (K = " in (tmp_path / "comparison" / "train_basis.md").read_text()
     unknown = subprocess.run([sys.executable, str(TLDR / "train_basis.py"), "--offline", f"--data_dir={data}",
                               "--baselines=['PALL']"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert unknown.returncode != 0 and "PAL-A" in unknown.stderr and "Traceback" not in unknown.stderr
