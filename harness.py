@@ -376,3 +376,111 @@ def progress(iterable=None, desc: str = "", enabled: bool = True, total: int | N
     if sys.stderr.isatty():
         return tqdm(iterable, total=total, desc=desc, leave=False, mininterval=1.0)
     return _PlainProgress(iterable, total, desc)
+
+
+# =============================================================================
+# tensors on disk with the record of what made them: fitted bases, and the checkpoints of a run in progress
+
+
+def save_tensor(path, tensor: torch.Tensor, key: str, record: dict) -> None:
+    """Atomically write `path` (.pt: a plain tensor, loadable with weights_only=True) and its
+    .safetensors sibling (one entry named `key`, `record` as its metadata "fit")."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    tensor = tensor.detach().cpu().contiguous().clone()
+    with atomic_path(path) as tmp:
+        torch.save(tensor, tmp)
+    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+        save_file({key: tensor}, str(tmp), metadata={"fit": json.dumps(record, sort_keys=True)})
+
+
+def recorded_fit(path) -> dict | None:
+    """The record saved with a tensor by save_tensor (from its .safetensors sibling); None when there is
+    none or it is unreadable."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(Path(path).with_suffix(".safetensors")), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("fit", "null"))
+    except Exception:
+        return None
+
+
+def refuse_other_fits(records: dict, overwrite: bool) -> None:
+    """{path: record} of tensors about to be written: exit, naming the differences, when one of them is
+    on disk with another record (other settings or data), unless overwrite."""
+    for path, record in records.items():
+        old = None if overwrite else recorded_fit(path)
+        if old is not None and old != record:
+            changed = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in record.items() if old.get(k) != v)
+            raise SystemExit(f"error: {path} holds a basis fitted with other settings or data ({changed}). Run "
+                             f"with --overwrite=True to replace it, or give another --results_dir.")
+
+
+def save_checkpoint(path, identity: dict, payload) -> None:
+    """Atomically keep a finished piece of a long run (tensors, numbers, strings) with its identity."""
+    with atomic_path(path) as tmp:
+        torch.save({"identity": identity, "payload": payload}, tmp)
+
+
+def load_checkpoint(path, identity: dict):
+    """The payload of save_checkpoint when `path` holds one with this identity (same settings and data),
+    else None (missing, unreadable, or made otherwise: the work is done again)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return saved["payload"] if saved.get("identity") == identity else None
+    except Exception:
+        return None
+
+
+# =============================================================================
+# one run per output folder at a time
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # someone else's process: alive
+        return True
+    return True
+
+
+def hold_lock(folder, name: str) -> Path:
+    """Take `folder/.{name}.lock` for this process until it exits, or exit naming the run that holds it
+    (its pid, command and start). A lock whose process is gone (a killed run) is taken over."""
+    import atexit
+    import socket as _socket
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / f".{name}.lock"
+    me = {"pid": os.getpid(), "host": _socket.gethostname(), "command": " ".join(sys.argv),
+          "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
+                print(f"note: {lock} was left by a run that is gone (pid {holder['pid']}); taking it over")
+                lock.unlink(missing_ok=True)
+                continue
+            raise SystemExit(f"error: {folder} is in use by another {name} run (pid {holder.get('pid', '?')} on "
+                             f"{holder.get('host', '?')}, `{holder.get('command', '?')}`, started "
+                             f"{holder.get('started', '?')}); wait for it to end, or give this run another "
+                             f"--results_dir. If no such run exists, delete {lock}.") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+
+        def release():
+            try:
+                if json.loads(lock.read_text()).get("pid") == me["pid"]:
+                    lock.unlink()
+            except (OSError, ValueError):
+                pass
+        atexit.register(release)
+        return lock
+    raise SystemExit(f"error: could not take {lock}")

@@ -8,11 +8,13 @@ averaged and the std is over seeds. Plots shade ± STD_BAND_FACTOR (0.25) std, a
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 import evidence
+import utils
 from harness import atomic_path, write_json_atomic, write_text_atomic
 from utils import GROUP_NAMES, STD_BAND_FACTOR, choose_K, derived_seed, mean_and_std
 
@@ -239,13 +241,18 @@ def save_results(results_dir, name, settings, records, *, plot_name=None, title=
 
 
 def save_train_basis(results_dir, dataset: str, settings, records, extra: dict, *, user_ids=None,
-                     methods=()) -> dict:
-    """Every folder's train_basis.py outputs under the same names: save_results as train_basis.{json,md} and
+                     methods=(), bases: str | None = None, checkpoints=None) -> dict:
+    """Every folder's train_basis.py outputs under the same names, written together at the end of the run:
+    with `bases` (the file prefix, e.g. "PRISM"), the V and W files of the first seed's fits
+    (utils.write_bases); save_results as train_basis.{json,md} and
     generalization_accuracy_vs_rank_lore_alpha_{alpha}.png, with the planted rate on unseen users as a
     line when `extra` has the offline data's "planted_accuracy"; with baselines (`methods`: their results,
     baselines.evaluate_methods) or several seeds, also the paper table (save_paper_table, at the first
-    alpha). Prints the planted rate, the tables and
-    the files."""
+    alpha). Then the run's `checkpoints` folder is removed. Prints the planted rate, the tables and the
+    files."""
+    if bases is not None:
+        first = records[0]["seed"]
+        utils.write_bases(results_dir, bases, [r for r in records if r["seed"] == first])
     planted = extra.get("planted_accuracy")
     if planted:
         print("planted (true) user rewards: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in planted.items()))
@@ -262,6 +269,8 @@ def save_train_basis(results_dir, dataset: str, settings, records, extra: dict, 
                          title=f"{dataset}: LoRe accuracy vs rank", extra=extra, user_ids=user_ids,
                          methods=method_rows,
                          reference_lines={"planted reward, unseen users": (planted or {}).get("unseen_test")})
+    if checkpoints is not None:
+        shutil.rmtree(checkpoints, ignore_errors=True)      # the run is complete: its pieces are in the files
     print(files["markdown"].read_text())
     print(f"wrote {files['json']}, {files['markdown']}, {', '.join(str(p) for p in files['plots'])} and the bases "
           f"per K in {results_dir}")

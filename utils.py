@@ -16,7 +16,6 @@ with V frozen (few-shot fits, evaluation) X @ V is computed once and every itera
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from pathlib import Path
 
@@ -490,7 +489,8 @@ class Sweep(tuple):
                         "comparisons"}},
       "per_user" {group: [C] accuracies, NaN for a user without comparisons};
     for K >= 1 also "diagnostics" (evidence.basis_diagnostics of V and the seen users' weights) and
-      "contrasts" (the test groups scored with the shared and with another user's weights: `contrasts`).
+      "contrasts" (the test groups scored with the shared and with another user's weights: `contrasts`)
+      and "basis" {"V", "W" (the seen users' weights), "fit" (its record, when saved)}.
     Unpacked, the original's 8 lists (seen train mean, seen test mean, unseen few-shot train mean, unseen
     test mean, then the same four as 0.25 x the std over users, its plot bands), each of length
     len(alpha_list) * len(K_list): `a, b, ... = run(...)` works as it did.
@@ -517,18 +517,6 @@ def choose_K(records: list, alpha) -> int | None:
     return max(by_K, key=lambda K: (float(np.mean(by_K[K])), -K)) if by_K else None
 
 
-def _save_tensor(path: Path, tensor: torch.Tensor, key: str, record: dict) -> None:
-    """Atomically write `path` (.pt: a plain tensor, loadable with weights_only=True) and its
-    .safetensors sibling (one entry named `key`, the fit that made it as metadata "fit")."""
-    from safetensors.torch import save_file
-    path = Path(path)
-    tensor = tensor.detach().cpu().contiguous().clone()
-    with harness.atomic_path(path) as tmp:
-        torch.save(tensor, tmp)
-    with harness.atomic_path(path.with_suffix(".safetensors")) as tmp:
-        save_file({key: tensor}, str(tmp), metadata={"fit": json.dumps(record, sort_keys=True)})
-
-
 def _training_data_record(train: Comparisons) -> dict:
     """The training data's part of a fit record: its sizes and a hash of its comparisons and rows."""
     train = train.compact()
@@ -536,26 +524,6 @@ def _training_data_record(train: Comparisons) -> dict:
     for tensor in (train.users, train.chosen, train.rejected, train.table):
         digest.update(np.ascontiguousarray(tensor.detach().cpu().numpy()).data)
     return {"users": train.n_users, "comparisons": train.N, "d": train.d, "data_sha256": digest.hexdigest()}
-
-
-def _check_fits_to_replace(results_dir, dataset_name, records: dict, overwrite: bool) -> None:
-    """Before any fit: refuse to replace a saved basis that another fit made (other settings or data),
-    unless overwrite, naming the differences. A long PRISM fit is hours of work."""
-    from safetensors import safe_open
-    for (alpha, K), record in records.items():
-        path = (Path(results_dir) / lore_file_names(dataset_name, K, alpha)[0]).with_suffix(".safetensors")
-        if overwrite or not path.exists():
-            continue
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                old = json.loads((f.metadata() or {}).get("fit", "{}"))
-        except Exception:
-            continue                   # unreadable: nothing to keep
-        if old != record:
-            changed = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in record.items() if old.get(k) != v)
-            raise SystemExit(f"error: {path.with_suffix('.pt')} holds a basis fitted with other settings or data "
-                             f"({changed}). Run with --overwrite=True to replace it, or give another "
-                             f"--results_dir.")
 
 
 def lore_file_names(dataset_name: str | None, K: int, alpha) -> tuple[str, str]:
@@ -591,28 +559,54 @@ def _reference(V_ref, K):
     return V_ref
 
 
+def _groups_fingerprint(groups) -> str:
+    """sha256 of the four groups' comparisons and of each distinct embedding table (hashed once)."""
+    digest, tables = hashlib.sha256(), {}
+    for group in groups:
+        if id(group.table) not in tables:
+            tables[id(group.table)] = hashlib.sha256(np.ascontiguousarray(group.table.cpu().numpy()).data).hexdigest()
+        digest.update(tables[id(group.table)].encode())
+        for tensor in (group.users, group.chosen, group.rejected):
+            digest.update(np.ascontiguousarray(tensor.cpu().numpy()).data)
+    return digest.hexdigest()
+
+
+def _checkpoint_path(checkpoint_dir, dataset_name, alpha, K, seed) -> Path:
+    return Path(checkpoint_dir) / f"{dataset_name or 'lore'}_fit_alpha_{alpha}_K_{K}_seed_{seed}.pt"
+
+
 def _sweep(fit, fit_settings, K_list, alpha_list, V_ref, groups, N, N_unseen, device, fewshot_iterations,
-           fewshot_learning_rate, seed, results_dir, dataset_name, show_progress, overwrite) -> Sweep:
+           fewshot_learning_rate, seed, results_dir, dataset_name, show_progress, overwrite, checkpoint_dir,
+           save_bases) -> Sweep:
     """run / run_regularized: every (alpha, K) fitted on the seen users with `fit`, new users fitted on
-    their few-shot comparisons with V frozen, all four groups scored."""
-    V_ref, (train, test, train_unseen, test_unseen), device = _prepare(V_ref, groups, N, N_unseen, device)
+    their few-shot comparisons with V frozen, all four groups scored. With checkpoint_dir, every finished
+    (alpha, K) is saved there and a rerun with the same settings and data takes it instead of fitting."""
+    V_ref, prepared, device = _prepare(V_ref, groups, N, N_unseen, device)
+    train, test, train_unseen, test_unseen = prepared
     grid = sweep_grid(alpha_list, K_list)
-    fits = {}      # what makes each saved basis: trainer settings, K, alpha, seed, training data (hashed once)
-    if results_dir is not None:
+    fits, identity = {}, {}  # what makes each basis (settings, K, alpha, seed, training data) and each record
+    if results_dir is not None or checkpoint_dir is not None:
         data = _training_data_record(train)
         fits = {(alpha, K): {**fit_settings, "K": int(K), "alpha": float(alpha), "seed": int(seed), **data}
-                for alpha, K in grid if K >= 1}
-    _check_fits_to_replace(results_dir, dataset_name, fits, overwrite)
+                for alpha, K in grid}
+        scoring = {"fewshot_iterations": int(fewshot_iterations), "fewshot_learning_rate": float(fewshot_learning_rate),
+                   "groups_sha256": _groups_fingerprint(prepared),
+                   "V_ref": None if V_ref is None else hashlib.sha256(V_ref.cpu().numpy().tobytes()).hexdigest()}
+        identity = {key: {**fit, **scoring} for key, fit in fits.items()}
+    if results_dir is not None:       # before any fit: a saved basis of another fit is hours of work
+        harness.refuse_other_fits({Path(results_dir) / lore_file_names(dataset_name, K, alpha)[0]: fit
+                                   for (alpha, K), fit in fits.items() if K >= 1}, overwrite)
     records = []
     for alpha, K in harness.progress(grid, "alpha, K", show_progress):
+        checkpoint = None if checkpoint_dir is None else _checkpoint_path(checkpoint_dir, dataset_name, alpha, K, seed)
+        record = None if checkpoint is None else harness.load_checkpoint(checkpoint, identity[alpha, K])
+        if record is not None:
+            records.append(record)
+            continue
         if K == 0:
             V, weights_seen = _reference(V_ref, K), torch.ones(N, 1, dtype=train.dtype, device=device)
         else:
             weights_seen, V = fit(V_ref, alpha, train, K, seed=derived_seed(seed, 0), progress=show_progress)
-            if results_dir is not None:
-                v_name, w_name = lore_file_names(dataset_name, K, alpha)
-                _save_tensor(Path(results_dir) / v_name, V, "V", fits[alpha, K])
-                _save_tensor(Path(results_dir) / w_name, weights_seen, "W", fits[alpha, K])
         if K <= 1:
             weights_unseen = torch.ones(N_unseen, V.shape[1], dtype=V.dtype, device=device)
         else:
@@ -630,8 +624,28 @@ def _sweep(fit, fit_settings, K_list, alpha_list, V_ref, groups, N, N_unseen, de
         if K >= 1:
             record["diagnostics"] = evidence.basis_diagnostics(V, weights_seen, V_ref)
             record["contrasts"] = contrasts(V, weights_seen, weights_unseen, test, test_unseen, seed)
+            record["basis"] = {"V": V.detach().cpu().clone(), "W": weights_seen.detach().cpu().clone(),
+                               "fit": fits.get((alpha, K))}
+        if checkpoint is not None:
+            harness.save_checkpoint(checkpoint, identity[alpha, K], record)
         records.append(record)
+    if results_dir is not None and save_bases:
+        write_bases(results_dir, dataset_name, records)
     return Sweep.from_records(records)
+
+
+def write_bases(results_dir, dataset_name, records) -> list[Path]:
+    """The V and W files (lore_file_names, + .safetensors twins with the fit's record) of every K >= 1
+    record of one seed that carries its basis; returns the paths written."""
+    written = []
+    for record in records:
+        basis = record.get("basis")
+        if record["K"] >= 1 and basis is not None and basis["fit"] is not None:
+            v_name, w_name = lore_file_names(dataset_name, record["K"], record["alpha"])
+            harness.save_tensor(Path(results_dir) / v_name, basis["V"], "V", basis["fit"])
+            harness.save_tensor(Path(results_dir) / w_name, basis["W"], "W", basis["fit"])
+            written += [Path(results_dir) / v_name, Path(results_dir) / w_name]
+    return written
 
 
 def contrasts(V, weights_seen, weights_unseen, seen_test, unseen_test, seed: int) -> dict:
@@ -653,7 +667,7 @@ def contrasts(V, weights_seen, weights_unseen, seen_test, unseen_test, seed: int
 def run(K_list, alpha_list, V_final, train_features, test_features_sparse, train_features_unseen,
         test_features_sparse_unseen, N, N_unseen, device, *, num_iterations=1000, learning_rate=0.5,
         fewshot_iterations=500, fewshot_learning_rate=0.1, seed=0, results_dir=None, dataset_name=None,
-        progress=True, overwrite=False) -> Sweep:
+        progress=True, overwrite=False, checkpoint_dir=None, save_bases=True) -> Sweep:
     """Sweep alpha x K with the joint `LoRe` trainer; evaluate seen and (few-shot) unseen users.
 
     Groups: lists of per-user tensors [m_i, d] or Comparisons; the two seen groups have N users in the
@@ -662,22 +676,25 @@ def run(K_list, alpha_list, V_final, train_features, test_features_sparse, train
     learning_rate, the L2 pull towards V_ref with weight alpha). Unseen users: K <= 1 uses w = [1.0], else
     `PersonalizeBatch` on train_features_unseen (fewshot_iterations, fewshot_learning_rate). device
     None: CUDA when present. Every fit and every K sees the same seeded draws. When results_dir is given,
-    V and W of every K >= 1 are saved there (see run_regularized); a saved basis made by another fit
-    (settings or data) is not replaced unless overwrite.
-    Returns a Sweep: `.records` per (alpha, K); unpacked, the original's 8 lists.
+    V and W of every K >= 1 are saved there when the sweep ends (see run_regularized; save_bases=False
+    leaves that to the caller: write_bases), and a saved basis made by another fit (settings or data) is
+    refused before any fit unless overwrite. checkpoint_dir: every finished (alpha, K) is kept there, and
+    a rerun with the same settings and data resumes from them (a killed sweep loses only its current fit).
+    Returns a Sweep: `.records` per (alpha, K) (K >= 1: with "basis", its V, W and fit record); unpacked,
+    the original's 8 lists.
     """
     def fit(V_ref, alpha, X, K, seed, progress):
         return solve_regularized(V_ref, alpha, X, K, num_iterations, learning_rate, seed=seed, progress=progress)
     return _sweep(fit, {"trainer": "LoRe", "num_iterations": num_iterations, "learning_rate": learning_rate},
                   K_list, alpha_list, V_final, (train_features, test_features_sparse, train_features_unseen,
                   test_features_sparse_unseen), N, N_unseen, device, fewshot_iterations, fewshot_learning_rate,
-                  seed, results_dir, dataset_name, progress, overwrite)
+                  seed, results_dir, dataset_name, progress, overwrite, checkpoint_dir, save_bases)
 
 
 def run_regularized(K_list, alpha_list, V_final, train_features, test_features_sparse, train_features_unseen,
                     test_features_sparse_unseen, N, N_unseen, device, *, num_iterations=20000, learning_rate=0.5,
                     fewshot_iterations=500, fewshot_learning_rate=0.5, seed=0, results_dir=None,
-                    dataset_name=None, progress=True, overwrite=False) -> Sweep:
+                    dataset_name=None, progress=True, overwrite=False, checkpoint_dir=None, save_bases=True) -> Sweep:
     """`run` with the alternating, cosine-regularised `LoRe_regularized` trainer (the PRISM pipeline).
 
     Same arguments and returns as `run`. Saves, for every K >= 1, the pruned basis
@@ -691,7 +708,8 @@ def run_regularized(K_list, alpha_list, V_final, train_features, test_features_s
     return _sweep(fit, {"trainer": "LoRe_regularized", "num_iterations": num_iterations,
                         "learning_rate": learning_rate}, K_list, alpha_list, V_final, (train_features,
                   test_features_sparse, train_features_unseen, test_features_sparse_unseen), N, N_unseen, device,
-                  fewshot_iterations, fewshot_learning_rate, seed, results_dir, dataset_name, progress, overwrite)
+                  fewshot_iterations, fewshot_learning_rate, seed, results_dir, dataset_name, progress, overwrite,
+                  checkpoint_dir, save_bases)
 
 
 class FewShotCurves(tuple):

@@ -46,6 +46,8 @@ overwrite = False             # True: replace saved bases (V/W files) fitted wit
 settings = harness.configure(globals())
 baseline_methods.check_methods(baselines)     # an unknown name stops here, not after the fits
 data_path, results_path = harness.script_dirs(__file__, settings)
+harness.hold_lock(results_path, "train_basis")    # one run per results folder at a time
+checkpoints = results_path / ".train_basis_fits"   # finished fits of this run: a killed run resumes
 
 groups, users, V_ref = prism_data.user_groups(data_path, harness.command_line("prepare.py", settings),
                                               harness.command_line("generate-prism-embeddings.py", settings))
@@ -63,8 +65,10 @@ seed_list = list(range(seed, seed + seeds))
 records = [record for s in seed_list for record in utils.run_regularized(
     K_list, alpha_list, V_ref, *groups.values(), N, N_unseen, device, num_iterations=num_iterations,
     learning_rate=learning_rate, fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate,
-    seed=s, results_dir=results_path if s == seed else None, dataset_name="PRISM", overwrite=overwrite).records]
+    seed=s, results_dir=results_path if s == seed else None, dataset_name="PRISM", overwrite=overwrite,
+    checkpoint_dir=checkpoints, save_bases=False).records]
 methods = baseline_methods.evaluate_methods(baselines, groups, seed_list, V_ref=V_ref, device=device,
                                             dataset="PRISM") if baselines else []
 extra["seconds"] = round(time.time() - start, 1)
-reports.save_train_basis(results_path, "PRISM", settings, records, extra, user_ids=users, methods=methods)
+reports.save_train_basis(results_path, "PRISM", settings, records, extra, user_ids=users, methods=methods,
+                         bases="PRISM", checkpoints=checkpoints)

@@ -53,6 +53,8 @@ overwrite = False                # True: replace saved bases (V/W files) fitted 
 settings = harness.configure(globals())
 baseline_methods.check_methods(baselines)     # an unknown name stops here, not after the fits
 data_path, results_path = harness.script_dirs(__file__, settings)
+harness.hold_lock(results_path, "train_basis")    # one run per results folder at a time
+checkpoints = results_path / ".train_basis_fits"   # finished fits of this run: a killed run resumes
 
 start = time.time()
 groups, population, V_ref, reward_models = sim.user_groups(
@@ -74,8 +76,10 @@ seed_list = list(range(seed, seed + seeds))
 records = [record for s in seed_list for record in utils.run(
     K_list, alpha_list, V_ref, *groups.values(), n_seen_users, n_unseen_users, device, num_iterations=num_iterations,
     learning_rate=learning_rate, fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate,
-    seed=s, results_dir=results_path if s == seed else None, dataset_name="PersonalLLM", overwrite=overwrite).records]
+    seed=s, results_dir=results_path if s == seed else None, dataset_name="PersonalLLM", overwrite=overwrite,
+    checkpoint_dir=checkpoints, save_bases=False).records]
 methods = baseline_methods.evaluate_methods(baselines, groups, seed_list, V_ref=V_ref, device=device,
                                             dataset="PersonalLLM") if baselines else []
 extra["seconds"] = {"load_and_simulate": round(simulated - start, 1), "run": round(time.time() - simulated, 1)}
-reports.save_train_basis(results_path, "PersonalLLM", settings, records, extra, methods=methods)
+reports.save_train_basis(results_path, "PersonalLLM", settings, records, extra, methods=methods,
+                         bases="PersonalLLM", checkpoints=checkpoints)

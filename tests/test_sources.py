@@ -9,8 +9,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FILES = sorted(ROOT / f for f in subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True,
-                                                 text=True, check=True).stdout.split())
+
+
+def python_files() -> list:
+    """The repository's .py files: git's list, or (a copy without .git) every .py outside hidden folders."""
+    listed = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode == 0:
+        return sorted(ROOT / f for f in listed.stdout.split())
+    return sorted(p for p in ROOT.rglob("*.py") if not any(part.startswith(".") for part in p.relative_to(ROOT).parts)
+                  and "build" not in p.relative_to(ROOT).parts)
+
+
+FILES = python_files()
 # the project's own modules: from the repository root, or a dataset folder's data module beside its scripts
 PROJECT = {"utils", "harness", "reports", "embedding", "baselines", "rewardbench2", "personalize", "offline",
            "debias_lora", "prism_data", "tldr_data", "personalllm_simulation"}
