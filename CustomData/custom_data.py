@@ -477,8 +477,8 @@ def _check(candidate: dict, where: str) -> tuple[str | None, dict | None]:
 # the seeded split
 
 
-def split_population(comparisons: list[dict], *, seed: int = 0, min_comparisons: int = 20,
-                     unseen_fraction: float = 0.5, seen_test_fraction: float = 0.5, unseen_train_size: int = 10,
+def split_population(comparisons: list[dict], *, seed: int = 0, min_comparisons: int = 30,
+                     unseen_fraction: float = 0.5, seen_test_fraction: float = 0.5, unseen_train_size: int = 20,
                      source: str = "the input") -> tuple[list[dict], dict]:
     """The seen/new user split, reproducible (numpy default_rng(seed) over sorted user ids, never hash
     order). Rounding is half up.

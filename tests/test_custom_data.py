@@ -295,8 +295,8 @@ def test_split_edge_cases_new_users_keep_a_test_part_and_single_prompt_seen_user
 
 def test_too_few_users_is_an_error_naming_the_counts():
     with pytest.raises(SystemExit, match=r"mine.jsonl: too few users to split \(3 users with a kept comparison, 1 of "
-                                         r"them below min_comparisons = 20, 2 left\)"):
-        custom_data.split_population(population({"a": 20, "b": 25, "c": 3}), source="mine.jsonl")
+                                         r"them below min_comparisons = 30, 2 left\)"):
+        custom_data.split_population(population({"a": 30, "b": 35, "c": 29}), source="mine.jsonl")
 
 
 # -----------------------------------------------------------------------------
@@ -336,11 +336,11 @@ def test_prepare_refuses_bad_input_cleanly_and_writes_nothing(tmp_path):
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert f"{bad}, line 4: the prompt must be" in done.stderr
     small = tmp_path / "small.jsonl"
-    write(small, [{"user_id": u, "prompt": f"p{k}", "chosen": "a", "rejected": "b"} for u in "ab" for k in range(20)])
+    write(small, [{"user_id": u, "prompt": f"p{k}", "chosen": "a", "rejected": "b"} for u in "ab" for k in range(30)])
     done = subprocess.run([sys.executable, str(CUSTOM / "prepare.py"), f"--comparisons={small}", f"--data_dir={data}"],
                           cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert "too few users to split (2 users with a kept comparison, 0 of them below min_comparisons = 20, 2 left)" \
+    assert "too few users to split (2 users with a kept comparison, 0 of them below min_comparisons = 30, 2 left)" \
         in done.stderr
     assert not data.exists()
     done = subprocess.run([sys.executable, str(CUSTOM / "prepare.py"), f"--data_dir={data}"], cwd=tmp_path, env=ENV,
@@ -377,12 +377,13 @@ def test_folder_runs_end_to_end_on_the_generated_population(tmp_path):
                                                                                              "comparisons.jsonl")
     assert prepared["users"]["kept"] == 60 and prepared["users"]["seen"] == prepared["users"]["unseen"] == 30
     # the offline world's relations on new users (generator seed 0, deterministic): the head is a good reward
-    # below the planted rate, LoRe's rank 3 beats it and one shared reward. Measured: ref 68.7, K = 1 74.4,
-    # K = 3 76.7, planted 87.1; the margins are about half the gaps.
+    # below the planted rate, LoRe's rank 3 beats it and one shared reward. Seed 0: ref 68.8, K = 1 74.6,
+    # K = 3 78.0, planted 87.1; the margins are half the smallest gaps over generator seeds 0-3 (planted - ref
+    # >= 13.1 points, K3 - ref >= 7.0, K3 - K1 >= 2.1).
     basis = json.loads((results / "train_basis.json").read_text())
     figure = {r["K"]: r["unseen_test"]["mean"] for r in basis["results"]}
     planted = basis["planted_accuracy"]["unseen_test"]
-    assert 0.6 < figure[0] < planted - 0.08 and figure[3] > figure[0] + 0.04 and figure[3] > figure[1] + 0.01, figure
+    assert 0.6 < figure[0] < planted - 0.065 and figure[3] > figure[0] + 0.035 and figure[3] > figure[1] + 0.01, figure
     fewshot = json.loads((results / "vary_fewshot.json").read_text())
     assert [r["shots"] for r in fewshot["results"]] == [2, 5]
     for name in ("train_basis.md", "generalization_accuracy_vs_rank_lore_alpha_0.0.png", "vary_fewshot.md",
@@ -405,7 +406,7 @@ def test_folder_runs_end_to_end_on_the_generated_population(tmp_path):
 
 
 def sixty_users(path: Path) -> dict:
-    """A file of 60 users (25-34 comparisons each, random labels, a quarter of the prompts multi-turn) plus one
+    """A file of 60 users (30-49 comparisons each, random labels, a quarter of the prompts multi-turn) plus one
     row of each drop reason and a user below min_comparisons; returns the drop counts prepare must report."""
     import numpy as np
     rng = np.random.default_rng(7)
@@ -415,7 +416,7 @@ def sixty_users(path: Path) -> dict:
                for i in range(200)]
     rows = []
     for u in range(60):
-        for p in rng.choice(200, int(rng.integers(25, 35)), replace=False):
+        for p in rng.choice(200, int(rng.integers(30, 50)), replace=False):
             a, b = f"answer {p}-{rng.integers(3)}", f"reply {p}-{rng.integers(3)}"
             rows.append({"user_id": f"person{u:02d}", "prompt": prompts[p], "chosen": a, "rejected": b})
     rows += [dict(rows[0]), dict(rows[1], user_id=""), dict(rows[2], chosen=""), dict(rows[3], rejected=rows[3]["chosen"])]
