@@ -71,6 +71,11 @@ STEPS = [
      FAST + ["--n_seen_users=100", "--n_unseen_users=50"] + SMOKE_COMPARE),
     ("PersonalLLM", "vary_fewshot.py", "personalllm", ["--trials=5"],
      FAST + ["--n_seen_users=100", "--n_unseen_users=50", "--trials=2", "--num_shots=[1,5]"]),
+    # your own population: the generated comparisons file of 60 users in the default schema
+    ("CustomData", "prepare.py", "custom", [], []),
+    ("CustomData", "generate-custom-embeddings.py", "custom", [], []),
+    ("CustomData", "train_basis.py", "custom", COMPARE, FAST + ["--K_list=[0,1,3]"] + SMOKE_COMPARE),
+    ("CustomData", "vary_fewshot.py", "custom", [], FAST + ["--trials=2", "--num_shots=[1,5]"]),
     ("debias_lora", "demo_offline.py", "data", [], ["--smoke"]),
 ]
 ARGPARSE_SCRIPTS = {"eval_rb2.py", "demo_offline.py"}     # published command lines: `--name value`
@@ -124,7 +129,7 @@ def findings(results: Path, since: float) -> list[str]:
 
     lines = []
     for folder, name, alpha in (("PRISM", "PRISM", 1e4), ("RedditTLDR", "Reddit TLDR", 0.0),
-                                ("PersonalLLM", "PersonalLLM", 0.0)):
+                                ("PersonalLLM", "PersonalLLM", 0.0), ("CustomData", "Custom data", 0.0)):
         run = load(f"{folder}/train_basis.json")
         if run is None or "planted_accuracy" not in run:
             continue

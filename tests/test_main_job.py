@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-FOLDERS = ("PRISM", "personalize", "RedditTLDR", "PersonalLLM", "debias_lora")   # <results>/<folder>, in order
+FOLDERS = ("PRISM", "personalize", "RedditTLDR", "PersonalLLM", "CustomData", "debias_lora")   # <results>/<folder>, in order
 
 
 def readme_commands() -> list[str]:
@@ -42,7 +42,7 @@ def test_main_job_runs_every_folder_in_order_and_prints_the_tables(tmp_path):
     out = done.stdout
     steps = re.findall(r"\] (\S+)/(\S+) ", out)
     assert [f for f in dict.fromkeys(folder for folder, _ in steps)] == ["PRISM", ".", "RedditTLDR", "PersonalLLM",
-                                                                         "debias_lora"]
+                                                                         "CustomData", "debias_lora"]
     assert steps[:4] == [("PRISM", "prepare.py"), ("PRISM", "generate-prism-embeddings.py"),
                          ("PRISM", "train_basis.py"), ("PRISM", "vary_fewshot.py")]
     assert steps[steps.index((".", "personalize.py")) - 1][0] == "PRISM"        # after the PRISM steps
@@ -60,6 +60,7 @@ def test_main_job_runs_every_folder_in_order_and_prints_the_tables(tmp_path):
     # the findings are computed from this run's files (smoke: whether each holds is not meaningful)
     story = (tmp_path / "results" / "findings.md").read_text()
     assert story.count("- PRISM") == 3 and "- Reddit TLDR" in story and "- PersonalLLM" in story
+    assert "- Custom data" in story
     assert "biased base's RewardBench 2 overall" in story and "x the style forget LoRA raises the hard" in story
     assert all(t.read_text().startswith("> SMOKE run") for f in FOLDERS
                for t in (tmp_path / "results" / f).glob("*.md") if t != stale)
