@@ -10,9 +10,9 @@ one of two forms (columns renamed with --columns='{"user_id": "annotator_id", ..
 The form is read from the first row's columns (chosen/rejected wins when a file has both). `prompt` is
 text (one user message) or a list of {"role", "content"} chat messages (a multi-turn conversation so
 far); a prompt given as text that is a JSON list of objects is read as such messages (a .csv or
-.parquet column of text can then mix both kinds), any other text as text. A .json file holds one JSON list of row objects (a .json written one object per line, as
-`datasets`' to_json writes, is read as JSON lines). Or a preset (PRESETS) turns the rows of a public
-multi-annotator dataset into comparisons.
+.parquet column of text can then mix both kinds), any other text as text. A .json file holds one JSON
+list of row objects (a .json written one object per line, as `datasets`' to_json writes, is read as
+JSON lines). Or a preset (PRESETS) turns the rows of a public multi-annotator dataset into comparisons.
 
 Where a bad row is named: .jsonl and .csv by `line N` of the file (csv: the header is line 1, so the
 first data row is line 2; a quoted cell spanning lines: the line its row starts on); .json, .parquet and
@@ -502,7 +502,8 @@ def split_population(comparisons: list[dict], *, seed: int = 0, min_comparisons:
         raise SystemExit(f"error: --min_comparisons={min_comparisons}: a user needs at least 2 comparisons (a train "
                          f"and a test one)")
     if unseen_train_size < 1:
-        raise SystemExit(f"error: --unseen_train_size={unseen_train_size}: a new user needs at least 1 few-shot comparison")
+        raise SystemExit(f"error: --unseen_train_size={unseen_train_size}: a new user needs at least 1 few-shot "
+                         f"comparison")
     by_user: dict[str, list[int]] = {}
     for i, c in enumerate(comparisons):
         by_user.setdefault(c["user_id"], []).append(i)
@@ -543,7 +544,8 @@ def split_population(comparisons: list[dict], *, seed: int = 0, min_comparisons:
     for u in unseen:
         rows = sorted(by_user[u], key=lambda i: _content(comparisons[i]))
         shots = set(rng.permutation(len(rows))[:min(unseen_train_size, len(rows) - 1)].tolist())
-        out.extend(dict(comparisons[i], split="train" if j in shots else "test", seen=False) for j, i in enumerate(rows))
+        out.extend(dict(comparisons[i], split="train" if j in shots else "test", seen=False)
+                   for j, i in enumerate(rows))
     group_sizes = {name: sum(1 for r in out if r["seen"] == s and r["split"] == split)
                    for name, (s, split) in GROUPS.items()}
     report = {"users": {"with_a_kept_comparison": len(all_users), "kept": len(kept_seen) + len(unseen),

@@ -44,7 +44,8 @@ settings = utils.configure(globals())
 data_path, results_path = utils.script_dirs(__file__, settings)
 
 groups, users, V_ref, counts = custom_data.user_groups(
-    data_path, utils.command_line("prepare.py", settings), utils.command_line("generate-custom-embeddings.py", settings))
+    data_path, utils.command_line("prepare.py", settings),
+    utils.command_line("generate-custom-embeddings.py", settings))
 N, N_unseen = len(users["seen"]), len(users["unseen"])
 print(f"users: {N} seen, {N_unseen} new; comparisons: " + ", ".join(f"{k} {g.N}" for k, g in groups.items())
       + f"; d = {groups['seen_train'].d}")

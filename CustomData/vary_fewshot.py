@@ -39,7 +39,8 @@ settings = utils.configure(globals())
 data_path, results_path = utils.script_dirs(__file__, settings)
 
 groups, users, V_ref, counts = custom_data.user_groups(
-    data_path, utils.command_line("prepare.py", settings), utils.command_line("generate-custom-embeddings.py", settings))
+    data_path, utils.command_line("prepare.py", settings),
+    utils.command_line("generate-custom-embeddings.py", settings))
 start = time.time()
 results = utils.run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, groups["seen_train"],
                                         groups["unseen_train"], groups["unseen_test"], V_ref, len(users["seen"]),

@@ -127,9 +127,8 @@ def test_every_drop_reason_is_counted_once(tmp_path):
                                       "duplicate_row": 1, "below_min_comparisons": 0, "single_prompt_seen_user": 0}
     assert report["rows_read"] == len(kept) + sum(report["rows_dropped"].values()) == len(rows)
     # NaN from a parquet column is a missing user / an empty text, an integer id read as a float is that id
-    kept, report = custom_data.read_comparisons(custom_data.hub_rows([dict(ok, user_id=math.nan),
-                                                                      dict(ok, user_id=3.0), dict(ok, chosen=math.nan)]),
-                                                "rows")
+    nan_rows = [dict(ok, user_id=math.nan), dict(ok, user_id=3.0), dict(ok, chosen=math.nan)]
+    kept, report = custom_data.read_comparisons(custom_data.hub_rows(nan_rows), "rows")
     assert [c["user_id"] for c in kept] == ["3"]
     assert (report["rows_dropped"]["missing_user"], report["rows_dropped"]["empty_text"]) == (1, 1)
 
@@ -257,8 +256,9 @@ def test_split_rules():
                                                 seen_test_fraction=0.5, unseen_train_size=8)
     assert report["dropped"] == {"below_min_comparisons": 24, "single_prompt_seen_user": 0}
     assert report["users"] == {"with_a_kept_comparison": 12, "kept": 10, "seen": 7, "unseen": 3}  # round(0.3 * 10)
-    assert report["seen_users"] == sorted(report["seen_users"]) and report["unseen_users"] == sorted(report["unseen_users"])
-    assert sorted(r["source"] for r in rows) == sorted(c["source"] for c in comparisons if c["user_id"].startswith("user"))
+    assert all(report[k] == sorted(report[k]) for k in ("seen_users", "unseen_users"))
+    kept_sources = sorted(c["source"] for c in comparisons if c["user_id"].startswith("user"))
+    assert sorted(r["source"] for r in rows) == kept_sources
     for u in report["seen_users"]:
         mine = [r for r in rows if r["user_id"] == u]
         assert all(r["seen"] for r in mine)
@@ -419,7 +419,8 @@ def sixty_users(path: Path) -> dict:
         for p in rng.choice(200, int(rng.integers(30, 50)), replace=False):
             a, b = f"answer {p}-{rng.integers(3)}", f"reply {p}-{rng.integers(3)}"
             rows.append({"user_id": f"person{u:02d}", "prompt": prompts[p], "chosen": a, "rejected": b})
-    rows += [dict(rows[0]), dict(rows[1], user_id=""), dict(rows[2], chosen=""), dict(rows[3], rejected=rows[3]["chosen"])]
+    rows += [dict(rows[0]), dict(rows[1], user_id=""), dict(rows[2], chosen=""),
+             dict(rows[3], rejected=rows[3]["chosen"])]
     rows += [{"user_id": "latecomer", "prompt": prompts[k], "chosen": "x", "rejected": "y"} for k in range(4)]
     write(path, rows)
     return {"duplicate_row": 1, "missing_user": 1, "empty_text": 1, "chosen_equals_rejected": 1,
