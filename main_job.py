@@ -1,7 +1,7 @@
 """The main job: every dataset folder's scripts in their documented order on the offline default, then the
 result tables.
 
-    python main_job.py                 # 6.5-9.5 minutes on 2 cores (bash main.sh installs, then runs this)
+    python main_job.py                 # 6.5-9.5 minutes on 2 cores, + about 2 for CustomData (bash main.sh installs, then runs this)
     python main_job.py --smoke         # tiny iteration counts: checks that everything runs (tables marked SMOKE)
     python main_job.py --only=PRISM    # one folder (--only=PRISM,personalize: several)
 
