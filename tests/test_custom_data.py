@@ -418,6 +418,7 @@ def sixty_users(path: Path) -> dict:
     for u in range(60):
         for p in rng.choice(200, int(rng.integers(30, 50)), replace=False):
             a, b = f"answer {p}-{rng.integers(3)}", f"reply {p}-{rng.integers(3)}"
+            a, b = (a, b) if rng.random() < 0.5 else (b, a)          # a random label
             rows.append({"user_id": f"person{u:02d}", "prompt": prompts[p], "chosen": a, "rejected": b})
     rows += [dict(rows[0]), dict(rows[1], user_id=""), dict(rows[2], chosen=""),
              dict(rows[3], rejected=rows[3]["chosen"])]
