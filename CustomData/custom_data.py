@@ -617,18 +617,13 @@ def embedding_inputs(rows: dict) -> tuple[list, dict]:
     / "{split}_rejected": [N] int64 rows into them}) of the prepared comparisons (load_prepared)."""
     import torch
 
-    conversations, row_of, index = [], {}, {}
-    for split in SPLITS:
-        for side in ("chosen", "rejected"):
-            positions = []
-            for r in rows[split]:
-                conv = embedding.conversation(r["prompt"], r[side])
-                key = json.dumps(conv, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-                if key not in row_of:
-                    row_of[key] = len(conversations)
-                    conversations.append(conv)
-                positions.append(row_of[key])
-            index[f"{split}_{side}"] = torch.tensor(positions, dtype=torch.long)
+    parts = [(f"{split}_{side}", [embedding.conversation(r["prompt"], r[side]) for r in rows[split]])
+             for split in SPLITS for side in ("chosen", "rejected")]
+    conversations, position = embedding.distinct_conversations(c for _, part in parts for c in part)
+    index, start = {}, 0
+    for name, part in parts:
+        index[name] = torch.tensor(position[start:start + len(part)], dtype=torch.long)
+        start += len(part)
     return conversations, index
 
 
