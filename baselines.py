@@ -866,8 +866,9 @@ VALIDATION_FRACTION = 0.1     # PAL's held-out share of the training comparisons
 MIN_VALIDATION_USER = 5       # a user with fewer training comparisons keeps them all for training
 
 
-def check_methods(methods) -> list[str]:
-    """The method names, checked: an unknown one is a SettingsError that lists the known ones."""
+def check_methods(methods, hyper: dict | None = None) -> list[str]:
+    """The method names, checked: an unknown one is a SettingsError that lists the known ones; so is a
+    hyperparameter in `hyper` ({method: {name: value}}) for a method not run or unknown to its method."""
     if isinstance(methods, str):
         methods = [methods]
     methods = list(methods or [])
@@ -878,6 +879,14 @@ def check_methods(methods) -> list[str]:
                                     f"<name>{ANCHORED})")
     if len(set(methods)) != len(methods):
         raise harness.SettingsError(f"error: a baseline is listed twice in {methods}")
+    for method, values in (hyper or {}).items():
+        if method not in methods:
+            raise harness.SettingsError(f"error: hyperparameters given for {method}, which is not among the "
+                                        f"baselines run ({', '.join(methods) or 'none'})")
+        unknown = sorted(set(values) - set(METHODS[method].DEFAULTS) - ({"grid"} if METHODS[method].uses_K else set()))
+        if unknown:
+            raise harness.SettingsError(f"error: unknown hyperparameter(s) {', '.join(unknown)} for {method}; known: "
+                                        f"{', '.join(sorted(METHODS[method].DEFAULTS))}")
     return methods
 
 
@@ -987,26 +996,24 @@ def evaluate_methods(methods, groups: dict, seeds=(0,), *, V_ref=None, grid=None
     selection on a validation split of seen_train, fit_selected over `grid`; VPL for its cited budget,
     no selection), evaluate seen_train and seen_test with the seen users' state, personalise on
     unseen_train (seed utils.derived_seed(s, 1)) and evaluate unseen_train and unseen_test. hyper:
-    {method: {name: value}}. Returns per method {"method", "K", "seeds", "per_seed": [{group: per-user
+    {method: {name: value}} (for PAL also "grid": its selection grid {"K": [...], "d_pref": [...]}). Returns per method {"method", "K", "seeds", "per_seed": [{group: per-user
     accuracy [C]}], "counts" (utils.group_counts), "parameters" (for the seen users), "hyperparameters"
     (effective, of the first seed's model), "optimizer_steps" [per seed], "selected_on" (what was chosen
     on which split), "selection" [per seed], "seconds"}: the arguments of reports.paper_row."""
-    methods = check_methods(methods)
-    groups = _check_groups(groups, methods, dataset)
     hyper = dict(hyper or {})
-    unknown = sorted(set(hyper) - set(methods))
-    if unknown:
-        raise harness.SettingsError(f"error: hyperparameters given for {', '.join(unknown)}, which is not among "
-                                    f"the baselines run ({', '.join(methods)})")
+    methods = check_methods(methods, hyper)
+    groups = _check_groups(groups, methods, dataset)
     results = []
     for method in methods:
+        own = dict(hyper.get(method, {}))
+        method_grid = own.pop("grid", grid)
         for anchor in [None] + ([V_ref] if V_ref is not None else []):
             per_seed, models, start = [], [], time.time()
             for seed in seeds:
                 options = dict(seed=utils.derived_seed(seed, 0), device=device, dtype=dtype, progress=progress,
-                               anchor=anchor, **hyper.get(method, {}))
-                model = (fit_selected(method, groups["seen_train"], grid=grid, **options) if METHODS[method].uses_K
-                         else fit(method, groups["seen_train"], **options))
+                               anchor=anchor, **own)
+                model = (fit_selected(method, groups["seen_train"], grid=method_grid, **options)
+                         if METHODS[method].uses_K else fit(method, groups["seen_train"], **options))
                 new_users = model.personalize(groups["unseen_train"], seed=utils.derived_seed(seed, 1))
                 per_seed.append({
                     "seen_train": model.per_user_accuracy(groups["seen_train"], model.seen_state),
@@ -1017,7 +1024,7 @@ def evaluate_methods(methods, groups: dict, seeds=(0,), *, V_ref=None, grid=None
             first = models[0]
             selected_on = (f"validation: {VALIDATION_FRACTION:.0%} of each seen user's training comparisons (users "
                            f"with >= {MIN_VALIDATION_USER}), seeded per seed; the epoch, K and d_pref with the lowest "
-                           f"validation loss over the grid {dict(PAL_GRID if grid is None else grid)}"
+                           f"validation loss over the grid {dict(PAL_GRID if method_grid is None else method_grid)}"
                            if METHODS[method].uses_K else
                            "nothing: the cited trainer keeps the last step (no validation split, no checkpoint choice)")
             chosen_K = "/".join(str(k) for k in dict.fromkeys(m.K for m in models))

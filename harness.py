@@ -103,7 +103,7 @@ def _check_ranges(values: dict) -> None:
         numbers = value if isinstance(value, (list, tuple)) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
             fail("is not finite")
-        if name in ("K_list", "alpha_list", "num_shots") and len(set(value)) != len(value):
+        if name in ("K_list", "alpha_list", "num_shots") and isinstance(value, list) and len(set(value)) != len(value):
             fail("lists a value twice (every value is one row of the results)")
         if name.endswith(("iterations", "trials", "batch_size", "shard_size", "seeds")) or name.startswith("n_"):
             if isinstance(value, int) and value < 1:
@@ -116,7 +116,9 @@ def _check_ranges(values: dict) -> None:
             fail("must be a non-empty list of ranks K >= 0 (0: the reference head)")
         elif name == "alpha_list" and (not value or any(a < 0 for a in value)):
             fail("must be a non-empty list of alpha >= 0")
-        elif name == "num_shots" and (not value or any(s < 1 for s in value)):
+        elif name == "num_shots" and isinstance(value, int) and value < 1:
+            fail("must be at least 1")
+        elif name == "num_shots" and isinstance(value, list) and (not value or any(s < 1 for s in value)):
             fail("must be a non-empty list of shot counts >= 1")
         elif name == "device":
             try:
@@ -177,6 +179,20 @@ def configure(settings: dict, argv: list[str] | None = None) -> Settings:
     snapshot.overridden = frozenset(overridden)
     _check_ranges({k: snapshot[k] for k in overridden})
     return snapshot
+
+
+def json_setting(name: str, text: str | None, kind=dict):
+    """A setting given as JSON text (`--baseline_settings='{"PAL": {"epochs": 5}}'`), parsed; None stays None.
+    Anything else than JSON of `kind` is a SettingsError naming the setting."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise SettingsError(f"error: --{name} must be JSON ({e.msg}), got {text!r}") from None
+    if not isinstance(value, kind):
+        raise SettingsError(f"error: --{name} must be a JSON {kind.__name__}, got {text!r}")
+    return value
 
 
 def cli_args(parser, argv=None):

@@ -53,7 +53,9 @@ FAST = ["--num_iterations=30", "--fewshot_iterations=30"]   # smoke: every fit r
 # --overwrite=True: the bases under <results> are this job's own, remade by every run (an edit of the
 # settings here would otherwise stop the next run at the V files the last one saved)
 COMPARE = ["--baselines=['PAL','VPL']", "--seeds=2", "--overwrite=True"]
-SMOKE_COMPARE = ["--baselines=['PAL','VPL']", "--seeds=1", "--overwrite=True"]
+SMOKE_COMPARE = ["--baselines=['PAL','VPL']", "--seeds=1", "--overwrite=True",   # and one short fit of each
+                 '--baseline_settings={"PAL": {"epochs": 1, "grid": {"K": [2], "d_pref": [16]}}, '
+                 '"VPL": {"epochs": 1, "duplicates": 1, "hidden_dim": 16, "latent_dim": 8}}']
 PERSONALLLM_COMPARE = ["--baselines=['PAL','VPL']", "--seeds=1", "--n_seen_users=300", "--n_unseen_users=150",
                        "--overwrite=True"]
 RB2 = ["--batch_size", "32"]
@@ -89,6 +91,11 @@ STEPS = [
          FAST + ["--n_seen_users=100", "--n_unseen_users=50"] + SMOKE_COMPARE),
     Step("PersonalLLM", "vary_fewshot.py", "personalllm", ["--trials=5"],
          FAST + ["--n_seen_users=100", "--n_unseen_users=50", "--trials=2", "--num_shots=[1,5]"]),
+    # your own population (CustomData/): the generated comparisons file in the default schema
+    Step("CustomData", "prepare.py", "custom", [], []),
+    Step("CustomData", "generate-custom-embeddings.py", "custom", [], []),
+    Step("CustomData", "train_basis.py", "custom", COMPARE, FAST + ["--K_list=[0,1,3]"] + SMOKE_COMPARE),
+    Step("CustomData", "vary_fewshot.py", "custom", [], FAST + ["--trials=2", "--num_shots=[1,5]"]),
     Step("debias_lora", "demo_offline.py", "data", [], ["--smoke"]),
 ]
 ARGPARSE_SCRIPTS = {"eval_rb2.py", "demo_offline.py"}     # published command lines: `--name value`
@@ -111,7 +118,7 @@ def step_command(step: Step, arguments, results: Path, data_root: Path | None) -
         command += flag("data_dir", data_root / step.folder / step.data)
     elif step.own_data:
         command += flag("data_dir", ROOT / step.folder / "data" / f"{step.data}-offline")
-    return command + [argument.format(results=results) for argument in arguments]
+    return command + [argument.replace("{results}", str(results)) for argument in arguments]
 
 
 def run_step(index: int, command: list[str], step: Step, log_dir: Path) -> float:
@@ -142,7 +149,7 @@ def findings(results: Path, since: float) -> list[str]:
     lines = []
     for folder, name, alpha in (("PRISM", "PRISM", 1e4), ("PRISM", "PRISM", 0.0), ("PRISM-null", "PRISM null world", 1e4),
                                 ("PRISM-null", "PRISM null world", 0.0), ("RedditTLDR", "Reddit TLDR", 0.0),
-                                ("PersonalLLM", "PersonalLLM", 0.0)):
+                                ("PersonalLLM", "PersonalLLM", 0.0), ("CustomData", "Your own population", 0.0)):
         run = load(f"{folder}/train_basis.json")
         rows = {r["K"]: r for r in (run or {}).get("results", []) if r["alpha"] == alpha}
         K = (run or {}).get("K_chosen_on_seen_users", {}).get(str(alpha))
@@ -161,7 +168,8 @@ def findings(results: Path, since: float) -> list[str]:
             lines.append(f"  Its basis: {rows[K]['basis_size']} columns, numerical rank {d['numerical_rank']}, cos to the "
                          f"head {d['mean_cos_ref']:.5f} on average, {d['bases_used']} column(s) some seen user's largest "
                          f"weight.")
-    for folder, name in (("PRISM", "PRISM"), ("RedditTLDR", "Reddit TLDR"), ("PersonalLLM", "PersonalLLM")):
+    for folder, name in (("PRISM", "PRISM"), ("RedditTLDR", "Reddit TLDR"), ("PersonalLLM", "PersonalLLM"),
+                         ("CustomData", "Your own population")):
         table = load(f"{folder}/paper_table.json")
         for row in (table or {}).get("rows", []):
             gain = row["groups"].get("unseen_test", {}).get("gain_vs_ref")

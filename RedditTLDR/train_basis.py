@@ -42,12 +42,14 @@ learning_rate = 0.5
 fewshot_iterations = 500      # unseen users' weights (PersonalizeBatch)
 fewshot_learning_rate = 0.1
 baselines: list[str] = []     # e.g. ["PAL", "VPL"]: the paper's comparison beside LoRe (none: the original run)
+baseline_settings: str | None = None  # JSON {method: {hyperparameter: value}} for the baselines (PAL: also "grid")
 seeds = 1                     # seeds seed, seed + 1, ...: with several, every figure is the mean over seeds ± std
 device: str | None = None     # None: cuda if available, else cpu
 overwrite = False             # True: replace saved bases (V/W files) fitted with other settings or data
 # -----------------------------------------------------------------------------
 settings = harness.configure(globals())
-baseline_methods.check_methods(baselines)     # an unknown name stops here, not after the fits
+baseline_hyper = harness.json_setting("baseline_settings", baseline_settings)
+baseline_methods.check_methods(baselines, baseline_hyper)   # a bad name stops here, not after the fits
 data_path, results_path = harness.script_dirs(__file__, settings)
 harness.hold_lock(results_path, "train_basis")    # one run per results folder at a time
 checkpoints = results_path / ".train_basis_fits"   # finished fits of this run: a killed run resumes
@@ -69,7 +71,8 @@ records = [record for s in seed_list for record in utils.run(
     learning_rate=learning_rate, fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate,
     seed=s, results_dir=results_path if s == seed else None, dataset_name="TLDR", overwrite=overwrite,
     checkpoint_dir=checkpoints, save_bases=False).records]
-methods = baseline_methods.evaluate_methods(baselines, groups, seed_list, V_ref=V_ref, device=device,
+methods = baseline_methods.evaluate_methods(baselines, groups, seed_list, V_ref=V_ref, hyper=baseline_hyper,
+                                            device=device,
                                             dataset="Reddit TLDR") if baselines else []
 extra["seconds"] = round(time.time() - start, 1)
 reports.save_train_basis(results_path, "Reddit TLDR", settings, records, extra, user_ids=users, methods=methods,

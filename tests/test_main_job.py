@@ -9,7 +9,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-FOLDERS = ("PRISM", "personalize", "PRISM-null", "RedditTLDR", "PersonalLLM", "debias_lora")   # <results>/<folder>
+FOLDERS = ("PRISM", "personalize", "PRISM-null", "RedditTLDR", "PersonalLLM", "CustomData",
+           "debias_lora")   # <results>/<folder>
 
 
 def readme_commands() -> list[str]:
@@ -42,7 +43,7 @@ def test_main_job_runs_every_folder_in_order_and_prints_the_tables(tmp_path):
     out = done.stdout
     steps = re.findall(r"\] (\S+)/(\S+) ", out)
     assert [f for f in dict.fromkeys(folder for folder, _ in steps)] == ["PRISM", "RedditTLDR", "PersonalLLM",
-                                                                         "debias_lora"]
+                                                                         "CustomData", "debias_lora"]
     assert steps[:4] == [("PRISM", "prepare.py"), ("PRISM", "generate-prism-embeddings.py"),
                          ("PRISM", "train_basis.py"), ("PRISM", "vary_fewshot.py")]
     assert steps.index(("PRISM", "personalize_demo.py")) > steps.index(("PRISM", "train_basis.py"))
@@ -62,7 +63,8 @@ def test_main_job_runs_every_folder_in_order_and_prints_the_tables(tmp_path):
     story = (tmp_path / "results" / "findings.md").read_text()
     for opening in ("- PRISM (alpha = 10000), new users", "- PRISM null world (alpha = 10000), new users",
                     "- Reddit TLDR (alpha = 0), new users", "- PersonalLLM (alpha = 0), new users",
-                    "- PRISM, VPL+ref on new users over the head", "biased base's RewardBench 2 overall"):
+                    "- Your own population (alpha = 0), new users", "- PRISM, VPL+ref on new users over the head",
+                    "biased base's RewardBench 2 overall"):
         assert opening in story, opening
     assert "holds" not in story and "x the style forget LoRA: hard" in story
     assert all(t.read_text().startswith("> SMOKE run") for f in FOLDERS
