@@ -15,16 +15,13 @@ fitted bases Custom_V_lore_K_{K}_alpha_{alpha}.pt / Custom_W_lore_seen_{K}_{alph
 with `baselines` or several `seeds`, paper_table.{json,md}.
 """
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import custom_data  # noqa: E402
 
-import baselines as baseline_methods  # noqa: E402
+import experiment  # noqa: E402
 import harness  # noqa: E402
-import reports  # noqa: E402
-import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -45,11 +42,8 @@ device: str | None = None     # None: cuda if available, else cpu
 overwrite = False             # True: replace saved bases (V/W files) fitted with other settings or data
 # -----------------------------------------------------------------------------
 settings = harness.configure(globals())
-baseline_hyper = harness.json_setting("baseline_settings", baseline_settings)
-baseline_methods.check_methods(baselines, baseline_hyper)   # a bad name stops here, not after the fits
+experiment.check_baselines(settings)     # a bad name stops here, not after the fits
 data_path, results_path = harness.script_dirs(__file__, settings)
-harness.hold_lock(results_path, "train_basis")    # one run per results folder at a time
-checkpoints = results_path / ".train_basis_fits"   # finished fits of this run: a killed run resumes
 
 groups, users, V_ref, counts = custom_data.user_groups(
     data_path, harness.command_line("prepare.py", settings),
@@ -62,16 +56,5 @@ if offline and (counts["input"] or {}).get("generated"):
     from offline import custom as offline_custom
     extra["planted_accuracy"] = offline_custom.planted_accuracy(data_path, groups, users)
 
-start = time.time()
-seed_list = list(range(seed, seed + seeds))
-records = [record for s in seed_list for record in utils.run(
-    K_list, alpha_list, V_ref, *groups.values(), N, N_unseen, device, num_iterations=num_iterations,
-    learning_rate=learning_rate, fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate,
-    seed=s, results_dir=results_path if s == seed else None, dataset_name="Custom", overwrite=overwrite,
-    checkpoint_dir=checkpoints, save_bases=False).records]
-methods = baseline_methods.evaluate_methods(baselines, groups, seed_list, V_ref=V_ref, hyper=baseline_hyper,
-                                            device=device,
-                                            dataset="your population") if baselines else []
-extra["seconds"] = round(time.time() - start, 1)
-reports.save_train_basis(results_path, "Your own population", settings, records, extra, user_ids=users,
-                         methods=methods, bases="Custom", checkpoints=checkpoints)
+experiment.train_basis(settings, results_path, "Your own population", "Custom", groups, V_ref, extra,
+                       user_ids=users)

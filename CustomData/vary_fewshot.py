@@ -12,15 +12,13 @@ Writes (results folder): vary_fewshot.json (settings, seed, prepare.json's count
 std over trials and std over users), vary_fewshot.md (table) and fewshot_accuracy_vs_shots.png.
 """
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import custom_data  # noqa: E402
 
+import experiment  # noqa: E402
 import harness  # noqa: E402
-import reports  # noqa: E402
-import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -44,16 +42,5 @@ data_path, results_path = harness.script_dirs(__file__, settings)
 groups, users, V_ref, counts = custom_data.user_groups(
     data_path, harness.command_line("prepare.py", settings),
     harness.command_line("generate-custom-embeddings.py", settings))
-start = time.time()
-results = utils.run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, groups["seen_train"],
-                                        groups["unseen_train"], groups["unseen_test"], V_ref, len(users["seen"]),
-                                        len(users["unseen"]), device, seed=seed, num_iterations=num_iterations,
-                                        learning_rate=learning_rate, fewshot_iterations=fewshot_iterations,
-                                        fewshot_learning_rate=fewshot_learning_rate)
-extra = {"seconds": round(time.time() - start, 1), "prepared": counts, "seen_users": users["seen"],
-         "unseen_users": users["unseen"]}
-files = reports.save_fewshot_results(results_path, "vary_fewshot", settings, num_shots, K_list, alpha_list, results,
-                                   plot_name="fewshot_accuracy_vs_shots.png",
-                                   title="Custom data: new-user accuracy vs shots", extra=extra)
-print(files["markdown"].read_text())
-print(f"wrote {files['json']}, {files['markdown']}, {files['plots'][0]} ({extra['seconds']} s)")
+experiment.vary_fewshot(settings, results_path, "Your own population: new-user accuracy vs shots", groups, V_ref,
+                        {"prepared": counts, "seen_users": users["seen"], "unseen_users": users["unseen"]})

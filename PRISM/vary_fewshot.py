@@ -13,14 +13,12 @@ Writes (results folder): vary_fewshot.json (settings, seed, per (alpha, K, shots
 and std over users), vary_fewshot.md (tables) and fewshot_accuracy_vs_shots.png.
 """
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import experiment  # noqa: E402
 import harness  # noqa: E402
 import prism_data  # noqa: E402
-import reports  # noqa: E402
-import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -49,15 +47,6 @@ print(f"users: {N} seen ({groups['seen_train'].N} train comparisons), {N_unseen}
       f"{int(pools.min())}-{int(pools.max())} (median {int(pools.median())}) few-shot comparisons each, "
       f"{groups['unseen_test'].N} test comparisons")
 
-start = time.time()
-results = utils.run_few_shot_vary_shots(
-    trials, alpha_list, K_list, num_shots, groups["seen_train"], groups["unseen_train"], groups["unseen_test"],
-    V_ref, N, N_unseen, device, seed=seed, num_iterations=num_iterations, learning_rate=learning_rate,
-    fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate, regularized=True)
-extra = {"seconds": round(time.time() - start, 1),
-         "counts": {"seen_users": N, "unseen_users": N_unseen, "unseen_train_per_user": pools.tolist()}}
-files = reports.save_fewshot_results(results_path, "vary_fewshot", settings, num_shots, K_list, alpha_list, results,
-                                   plot_name="fewshot_accuracy_vs_shots.png",
-                                   title="PRISM: unseen-user accuracy vs few-shot comparisons", extra=extra)
-print(files["markdown"].read_text())
-print(f"wrote {files['json']}, {files['markdown']}, {files['plots'][0]} ({extra['seconds']} s)")
+experiment.vary_fewshot(settings, results_path, "PRISM: unseen-user accuracy vs few-shot comparisons", groups, V_ref,
+                        {"counts": {"seen_users": N, "unseen_users": N_unseen, "unseen_train_per_user": pools.tolist()}},
+                        regularized=True)

@@ -22,11 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import baselines as baseline_methods  # noqa: E402
+import experiment  # noqa: E402
 import harness  # noqa: E402
 import personalllm_simulation as sim  # noqa: E402
-import reports  # noqa: E402
-import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -52,11 +50,8 @@ device: str | None = None        # None: cuda if available, else cpu
 overwrite = False                # True: replace saved bases (V/W files) fitted with other settings or data
 # -----------------------------------------------------------------------------
 settings = harness.configure(globals())
-baseline_hyper = harness.json_setting("baseline_settings", baseline_settings)
-baseline_methods.check_methods(baselines, baseline_hyper)   # a bad name stops here, not after the fits
+experiment.check_baselines(settings)     # a bad name stops here, not after the fits
 data_path, results_path = harness.script_dirs(__file__, settings)
-harness.hold_lock(results_path, "train_basis")    # one run per results folder at a time
-checkpoints = results_path / ".train_basis_fits"   # finished fits of this run: a killed run resumes
 
 start = time.time()
 groups, population, V_ref, reward_models = sim.user_groups(
@@ -73,16 +68,5 @@ extra = {"reward_models": reward_models, "simulation": population.settings, "cou
 if offline:
     from offline import personalllm as offline_personalllm
     extra["planted_accuracy"] = offline_personalllm.planted_accuracy(data_path, groups, population)
-simulated = time.time()
-seed_list = list(range(seed, seed + seeds))
-records = [record for s in seed_list for record in utils.run(
-    K_list, alpha_list, V_ref, *groups.values(), n_seen_users, n_unseen_users, device, num_iterations=num_iterations,
-    learning_rate=learning_rate, fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate,
-    seed=s, results_dir=results_path if s == seed else None, dataset_name="PersonalLLM", overwrite=overwrite,
-    checkpoint_dir=checkpoints, save_bases=False).records]
-methods = baseline_methods.evaluate_methods(baselines, groups, seed_list, V_ref=V_ref, hyper=baseline_hyper,
-                                            device=device,
-                                            dataset="PersonalLLM") if baselines else []
-extra["seconds"] = {"load_and_simulate": round(simulated - start, 1), "run": round(time.time() - simulated, 1)}
-reports.save_train_basis(results_path, "PersonalLLM", settings, records, extra, methods=methods,
-                         bases="PersonalLLM", checkpoints=checkpoints)
+extra["load_and_simulate_seconds"] = round(time.time() - start, 1)
+experiment.train_basis(settings, results_path, "PersonalLLM", "PersonalLLM", groups, V_ref, extra)

@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import experiment  # noqa: E402
 import harness  # noqa: E402
 import personalllm_simulation as sim  # noqa: E402
-import reports  # noqa: E402
-import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -57,16 +56,7 @@ counts = population.counts()
 for name in ("seen_train", "unseen_train", "unseen_test"):
     print(f"{name}: {counts[name]['users']} users, {counts[name]['comparisons']} comparisons "
           f"({counts[name]['skipped_all_equal']} skipped)")
-simulated = time.time()
-results = utils.run_few_shot_vary_shots(
-    trials, alpha_list, K_list, num_shots, groups["seen_train"], groups["unseen_train"], groups["unseen_test"], V_ref,
-    n_seen_users, n_unseen_users, device, seed=seed, num_iterations=num_iterations, learning_rate=learning_rate,
-    fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate)
-extra = {"reward_models": reward_models, "simulation": population.settings,
-         "counts": {k: counts[k] for k in ("seen_train", "unseen_train", "unseen_test")},
-         "seconds": {"load_and_simulate": round(simulated - start, 1), "run": round(time.time() - simulated, 1)}}
-files = reports.save_fewshot_results(results_path, "vary_fewshot", settings, num_shots, K_list, alpha_list, results,
-                                   plot_name="fewshot_accuracy_vs_shots.png",
-                                   title="PersonalLLM: unseen users, accuracy vs shots", extra=extra)
-print(files["markdown"].read_text())
-print(f"wrote {files['json']}, {files['markdown']}, {files['plots'][0]}")
+experiment.vary_fewshot(settings, results_path, "PersonalLLM: unseen users, accuracy vs shots", groups, V_ref,
+                        {"reward_models": reward_models, "simulation": population.settings,
+                         "counts": {k: counts[k] for k in ("seen_train", "unseen_train", "unseen_test")},
+                         "load_and_simulate_seconds": round(time.time() - start, 1)})

@@ -16,15 +16,12 @@ and raw stds), train_basis.md (table), generalization_accuracy_vs_rank_lore_alph
 fitted bases TLDR_V_lore_K_{K}_alpha_{alpha}.pt / TLDR_W_lore_seen_{K}_{alpha}.pt for K >= 1.
 """
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import baselines as baseline_methods  # noqa: E402
+import experiment  # noqa: E402
 import harness  # noqa: E402
-import reports  # noqa: E402
 import tldr_data  # noqa: E402
-import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -48,11 +45,8 @@ device: str | None = None     # None: cuda if available, else cpu
 overwrite = False             # True: replace saved bases (V/W files) fitted with other settings or data
 # -----------------------------------------------------------------------------
 settings = harness.configure(globals())
-baseline_hyper = harness.json_setting("baseline_settings", baseline_settings)
-baseline_methods.check_methods(baselines, baseline_hyper)   # a bad name stops here, not after the fits
+experiment.check_baselines(settings)     # a bad name stops here, not after the fits
 data_path, results_path = harness.script_dirs(__file__, settings)
-harness.hold_lock(results_path, "train_basis")    # one run per results folder at a time
-checkpoints = results_path / ".train_basis_fits"   # finished fits of this run: a killed run resumes
 
 groups, users, V_ref, split_counts = tldr_data.user_groups(
     data_path, dict(seed=seed, drop_smallest=drop_smallest, seen_train_size=seen_train_size,
@@ -64,16 +58,4 @@ if offline:
     from offline import tldr as offline_tldr
     extra["planted_accuracy"] = offline_tldr.planted_accuracy(data_path, groups, users)
 
-start = time.time()
-seed_list = list(range(seed, seed + seeds))
-records = [record for s in seed_list for record in utils.run(
-    K_list, alpha_list, V_ref, *groups.values(), N, N_unseen, device, num_iterations=num_iterations,
-    learning_rate=learning_rate, fewshot_iterations=fewshot_iterations, fewshot_learning_rate=fewshot_learning_rate,
-    seed=s, results_dir=results_path if s == seed else None, dataset_name="TLDR", overwrite=overwrite,
-    checkpoint_dir=checkpoints, save_bases=False).records]
-methods = baseline_methods.evaluate_methods(baselines, groups, seed_list, V_ref=V_ref, hyper=baseline_hyper,
-                                            device=device,
-                                            dataset="Reddit TLDR") if baselines else []
-extra["seconds"] = round(time.time() - start, 1)
-reports.save_train_basis(results_path, "Reddit TLDR", settings, records, extra, user_ids=users, methods=methods,
-                         bases="TLDR", checkpoints=checkpoints)
+experiment.train_basis(settings, results_path, "Reddit TLDR", "TLDR", groups, V_ref, extra, user_ids=users)

@@ -13,14 +13,12 @@ Writes (results folder): vary_fewshot.json (settings, seed, split counts, per (K
 trials and std over users), vary_fewshot.md (table) and fewshot_accuracy_vs_shots.png.
 """
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import experiment  # noqa: E402
 import harness  # noqa: E402
-import reports  # noqa: E402
 import tldr_data  # noqa: E402
-import utils  # noqa: E402
 
 # -----------------------------------------------------------------------------
 # settings: edit here, or override on the command line as --name=value
@@ -48,16 +46,5 @@ groups, users, V_ref, split_counts = tldr_data.user_groups(
     data_path, dict(seed=seed, drop_smallest=drop_smallest, seen_train_size=seen_train_size,
                     unseen_train_size=unseen_pool_size),
     harness.command_line("prepare.py", settings), harness.command_line("generate-tldr-embeddings.py", settings))
-start = time.time()
-results = utils.run_few_shot_vary_shots(trials, alpha_list, K_list, num_shots, groups["seen_train"],
-                                        groups["unseen_train"], groups["unseen_test"], V_ref, len(users["seen"]),
-                                        len(users["unseen"]), device, seed=seed, num_iterations=num_iterations,
-                                        learning_rate=learning_rate, fewshot_iterations=fewshot_iterations,
-                                        fewshot_learning_rate=fewshot_learning_rate)
-extra = {"seconds": round(time.time() - start, 1), "split": split_counts, "seen_workers": users["seen"],
-         "unseen_workers": users["unseen"]}
-files = reports.save_fewshot_results(results_path, "vary_fewshot", settings, num_shots, K_list, alpha_list, results,
-                                   plot_name="fewshot_accuracy_vs_shots.png",
-                                   title="Reddit TLDR: unseen-worker accuracy vs shots", extra=extra)
-print(files["markdown"].read_text())
-print(f"wrote {files['json']}, {files['markdown']}, {files['plots'][0]} ({extra['seconds']} s)")
+experiment.vary_fewshot(settings, results_path, "Reddit TLDR: unseen-worker accuracy vs shots", groups, V_ref,
+                        {"split": split_counts, "seen_workers": users["seen"], "unseen_workers": users["unseen"]})

@@ -512,13 +512,19 @@ def test_save_results_writes_json_with_raw_std_markdown_and_plot(tmp_path):
     assert paths["plots"] == [tmp_path / "acc_alpha_10000.0.png"] and paths["plots"][0].stat().st_size > 0
 
 
-def test_plots_name_their_band_draw_reference_lines_and_keep_the_legend_off_the_data(tmp_path, monkeypatch):
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib figures the code under test saves, in order."""
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-    figures = []
+    saved = []
     real_savefig = Figure.savefig
-    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figures.append(self), real_savefig(self, *a, **k)))
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (saved.append(self), real_savefig(self, *a, **k)))
+    return saved
+
+
+def test_plots_name_their_band_draw_reference_lines_and_keep_the_legend_off_the_data(tmp_path, figures):
     records = toy_records([[0.9, 0.8], [0.7, 0.6], [0.65, 0.6], [0.6, 0.55]],
                           [[0.1, 0.2], [0.04, 0.08], [0.0, 0.0], [0.12, 0.04]])
     reports.save_results(tmp_path, "toy", {"seed": 0}, records, reference_lines={"planted reward, unseen users": 0.87})
@@ -580,14 +586,8 @@ def test_seen_fits_see_seen_train_and_new_users_only_their_few_shot_part(pipelin
         assert seen["joint"] == ["seen_train", "seen_train"] and seen["few_shot"] == ["unseen_train"]
 
 
-def test_the_plot_band_is_a_quarter_of_the_std(tmp_path, monkeypatch):
+def test_the_plot_band_is_a_quarter_of_the_std(tmp_path, figures):
     """The shaded band is ± 0.25 std over users (the original's factor), not the std itself."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    figures = []
-    real_savefig = Figure.savefig
-    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figures.append(self), real_savefig(self, *a, **k)))
     records = toy_records([[0.9, 0.8], [0.7, 0.6], [0.65, 0.6], [0.6, 0.55]],
                           [[0.1, 0.2], [0.04, 0.08], [0.0, 0.0], [0.12, 0.04]])
     reports.save_results(tmp_path, "toy", {"seed": 0}, records)
