@@ -942,14 +942,13 @@ def fit_selected(method: str, train: utils.Comparisons, *, seed: int, grid: dict
         raise SystemExit(f"error: no seen user has {MIN_VALIDATION_USER} or more training comparisons, so {method} "
                          f"has no validation split to select its epoch, K and width on")
     best, candidates = None, []
-    for K in grid["K"]:
-        for width in grid["d_pref"]:
-            model = build(method, train.d, train.n_users, K=K, seed=seed, device=device,
-                          dtype=train.dtype if dtype is None else dtype, progress=progress, anchor=anchor,
-                          **{**hyper, "d_pref": width}).fit(fit_part, valid)
-            candidates.append({"K": K, "d_pref": width, **{k: model.selection[k] for k in ("epoch", "validation_loss")}})
-            if best is None or model.selection["validation_loss"] < best.selection["validation_loss"]:
-                best = model
+    for K, width in harness.progress([(K, w) for K in grid["K"] for w in grid["d_pref"]], f"{method} selection"):
+        model = build(method, train.d, train.n_users, K=K, seed=seed, device=device,
+                      dtype=train.dtype if dtype is None else dtype, progress=progress, anchor=anchor,
+                      **{**hyper, "d_pref": width}).fit(fit_part, valid)
+        candidates.append({"K": K, "d_pref": width, **{k: model.selection[k] for k in ("epoch", "validation_loss")}})
+        if best is None or model.selection["validation_loss"] < best.selection["validation_loss"]:
+            best = model
     best.selection = {"chosen": {"K": best.K, "d_pref": best.hyper["d_pref"], "epoch": best.selection["epoch"]},
                       "validation_loss": best.selection["validation_loss"], "candidates": candidates,
                       "validation": {"comparisons": valid.N, "users": int((valid.counts() > 0).sum()),
@@ -1010,6 +1009,7 @@ def evaluate_methods(methods, groups: dict, seeds=(0,), *, V_ref=None, grid=None
         for anchor in [None] + ([V_ref] if V_ref is not None else []):
             per_seed, models, start = [], [], time.time()
             for seed in seeds:
+                print(f"{METHODS[method].name}{ANCHORED if anchor is not None else ''}: seed {seed}", flush=True)
                 options = dict(seed=utils.derived_seed(seed, 0), device=device, dtype=dtype, progress=progress,
                                anchor=anchor, **own)
                 model = (fit_selected(method, groups["seen_train"], grid=method_grid, **options)
