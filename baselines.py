@@ -49,7 +49,8 @@ the simplex (W_u ~ N(0, I) as the code's UserLearner.init_weight).
   seen users' training comparisons are held out, per user (a user with fewer than 5 keeps all its
   comparisons; seeded), the rest trains, and the epoch with the lowest validation loss is kept. The same
   split chooses K and the width d_pref from PAL_GRID (the code's README compares k = 1 and 2; its configs
-  set the width to the encoder's, 512-1536): every candidate is trained, the lowest validation loss wins.
+  set the width to the encoder's, 512-1536; a width above the backbone's is not tried): every candidate is
+  trained, the lowest validation loss wins.
   The held-out part is never a test set; the choice is recorded per seed (`selection`). A candidate stops
   after 3 epochs without a lower validation loss (`patience`): our departure to 20 epochs (below) times
   an 8-point grid would otherwise cost 160 epochs per fit, and the code's own default trains 1. New users are
@@ -942,7 +943,9 @@ def fit_selected(method: str, train: utils.Comparisons, *, seed: int, grid: dict
         raise SystemExit(f"error: no seen user has {MIN_VALIDATION_USER} or more training comparisons, so {method} "
                          f"has no validation split to select its epoch, K and width on")
     best, candidates = None, []
-    for K, width in harness.progress([(K, w) for K in grid["K"] for w in grid["d_pref"]], f"{method} selection"):
+    # never wider than the backbone: the code's configs set the width to the encoder's own
+    widths = sorted({min(int(w), train.d) for w in grid["d_pref"]})
+    for K, width in harness.progress([(K, w) for K in grid["K"] for w in widths], f"{method} selection"):
         model = build(method, train.d, train.n_users, K=K, seed=seed, device=device,
                       dtype=train.dtype if dtype is None else dtype, progress=progress, anchor=anchor,
                       **{**hyper, "d_pref": width}).fit(fit_part, valid)
