@@ -376,8 +376,8 @@ def test_evaluate_methods_two_seeds_gives_mean_and_std_over_seeds(tmp_path):
     assert entry["mean"] == pytest.approx(np.mean(entry["per_seed"]))
     assert entry["std"] == pytest.approx(np.std(entry["per_seed"]))
     assert (entry["users"], entry["comparisons"]) == (6, 48)
-    model = baselines.build("PAL", 6, 8, K=2, device="cpu", d_pref=8)
-    shared = 6 * 8 + 8 + 2 * (8 * 8 + 8) + 2 * 8 + 1         # mlp2 + 2 prototypes + the scale
+    model = baselines.build("PAL", 6, 8, K=2, device="cpu", d_pref=6)   # the grid's 8 capped at d = 6
+    shared = 6 * 6 + 6 + 2 * (6 * 6 + 6) + 2 * 6 + 1         # mlp2 + 2 prototypes + the scale
     assert row["parameters"] == {**model.parameter_counts(8), "per_user": 2, "shared": shared, "total": shared + 8 * 2}
     # one seed: mean ± std over users (per-user accuracies 0.7 and 0.9: 80 ± 10; 0.5 and 0.9: 70 ± 20)
     lore = reports.paper_row("LoRe", [{"seen_test": np.array([0.7, 0.9, np.nan]), "unseen_test": np.array([0.5, 0.9])}],
