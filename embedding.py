@@ -239,8 +239,8 @@ def render_all_ids(tokenizer, conversations: Sequence, max_length: int | None = 
     """render_ids of every conversation. The templates are rendered to text one by one, then all texts
     are tokenised in one call of the (Rust) tokenizer, which is what apply_chat_template(tokenize=True)
     does one conversation at a time (the same ids, tested)."""
-    if max_length is not None and max_length < 2:
-        raise ValueError(f"error: max_length must be at least 2, got {max_length}")
+    if max_length is not None and max_length < harness.MIN_MAX_LENGTH:
+        raise ValueError(f"error: max_length must be at least {harness.MIN_MAX_LENGTH}, got {max_length}")
     if truncation_side not in ("left", "right"):
         raise ValueError(f"error: truncation_side must be 'left' or 'right', got {truncation_side!r}")
     texts = [c if isinstance(c, str) else tokenizer.apply_chat_template(list(c), tokenize=False)

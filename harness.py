@@ -93,6 +93,11 @@ def _parse_value(name: str, raw: str, kinds: tuple, element: type | None):
     return value
 
 
+# The shortest conversation the embedding engine can truncate to: its BOS and at least one token of the
+# conversation (embedding.render_all_ids keeps the BOS first, and the last token is the one embedded).
+MIN_MAX_LENGTH = 2
+
+
 def _check_ranges(values: dict) -> None:
     """The ranges of the settings every script shares, checked before any work starts."""
     for name, value in values.items():
@@ -112,6 +117,9 @@ def _check_ranges(values: dict) -> None:
             fail("must be positive")
         elif name.endswith("fraction") and isinstance(value, (int, float)) and not 0 < value <= 1:
             fail("must lie in (0, 1]")
+        elif name == "max_length" and isinstance(value, int) and value < MIN_MAX_LENGTH:
+            fail(f"must be at least {MIN_MAX_LENGTH} (the BOS token and at least one token of the conversation), "
+                 f"or None for no limit")
         elif name == "K_list" and (not value or any(k < 0 for k in value)):
             fail("must be a non-empty list of ranks K >= 0 (0: the reference head)")
         elif name == "alpha_list" and (not value or any(a < 0 for a in value)):
@@ -181,10 +189,12 @@ def configure(settings: dict, argv: list[str] | None = None) -> Settings:
 
 def cli_args(parser, argv=None):
     """`parser.parse_args(argv)` of a script that keeps a published argparse command line, with
-    `.settings`: its values as Settings, `.overridden` the options whose value is not the default."""
+    `.settings`: its values as Settings, `.overridden` the options whose value is not the default. The
+    values given are range-checked as configure's (--max_length=1 stops here, not after the model load)."""
     args = parser.parse_args(argv)
     args.settings = Settings(vars(args))
     args.settings.overridden = frozenset(k for k, v in vars(args).items() if k != "settings" and v != parser.get_default(k))
+    _check_ranges({k: args.settings[k] for k in args.settings.overridden})
     return args
 
 

@@ -64,7 +64,7 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default=None, help="default bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--device", default=None)
     parser.add_argument("--offline", action="store_true", help="tiny biased model, generated data")
-    return parser.parse_args(argv)
+    return harness.cli_args(parser, argv)
 
 
 # -----------------------------------------------------------------------------
@@ -259,7 +259,7 @@ def main(argv=None) -> dict:
     print(f"base {args.base_model}, forget LoRA {args.lora_path}: {len(variants) // 6} held-out questions, "
           f"lambdas {args.lambdas}")
     results = sweep(model, tokenizer, args.lambdas, variants, rb2_dataset, args.batch_size, args.max_length)
-    settings = dict(vars(args), output_path=str(output_path), variants=str(variants_path), dtype=dtype,
+    settings = dict({k: v for k, v in vars(args).items() if k != "settings"}, output_path=str(output_path), variants=str(variants_path), dtype=dtype,
                     device=device)
     title = f"base - lambda * LoRA ({Path(args.lora_path).name}) on {Path(args.base_model).name}"
     write_results(results, settings, output_path, title)

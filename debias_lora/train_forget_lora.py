@@ -72,7 +72,7 @@ def parse_args(argv=None):
     parser.add_argument("--offline", action="store_true", help="tiny biased model and generated pairs")
     parser.add_argument("--overwrite", action="store_true", help="replace an adapter in --output that was "
                         "trained with other settings")
-    return parser.parse_args(argv)
+    return harness.cli_args(parser, argv)
 
 
 # -----------------------------------------------------------------------------
