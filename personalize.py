@@ -383,6 +383,13 @@ def export_heads(weights_path, user_ids: list[str], folder, *, model_name=None, 
     user_ids ([]: every user) into folder; load the backbone once and swap_head(model, file) per user."""
     record, folder = load_user_weights(weights_path), Path(folder)
     ids = list(user_ids or record["user_ids"])
+    owner = {}                           # file name -> user: two ids may map to one name (a/b and a_b)
+    for user in ids:
+        name = HEAD_FILE.format(user=safe_name(user))
+        if owner.setdefault(name, user) != user:
+            raise SystemExit(f"error: users {owner[name]!r} and {user!r} both map to the head file {name} (characters "
+                             f"other than letters, digits, '.', '-' become '_'); nothing was written. Export them "
+                             f"one at a time into different folders: --head_only --user=... --export_dir=...")
     plans = []
     for i in pick_users(record, ids, weights_path):
         target = folder / HEAD_FILE.format(user=safe_name(record["user_ids"][i]))

@@ -411,3 +411,29 @@ def test_demo_on_new_prism_users(files, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--demo_users=0: the demo needs at least one user"):
         run_script(monkeypatch, tmp_path, "--offline", "--demo_users=0", script=demo_script)
     assert not (tmp_path / "out2").exists()
+
+
+# -----------------------------------------------------------------------------
+# nothing lost: a file is never replaced by one of other users, another basis or another fit
+
+
+def weights_file(folder, user_ids, V, **info):
+    """A user_weights.safetensors as fit writes it, for the given users (uniform weights), without a fit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / personalize.WEIGHTS_FILE
+    W = torch.full((len(user_ids), V.shape[1]), 1.0 / V.shape[1])
+    personalize.save_safetensors({"weights": W, "basis": V}, path, {
+        "user_ids": list(user_ids), "model_name": tiny_model_path(), "dtype": "float32", "basis_sha256": "0" * 64,
+        **info}, personalize.WEIGHTS_FORMAT)
+    return path
+
+
+def test_head_files_of_two_users_with_one_file_name_are_refused(files, tmp_path):
+    """'a/b' and 'a_b' both become reward_head_a_b.safetensors: the second replaced the first silently."""
+    path = weights_file(tmp_path / "w", ["a/b", "a_b", "c"], files["V"])
+    with pytest.raises(SystemExit, match=r"users 'a/b' and 'a_b' both map to the head file reward_head_a_b.safetensors"
+                                         r".*one at a time .*--user=\.\.\. --export_dir="):
+        personalize.export_heads(path, [], tmp_path / "heads")
+    assert not (tmp_path / "heads").exists()                                       # refused before any write
+    assert [p.name for p in personalize.export_heads(path, ["a/b", "c"], tmp_path / "heads")] == [
+        "reward_head_a_b.safetensors", "reward_head_c.safetensors"]
