@@ -294,6 +294,15 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
+def tensor_sha256(tensor) -> str:
+    """Hex sha256 of a tensor's dtype, shape and bytes: the same whichever file format holds it (a V file's
+    .pt and its .safetensors twin give one hash; the .pt file's own bytes differ from save to save)."""
+    tensor = torch.as_tensor(tensor).detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{tensor.dtype} {tuple(tensor.shape)}\n".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def hub_unreachable(what: str, offline_command: str, cause: BaseException | None = None) -> SystemExit:
     """The error of every script that cannot get `what` from the Hugging Face hub: it names the offline
     switch (`offline_command`) and the cached-copy route."""

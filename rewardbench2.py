@@ -462,6 +462,12 @@ def _read_array_file(path: Path, key: str | None, what: str):
                      f"with --head_key")
 
 
+def read_head_tensor(path, key: str | None = None) -> torch.Tensor:
+    """The head file's tensor as saved (its own dtype and shape), for hashing: load_head converts it."""
+    arr = _read_array_file(Path(path), key, "the head file")
+    return torch.as_tensor(arr) if isinstance(arr, np.ndarray) else arr
+
+
 def load_head(path, key: str | None = None, hidden_size: int | None = None) -> torch.Tensor:
     """A head matrix [H, B] float32 from .npy / .pt / .pth / .bin / .safetensors.
 

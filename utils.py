@@ -529,6 +529,21 @@ def _save_tensor(path: Path, tensor: torch.Tensor, key: str, record: dict) -> No
         save_file({key: tensor}, str(tmp), metadata={"fit": json.dumps(record, sort_keys=True)})
 
 
+def fit_record(path, made_by: str) -> dict:
+    """The fit record of a V or W file (the "fit" metadata of its .safetensors twin, see _save_tensor); an
+    exit naming the twin and `made_by` (the command that writes both again) when it is missing or unreadable."""
+    from safetensors import safe_open
+    twin = Path(path).with_suffix(".safetensors")
+    remake = f"it records the fit that made {Path(path).name}; run `{made_by}` to write both again"
+    if not twin.is_file():
+        raise SystemExit(f"error: {twin} is missing: {remake}")
+    try:
+        with safe_open(str(twin), framework="pt") as f:
+            return json.loads((f.metadata() or {})["fit"])
+    except Exception as e:
+        raise SystemExit(f"error: {twin} is unreadable or holds no fit record ({type(e).__name__}): {remake}") from None
+
+
 def _training_data_record(train: Comparisons) -> dict:
     """The training data's part of a fit record: its sizes and a hash of its comparisons and rows."""
     train = train.compact()
@@ -612,7 +627,9 @@ def _sweep(fit, fit_settings, K_list, alpha_list, V_ref, groups, N, N_unseen, de
             if results_dir is not None:
                 v_name, w_name = lore_file_names(dataset_name, K, alpha)
                 _save_tensor(Path(results_dir) / v_name, V, "V", fits[alpha, K])
-                _save_tensor(Path(results_dir) / w_name, weights_seen, "W", fits[alpha, K])
+                # W's record names the very V it goes with: eval_rb2 --rm_weights refuses a W of another fit
+                _save_tensor(Path(results_dir) / w_name, weights_seen, "W",
+                             {**fits[alpha, K], "basis_sha256": harness.tensor_sha256(V)})
         if K <= 1:
             weights_unseen = torch.ones(N_unseen, V.shape[1], dtype=V.dtype, device=device)
         else:
