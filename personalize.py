@@ -19,7 +19,8 @@ fit     --basis: a V file, a plain tensor [d, K] (.pt, loaded with weights_only=
         train_basis.json beside the basis; K = 1: w = [1.0]). A row with chosen == rejected is skipped
         (warned, counted). Writes user_weights.safetensors ("weights" [users, K], "basis" [d, K]; the user
         ids, the basis's sha256 and the backbone in its metadata) and user_weights.json (the same with the
-        settings, each user's comparisons and few-shot accuracy).
+        settings, each user's comparisons and few-shot accuracy). A user_weights file there of other
+        users, another basis or another backbone is refused unless --overwrite (exports name its users).
 export  reward_model_<user>/ (config, tokenizer, model.safetensors with the user's head, personalization.json):
         AutoModelForSequenceClassification.from_pretrained loads it with nothing else. --head_only: only
         reward_head_<user>.safetensors ("score.weight" [1, d]) per user; swap_head(model, file) puts one into
@@ -68,7 +69,7 @@ weights: str | None = None    # export, score: a user_weights.safetensors; None:
 user: str | None = None       # export: the user; None: the only one (--head_only: every user)
 head_only = False             # export: only the head file(s), no model folder
 export_dir: str | None = None  # export: the model folder (head_only: the folder of the head files)
-overwrite = False             # export: replace a different model at the export path
+overwrite = False             # fit: replace the weights of other users, basis or backbone; export: a different model
 responses: str | None = None  # score: the responses .jsonl
 users: str | None = None      # score: comma-separated user ids; None: every user of the weights file
 seed = 0
@@ -224,16 +225,20 @@ def fewshot_settings(basis_path, num_iterations=None, learning_rate=None) -> tup
 
 def fit(comparisons_path, basis_path, results_path, *, model_name: str, dtype: str = "float32",
         attn_implementation=None, device=None, seed: int = 0, num_iterations=None, learning_rate=None,
-        settings=None, backbone=None, **engine) -> Path:
+        settings=None, backbone=None, overwrite: bool = False, **engine) -> Path:
     """Fit every user of a comparisons file against the frozen basis; write WEIGHTS_FILE and WEIGHTS_JSON
-    into results_path and return the first. backbone: model_name's (model, tokenizer), if loaded;
-    engine: batch_size, max_tokens, max_length of embedding.embed_conversations."""
+    into results_path and return the first. A WEIGHTS_FILE there of other users, another basis or another
+    backbone is refused before any work unless overwrite (check_weights_to_replace). backbone:
+    model_name's (model, tokenizer), if loaded; engine: batch_size, max_tokens, max_length of
+    embedding.embed_conversations."""
     basis_path, comparisons_path, results_path = Path(basis_path), Path(comparisons_path), Path(results_path)
     V = read_basis(basis_path)
     rows, skipped = read_comparisons(comparisons_path)
     check_basis(V, str(basis_path), model_name, backbone)
     num_iterations, learning_rate = fewshot_settings(basis_path, num_iterations, learning_rate)
     user_ids = list(dict.fromkeys(r["user_id"] for r in rows))          # in the order the file names them
+    basis_sha256 = harness.file_sha256(basis_path)
+    check_weights_to_replace(results_path / WEIGHTS_FILE, user_ids, basis_sha256, str(model_name), overwrite)
     print(f"{len(rows)} comparisons of {len(user_ids)} user(s) from {comparisons_path}; basis {basis_path.name} "
           f"{tuple(V.shape)}; {num_iterations} iterations at learning rate {learning_rate}")
     conversations, index = embedding.distinct_conversations(
@@ -250,7 +255,7 @@ def fit(comparisons_path, basis_path, results_path, *, model_name: str, dtype: s
                                    device="cpu", progress=True).train_weights(data, V)
     accuracy, counts = utils.per_user_accuracy(data, V, W), data.counts()
     info = {"user_ids": user_ids, "model_name": str(model_name), "dtype": dtype, "basis_path": str(basis_path),
-            "basis_sha256": harness.file_sha256(basis_path), "seed": seed, "num_iterations": num_iterations,
+            "basis_sha256": basis_sha256, "seed": seed, "num_iterations": num_iterations,
             "learning_rate": learning_rate, "comparisons_sha256": harness.file_sha256(comparisons_path)}
     users_json = [{"user_id": u, "comparisons": int(counts[i]), "fewshot_accuracy": float(accuracy[i]),
                    "weights": W[i].tolist()} for i, u in enumerate(user_ids)]
@@ -265,6 +270,34 @@ def fit(comparisons_path, basis_path, results_path, *, model_name: str, dtype: s
               + " ".join(f"{x:.3f}" for x in u["weights"]) + " |")
     print(f"wrote {results_path / WEIGHTS_FILE} and {WEIGHTS_JSON}")
     return results_path / WEIGHTS_FILE
+
+
+def check_weights_to_replace(path: Path, user_ids: list[str], basis_sha256: str, model_name: str,
+                             overwrite: bool) -> None:
+    """Exit unless `path` is absent, overwrite is set, or it holds weights of the same users, basis and
+    backbone (a refit of the same users): exported models and scores.csv name the users of the file
+    they were made from, and a fit of other users would leave them pointing at users no longer there."""
+    if overwrite or not path.exists():
+        return
+    try:
+        old = load_user_weights(path)
+    except SystemExit:
+        old = None
+    if old is not None:
+        added = [u for u in user_ids if u not in old["user_ids"]]
+        removed = [u for u in old["user_ids"] if u not in user_ids]
+        differs = ([f"users added: {', '.join(map(repr, added[:10]))}"] * bool(added)
+                   + [f"users removed: {', '.join(map(repr, removed[:10]))}"] * bool(removed)
+                   + [f"basis sha256 {old['basis_sha256'][:12]}... -> {basis_sha256[:12]}..."]
+                   * (old["basis_sha256"] != basis_sha256)
+                   + [f"backbone {old['model_name']!r} -> {model_name!r}"] * (old["model_name"] != model_name))
+        if not differs:
+            return
+        what = f"the weights of another fit ({'; '.join(differs)}); exported models and scores made from it name its users"
+    else:
+        what = "something else (not a user_weights file of personalize.py)"
+    raise SystemExit(f"error: {path} already holds {what}. Pass --overwrite to replace it, or give another "
+                     f"--results_dir; nothing was written")
 
 
 def load_user_weights(path) -> dict:
@@ -478,7 +511,7 @@ if __name__ == "__main__":
         raise harness.SettingsError(f"error: score needs --responses=<file.jsonl>, one per line: {RESPONSE_ROW}")
     if command == "fit":
         fit(path_of("comparisons"), basis_path, results_path, model_name=model_name, dtype=dtype, **fewshot, **load,
-            **engine)
+            overwrite=overwrite, **engine)
     elif command == "export" and head_only:
         export_heads(weights_path, [user] if user else [], path_of("export_dir") if export_dir else results_path,
                      model_name=recorded["model_name"], overwrite=overwrite)

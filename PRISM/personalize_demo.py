@@ -12,7 +12,10 @@ train comparisons (V frozen, personalize.fit), the first is exported (personaliz
 reloaded, and everyone's test responses are scored (personalize.score). Prints each user's held-out
 accuracy (a tie is wrong) next to the pipeline's figure for that user.
 Writes (results folder): personalize_demo.json / .md, user_weights.safetensors / .json, scores.csv /
-.json, the demo's comparisons and responses files, and reward_model_<user>/.
+.json, the demo's comparisons and responses files, and reward_model_<user>/. The demo owns its results
+folder (default results/personalize(-offline) beside this script, not personalize.py's): a rerun
+replaces its weights and its exported model there (fit and export_model with overwrite=True), so do not
+point --results_dir at a folder of your own fits.
 """
 import json
 import re
@@ -91,7 +94,7 @@ harness.write_jsonl_atomic(responses_file, [{"id": f"{r['user_id']}:{side}", "pr
 backbone = personalize.load_backbone(model_name, dtype, attn_implementation, device)
 weights_path = personalize.fit(comparisons_file, basis_path, results_path, model_name=model_name, dtype=dtype,
                                seed=seed, num_iterations=num_iterations, learning_rate=learning_rate,
-                               settings=settings, backbone=backbone, **engine)
+                               settings=settings, backbone=backbone, overwrite=True, **engine)  # its own folder
 scored, ids, table = personalize.score(responses_file, weights_path, chosen, backbone=backbone, **engine)
 personalize.write_scores(scored, ids, table, results_path, {"settings": settings, "responses": str(responses_file)})
 owner = torch.tensor([chosen.index(r["user_id"]) for r in heldout])

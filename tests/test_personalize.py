@@ -437,3 +437,28 @@ def test_head_files_of_two_users_with_one_file_name_are_refused(files, tmp_path)
     assert not (tmp_path / "heads").exists()                                       # refused before any write
     assert [p.name for p in personalize.export_heads(path, ["a/b", "c"], tmp_path / "heads")] == [
         "reward_head_a_b.safetensors", "reward_head_c.safetensors"]
+
+
+def test_fit_refuses_to_replace_the_weights_of_other_users_basis_or_backbone(files, backbone, tmp_path):
+    """Exported folders and scores.csv name the users of the weights file they came from: a fit of other
+    users, against another basis or backbone, replaced it without asking."""
+    out = tmp_path / "out"
+    path = fit(files, backbone, out, num_iterations=5)
+    fit(files, backbone, out, num_iterations=6)                           # the same users, basis, backbone: a refit
+    saved = path.read_bytes()
+    others = write_jsonl(tmp_path / "others.jsonl", make_comparisons(per_user=2, users=("alice", "dave")))
+    with pytest.raises(SystemExit, match=r"user_weights.safetensors already holds the weights of another fit \(users "
+                                         r"added: 'dave'; users removed: 'bob', 'carol'\).*--overwrite.*--results_dir"):
+        fit(files, backbone, out, comparisons=others)
+    torch.save(files["V"] * 2, tmp_path / "V2.pt")
+    with pytest.raises(SystemExit, match=r"another fit \(basis sha256 [0-9a-f]{12}\.\.\. -> [0-9a-f]{12}\.\.\.\)"):
+        fit(files, backbone, out, basis=tmp_path / "V2.pt")
+    assert path.read_bytes() == saved                                     # refused before any work
+    weights_file(out, USERS, files["V"], model_name="another/backbone", basis_sha256=harness.file_sha256(files["basis"]))
+    with pytest.raises(SystemExit, match=r"another fit \(backbone 'another/backbone' -> "):
+        fit(files, backbone, out)
+    path.write_bytes(b"garbage")
+    with pytest.raises(SystemExit, match=r"already holds something else .*--overwrite"):
+        fit(files, backbone, out)
+    fit(files, backbone, out, comparisons=others, overwrite=True, num_iterations=5)
+    assert personalize.load_user_weights(path)["user_ids"] == ["alice", "dave"]
