@@ -62,7 +62,8 @@ model_name = "Skywork/Skywork-Reward-Llama-3.1-8B-v0.2"  # export, score: the on
 dtype = "bfloat16"            # offline: float32 unless given
 attn_implementation: str | None = None  # None: the library default (sdpa)
 device: str | None = None     # None: cuda if available, else cpu (the weights are fitted on the cpu)
-basis: str | None = None      # fit: a V file; None: PRISM/results/PRISM_V_lore_K_5_alpha_10000.0.pt
+basis: str | None = None      # fit: a V file; None: PRISM/results/PRISM_V_lore_K_5_alpha_10000.0.pt (export,
+                              # score use the weights file's basis: one given must be that one)
 results_dir = "results/personalize"
 comparisons: str | None = None  # fit: the comparisons .jsonl
 weights: str | None = None    # export, score: a user_weights.safetensors; None: the results folder's
@@ -307,6 +308,20 @@ def load_user_weights(path) -> dict:
     return {**info, **tensors}
 
 
+def check_given_basis(weights_path, basis_path) -> None:
+    """export and score use the basis stored in the weights file: exit when a basis given with them is
+    another one (it used to be silently ignored). The same tensor in another file (the .safetensors twin of
+    the .pt fitted with) is the same basis."""
+    record = load_user_weights(weights_path)
+    V = read_basis(basis_path)                  # a missing or unreadable file: its own clear exit
+    given = harness.file_sha256(basis_path)
+    if given != record["basis_sha256"] and not torch.equal(V, record["basis"].float()):
+        raise SystemExit(f"error: --basis={basis_path} (sha256 {given[:12]}...) is not the basis {weights_path} was "
+                         f"fitted on ({record.get('basis_path')}, sha256 {record['basis_sha256'][:12]}...); export "
+                         f"and score use the weights file's own basis: drop --basis, or fit these users against "
+                         f"this basis first (--command=fit --basis=...)")
+
+
 def safe_name(user_id: str) -> str:
     return re.sub(r"[^\w.-]", "_", user_id)
 
@@ -509,6 +524,8 @@ if __name__ == "__main__":
         raise harness.SettingsError(f"error: fit needs --comparisons=<file.jsonl>, one per line: {COMPARISON_ROW}")
     if command == "score" and responses is None:
         raise harness.SettingsError(f"error: score needs --responses=<file.jsonl>, one per line: {RESPONSE_ROW}")
+    if command in ("export", "score") and "basis" in settings.overridden:
+        check_given_basis(weights_path, basis_path)
     if command == "fit":
         fit(path_of("comparisons"), basis_path, results_path, model_name=model_name, dtype=dtype, **fewshot, **load,
             overwrite=overwrite, **engine)

@@ -462,3 +462,19 @@ def test_fit_refuses_to_replace_the_weights_of_other_users_basis_or_backbone(fil
         fit(files, backbone, out)
     fit(files, backbone, out, comparisons=others, overwrite=True, num_iterations=5)
     assert personalize.load_user_weights(path)["user_ids"] == ["alice", "dave"]
+
+
+def test_export_and_score_refuse_a_basis_other_than_the_weights_files(files, fitted, tmp_path, monkeypatch):
+    """--basis was silently ignored by export and score (they use the weights file's basis): another one is
+    refused naming both; the basis fitted with (or the same tensor in another file) is accepted."""
+    torch.save(files["V"] * 2, tmp_path / "V2.pt")
+    args = ("--offline", f"--weights={fitted}", "--results_dir=out")
+    for command in (["--command=export", "--user=bob"], ["--command=score", f"--responses={files['responses']}"]):
+        with pytest.raises(SystemExit, match=r"--basis=.*V2.pt \(sha256 [0-9a-f]{12}\.\.\.\) is not the basis .*"
+                                             r"user_weights.safetensors was fitted on \(.*V.pt, sha256"):
+            run_script(monkeypatch, tmp_path, *args, "--basis=V2.pt", *command)
+    assert not (tmp_path / "out").exists()
+    from safetensors.torch import save_file
+    save_file({"V": files["V"]}, str(tmp_path / "V.safetensors"))
+    for basis in (files["basis"], tmp_path / "V.safetensors"):
+        run_script(monkeypatch, tmp_path, *args, f"--basis={basis}", "--command=export", "--head_only", "--user=bob")
