@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -235,23 +237,78 @@ def require_file(path, made_by: str) -> Path:
     return path
 
 
+NEARLY_FULL_BYTES = 1 << 20   # a write that fails with less than this left on its disk failed for want of space
+
+
+def _no_space(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed for want of space: ENOSPC or EDQUOT, a library's text for them
+    (safetensors), or a disk left nearly full (torch.save says only "unexpected pos ...")."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if any(words in str(error) for words in ("No space left on device", "Disk quota exceeded")):
+        return True
+    try:
+        return isinstance(error, (OSError, RuntimeError)) and shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; when the block succeeds it replaces `path` in one rename, with
-    the permissions a plainly created file gets (the umask's). A failure leaves the old file (or none)."""
-    path = Path(path)
+def clear_full_disk(*paths):
+    """Run a block that writes `paths` (files or folders): a failure for want of space exits with a message
+    naming them and what to free, instead of a library's traceback. Removing the partial output is the
+    block's own cleanup (atomic_path removes its temporary files)."""
+    paths = [Path(p) for p in paths]
+    folder = paths[0].parent
+    try:
+        yield
+    except Exception as e:
+        if not _no_space(e, folder):
+            raise
+        raise SystemExit(f"error: no space left on the device while writing {' and '.join(map(str, paths))}; "
+                         f"{'it was' if len(paths) == 1 else 'they were'} not replaced. Free space on the disk that "
+                         f"holds {folder} (`df -h {folder}`; old results, the .shards folder of an interrupted "
+                         f"embedding run or the hub cache are candidates) or write to another folder, then run the "
+                         f"same command again") from None
+
+
+@contextlib.contextmanager
+def _replaced_when_done(path: Path):
+    """A temporary path beside `path` that replaces it in one rename when the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)        # mkstemp makes 0600: unreadable to colleagues
+        os.chmod(tmp, 0o666 & ~current_umask())        # mkstemp makes 0600: unreadable to colleagues
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; when the block succeeds it replaces `path` in one rename, with
+    the permissions a plainly created file gets (the umask's). A failure leaves the old file (or none);
+    a full disk exits with a clear message (clear_full_disk)."""
+    with atomic_paths(path) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths):
+    """atomic_path for files that belong together: a temporary path for each; none replaces its file until
+    the block has written them all, then they are renamed last path first, so the first (the one a reader
+    takes as the mark of a complete set) appears last. A failure leaves the old files (or none)."""
+    with clear_full_disk(*paths), contextlib.ExitStack() as stack:
+        yield [stack.enter_context(_replaced_when_done(Path(p))) for p in paths]
+
+
+def current_umask() -> int:
+    umask = os.umask(0)          # reading the umask means setting it: put it back at once
+    os.umask(umask)
+    return umask
 
 
 def write_text_atomic(path, text: str) -> None:
@@ -259,8 +316,13 @@ def write_text_atomic(path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def json_text(obj) -> str:
+    """The JSON text of the result files: indented, non-ASCII kept, NaN and infinities as null."""
+    return json.dumps(_json_value(obj), indent=1, ensure_ascii=False) + "\n"
+
+
 def write_json_atomic(path, obj) -> None:
-    write_text_atomic(path, json.dumps(_json_value(obj), indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(path, json_text(obj))
 
 
 def write_jsonl_atomic(path, rows) -> None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import shutil
 import sys
@@ -190,10 +189,15 @@ def load_backbone(model_name: str, dtype: str, attn_implementation=None, device=
         raise model_error(model_name, e) from None
 
 
-def save_safetensors(tensors: dict, path: Path, info: dict, fmt: str) -> None:
+def write_safetensors(tensors: dict, path: Path, info: dict, fmt: str) -> None:
+    """A plain (not atomic) write of the format read_safetensors reads."""
     from safetensors.torch import save_file
+    save_file(tensors, str(path), metadata={"format": fmt, "info": json.dumps(info)})
+
+
+def save_safetensors(tensors: dict, path: Path, info: dict, fmt: str) -> None:
     with harness.atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": fmt, "info": json.dumps(info)})
+        write_safetensors(tensors, tmp, info, fmt)
 
 
 def read_safetensors(path, fmt: str, made_by: str) -> tuple[dict, dict]:
@@ -260,11 +264,12 @@ def fit(comparisons_path, basis_path, results_path, *, model_name: str, dtype: s
             "learning_rate": learning_rate, "comparisons_sha256": harness.file_sha256(comparisons_path)}
     users_json = [{"user_id": u, "comparisons": int(counts[i]), "fewshot_accuracy": float(accuracy[i]),
                    "weights": W[i].tolist()} for i, u in enumerate(user_ids)]
-    save_safetensors({"weights": W.float().contiguous(), "basis": V}, results_path / WEIGHTS_FILE, info,
-                     WEIGHTS_FORMAT)
-    harness.write_json_atomic(results_path / WEIGHTS_JSON, {
-        **info, "settings": settings or {}, "comparisons_path": str(comparisons_path), "users": users_json,
-        "skipped_rows": {"chosen_equals_rejected": len(skipped), "lines": skipped}})
+    # one set: the summary is never left describing another fit than the weights beside it
+    with harness.atomic_paths(results_path / WEIGHTS_FILE, results_path / WEIGHTS_JSON) as (weights_tmp, json_tmp):
+        write_safetensors({"weights": W.float().contiguous(), "basis": V}, weights_tmp, info, WEIGHTS_FORMAT)
+        json_tmp.write_text(harness.json_text({
+            **info, "settings": settings or {}, "comparisons_path": str(comparisons_path), "users": users_json,
+            "skipped_rows": {"chosen_equals_rejected": len(skipped), "lines": skipped}}), encoding="utf-8")
     print("| user | comparisons | few-shot accuracy | weights |\n|---|---|---|---|")
     for u in users_json:
         print(f"| {u['user_id']} | {u['comparisons']} | {100 * u['fewshot_accuracy']:.1f}% | "
@@ -407,12 +412,12 @@ def export_model(weights_path, user_id: str, folder, *, model_name=None, dtype=N
         if model.config.pad_token_id is None:         # batched consumers find the last real token by it
             model.config.pad_token_id = tokenizer.pad_token_id
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)                       # not mkdtemp: the folder gets the umask's permissions
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        harness.write_json_atomic(tmp / PERSONALIZATION_FILE, new)
-        umask = os.umask(0o022)
-        os.umask(umask)
+        with harness.clear_full_disk(folder):
+            tmp.mkdir(parents=True)                   # not mkdtemp: the folder gets the umask's permissions
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            harness.write_json_atomic(tmp / PERSONALIZATION_FILE, new)
+        umask = harness.current_umask()
         for file in tmp.iterdir():                    # safetensors writes 0600: unreadable to colleagues
             file.chmod(0o666 & ~umask)
         if folder.exists():
@@ -478,8 +483,9 @@ def write_scores(rows: list[dict], ids: list[str], scores: torch.Tensor, results
     writer.writerow(["row", "id", *ids])
     for k, (row, values) in enumerate(zip(rows, scores.tolist())):
         writer.writerow([k, row.get("id", ""), *(f"{x:.6g}" for x in values)])
-    harness.write_text_atomic(Path(results_path) / SCORES_FILE, text.getvalue())
-    harness.write_json_atomic(Path(results_path) / SCORES_JSON, {**info, "users": ids, "rows": len(rows)})
+    with harness.atomic_paths(Path(results_path) / SCORES_FILE, Path(results_path) / SCORES_JSON) as (table, about):
+        table.write_text(text.getvalue(), encoding="utf-8")
+        about.write_text(harness.json_text({**info, "users": ids, "rows": len(rows)}), encoding="utf-8")
     return Path(results_path) / SCORES_FILE
 
 

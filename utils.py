@@ -523,10 +523,11 @@ def _save_tensor(path: Path, tensor: torch.Tensor, key: str, record: dict) -> No
     from safetensors.torch import save_file
     path = Path(path)
     tensor = tensor.detach().cpu().contiguous().clone()
-    with harness.atomic_path(path) as tmp:
+    # Both written before either is renamed (a failed write, a full disk, leaves neither), the twin renamed
+    # first: a .pt in place always has its fit record beside it.
+    with harness.atomic_paths(path, path.with_suffix(".safetensors")) as (tmp, twin):
         torch.save(tensor, tmp)
-    with harness.atomic_path(path.with_suffix(".safetensors")) as tmp:
-        save_file({key: tensor}, str(tmp), metadata={"fit": json.dumps(record, sort_keys=True)})
+        save_file({key: tensor}, str(twin), metadata={"fit": json.dumps(record, sort_keys=True)})
 
 
 def fit_record(path, made_by: str) -> dict:

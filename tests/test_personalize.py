@@ -478,3 +478,31 @@ def test_export_and_score_refuse_a_basis_other_than_the_weights_files(files, fit
     save_file({"V": files["V"]}, str(tmp_path / "V.safetensors"))
     for basis in (files["basis"], tmp_path / "V.safetensors"):
         run_script(monkeypatch, tmp_path, *args, f"--basis={basis}", "--command=export", "--head_only", "--user=bob")
+
+
+def test_a_full_disk_during_fit_and_export_is_clear_and_leaves_nothing(files, fitted, backbone, tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(safetensors.torch, "save_file", no_space)
+    with pytest.raises(SystemExit, match=r"no space left on the device while writing .*out/user_weights.safetensors"):
+        fit(files, backbone, tmp_path / "out", num_iterations=5)
+    assert list((tmp_path / "out").iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.setattr(Path, "write_text", no_space)          # user_weights.json: the weights are not left alone
+    with pytest.raises(SystemExit, match=r"no space left .*user_weights.safetensors and .*user_weights.json"):
+        fit(files, backbone, tmp_path / "out", num_iterations=5)
+    assert list((tmp_path / "out").iterdir()) == []
+    rows, ids, table = personalize.score(files["responses"], fitted, backbone=backbone)
+    with pytest.raises(SystemExit, match=r"no space left .*scores.csv and .*scores.json"):   # one set, too
+        personalize.write_scores(rows, ids, table, tmp_path / "out", {})
+    assert list((tmp_path / "out").iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.setattr(backbone[0], "save_pretrained", no_space)
+    with pytest.raises(SystemExit, match=r"no space left on the device while writing .*bob_model; it was not "
+                                         r"replaced\. Free space"):
+        personalize.export_model(fitted, "bob", tmp_path / "bob_model", backbone=backbone)
+    assert list(tmp_path.iterdir()) == [tmp_path / "out"]                   # no folder, no temporary folder
