@@ -200,12 +200,15 @@ def cli_args(parser, argv=None):
     return args
 
 
-def script_dirs(script_file: str, settings: Settings) -> tuple[Path, Path | None]:
+def script_dirs(script_file: str, settings: Settings, check_writable: bool = True) -> tuple[Path, Path | None]:
     """The data and results folders of a script: (data path, results path or None).
 
     The defaults (settings `data_dir`, `results_dir` in source) live beside the script, with an
     `-offline` suffix when `offline` is set, so generated data and results never mix with real ones.
     A folder given on the command line is used as given, relative to the working directory.
+    check_writable: the folder the script writes, its results folder if it has one, else its data folder
+    (prepare and embedding scripts), must be writable, checked before any work (require_writable); a
+    script that writes elsewhere passes False and checks its own output folder.
     """
     here = Path(script_file).resolve().parent
 
@@ -217,7 +220,32 @@ def script_dirs(script_file: str, settings: Settings) -> tuple[Path, Path | None
             return path.resolve()
         path = path if path.is_absolute() else here / path
         return path.with_name(path.name + "-offline") if settings.get("offline") else path
-    return folder("data_dir"), folder("results_dir")
+    data, results = folder("data_dir"), folder("results_dir")
+    if check_writable and (results or data) is not None:
+        require_writable(results or data, "--results_dir=..." if results else "--data_dir=...")
+    return data, results
+
+
+def require_writable(folder, setting: str) -> Path:
+    """`folder` when a file can be written there; else an exit naming it and `setting` (the option that
+    chooses another), before any work: a read-only results folder was found only after the first fit.
+    Creates the folder, writes and removes a probe file, and removes again the folders it created (a run
+    refused later leaves nothing behind)."""
+    folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise SystemExit(f"error: cannot write to the folder {folder} ({e.strerror or type(e).__name__}); make it "
+                         f"writable or choose another folder with {setting}") from None
+    finally:
+        for created in missing:                        # deepest first
+            with contextlib.suppress(OSError):
+                created.rmdir()
+    return folder
 
 
 def command_line(script: str, settings: Settings, keep=("offline", "data_dir")) -> str:

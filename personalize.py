@@ -513,11 +513,16 @@ if __name__ == "__main__":
     if command not in ("fit", "export", "score"):
         raise harness.SettingsError(f"error: --command must be fit, export or score, got {command!r} (the demo of "
                                     f"all three on new PRISM users: cd PRISM && python personalize_demo.py)")
-    _, results_path = harness.script_dirs(__file__, settings)
+    # an export into --export_dir writes there, not into the results folder
+    _, results_path = harness.script_dirs(__file__, settings, check_writable=not (command == "export" and export_dir))
     model_name, dtype = script_model(settings)
 
     def path_of(name: str) -> Path:    # a path setting: from the working folder when given there, else from here
         return Path(settings[name]).expanduser().resolve() if name in settings.overridden else ROOT / settings[name]
+
+    if command == "export" and export_dir:      # head files go into it; a model folder is renamed into place
+        harness.require_writable(path_of("export_dir") if head_only else path_of("export_dir").parent,
+                                 "--export_dir=...")
 
     basis_path = path_of("basis") if basis else ROOT / "PRISM" / f"results{'-offline' * offline}" / BASIS_FILE
     weights_path = path_of("weights") if weights else results_path / WEIGHTS_FILE

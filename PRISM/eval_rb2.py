@@ -100,7 +100,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
 
-    data_path, results_path = harness.script_dirs(__file__, args.settings)
+    # checked below: the folder of the result file, which --save_json may move out of results/
+    data_path, results_path = harness.script_dirs(__file__, args.settings, check_writable=False)
     if args.model is None:
         args.model = offline.tiny_model_path() if args.offline else rb2.DEFAULT_MODEL
     if args.dataset is None:
@@ -111,6 +112,10 @@ def main(argv=None) -> dict:
                          "model's own head")
     if mode == "seqclf" and (args.rm_head or args.head_bias is not None):
         raise SystemExit("error: --rm_head/--head_bias are for lmhead mode; drop --mode seqclf (or use auto)")
+    harness.require_writable(Path(args.save_json).parent if args.save_json else results_path,
+                             "--save_json=..." if args.save_json else "--results_dir=...")
+    if args.save_csv:
+        harness.require_writable(Path(args.save_csv).parent, "--save_csv=...")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
 

@@ -238,10 +238,12 @@ def base_and_lora(base_model, lora_path, offline: bool, results_path: Path) -> t
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    data_path, results_path = harness.script_dirs(__file__, harness.Settings(data_dir="data", results_dir="results", offline=args.offline))
+    data_path, results_path = harness.script_dirs(__file__, harness.Settings(data_dir="data", results_dir="results", offline=args.offline),
+                                                  check_writable=False)    # it writes --output_path: checked below
     args.base_model, args.lora_path = base_and_lora(args.base_model, args.lora_path, args.offline, results_path)
     args.lambdas = args.lambdas if args.lambdas is not None else PUBLISHED_LAMBDAS
     output_path = Path(args.output_path) if args.output_path else results_path / "lambda_sweep.json"
+    harness.require_writable(output_path.parent, "--output_path=...")
     variants_path = Path(args.variants) if args.variants else harness.require_file(
         data_path / "variants_test.jsonl", "python build_pairs.py" + (" --offline" if args.offline else ""))
     variants = load_variants(variants_path, args.limit_questions)     # checked before the model is loaded

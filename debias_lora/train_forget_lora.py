@@ -228,13 +228,15 @@ def check_output(output: Path, recipe: dict, overwrite: bool) -> None:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    data_path, results_path = harness.script_dirs(__file__, harness.Settings(data_dir="data", results_dir="results", offline=args.offline))
+    data_path, results_path = harness.script_dirs(__file__, harness.Settings(data_dir="data", results_dir="results", offline=args.offline),
+                                                  check_writable=False)    # it writes --output: checked below
     if args.model is None:
         args.model = str(harness.require_file(offline_base_path(), "python demo_offline.py")) \
             if args.offline else DEFAULT_MODEL
     data = Path(args.data) if args.data else harness.require_file(
         data_path / "pairs_train.jsonl", "python build_pairs.py" + (" --offline" if args.offline else ""))
     output = Path(args.output) if args.output else results_path / f"forget_lora_{args.pair_mode}_{args.direction}"
+    harness.require_writable(output, "--output=...")
     recipe = {k: v for k, v in vars(args).items() if k not in ("settings", "output", "log_every", "overwrite")}
     recipe.update(data=str(data), data_sha256=harness.file_sha256(data))
     check_output(output, recipe, args.overwrite)
