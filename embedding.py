@@ -826,8 +826,10 @@ def embed_dataset(script: str, settings, data_path: Path, conversations: Sequenc
                       shard_size=settings["shard_size"], overwrite=settings["overwrite"], **load)
         export_reward_head(model_name, head, **load)
     except ModelNotAvailable as e:
-        raise harness.hub_unreachable(f"the model {model_name!r}", harness.command_line(script, settings) + " --offline",
-                                    e.__cause__) from None
+        if Path(model_name).expanduser().is_dir():     # a local folder that does not load: not a hub problem
+            raise SystemExit(str(e)) from None
+        offline_command = harness.command_line(script, settings) + ("" if settings.get("offline") else " --offline")
+        raise harness.hub_unreachable(f"the model {model_name!r}", offline_command, e.__cause__) from None
     if _process_state().is_main_process:
         table = load_embeddings(out, harness.command_line(script, settings))
         print(f"wrote {out} {tuple(table.shape)} and {head.name} ({tuple(load_reward_head(head, script).shape)})")

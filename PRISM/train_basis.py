@@ -56,7 +56,8 @@ print(f"users: {N} seen, {N_unseen} unseen; comparisons: " + ", ".join(f"{k} {g.
 extra = {"counts": counts}
 if offline:
     from offline import prism as offline_prism
-    extra["planted_accuracy"] = offline_prism.planted_accuracy(data_path, groups, users)
+    extra["planted_accuracy"] = offline_prism.planted_accuracy(data_path, groups, users,
+                                                               harness.command_line("prepare.py", settings))
 
 start = time.time()
 seed_list = list(range(seed, seed + seeds))

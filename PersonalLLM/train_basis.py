@@ -68,7 +68,8 @@ extra = {"reward_models": reward_models, "simulation": population.settings, "cou
          "tie_rule": "argmax/argmin take the first response among equal scores; all-equal prompts are skipped"}
 if offline:
     from offline import personalllm as offline_personalllm
-    extra["planted_accuracy"] = offline_personalllm.planted_accuracy(data_path, groups, population)
+    extra["planted_accuracy"] = offline_personalllm.planted_accuracy(data_path, groups, population,
+                                                                     harness.command_line("prepare.py", settings))
 simulated = time.time()
 seed_list = list(range(seed, seed + seeds))
 records = [record for s in seed_list for record in utils.run(

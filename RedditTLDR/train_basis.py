@@ -58,7 +58,8 @@ N, N_unseen = len(users["seen"]), len(users["unseen"])
 extra = {"split": split_counts, "seen_workers": users["seen"], "unseen_workers": users["unseen"]}
 if offline:
     from offline import tldr as offline_tldr
-    extra["planted_accuracy"] = offline_tldr.planted_accuracy(data_path, groups, users)
+    extra["planted_accuracy"] = offline_tldr.planted_accuracy(data_path, groups, users,
+                                                              harness.command_line("prepare.py", settings))
 
 start = time.time()
 seed_list = list(range(seed, seed + seeds))

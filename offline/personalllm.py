@@ -39,6 +39,7 @@ from offline.planted import (
     centred_within,
     embed_for_planting,
     generator_version,
+    read_truth,
     tiny_head,
 )
 from offline.text import sentence
@@ -186,17 +187,17 @@ def write_raw(data_path: Path, n_train: int = N_TRAIN_PROMPTS, n_test: int = N_T
     return json.loads(gt.with_suffix(".json").read_text())
 
 
-def planted_accuracy(data_path: Path, groups: dict, population) -> dict:
+def planted_accuracy(data_path: Path, groups: dict, population, made_by: str) -> dict:
     """{group: accuracy of the planted rewards of the simulated users}, as the LoRe accuracies are
     computed (per user, then the mean over users). A user mixing the 10 reward models with weights w
     has the noise-free reward e . U* (sum_r w_r scale_r a_r) / 100: the ceiling of a learned linear
-    reward on the same comparisons. `population`: PersonalLLM's simulated Population."""
+    reward on the same comparisons. `population`: PersonalLLM's simulated Population; made_by: the prepare
+    command (a damaged ground truth names it)."""
     import torch
-    from safetensors.numpy import load_file
 
     import utils
 
-    truth = load_file(str(Path(data_path) / (GROUND_TRUTH + ".safetensors")))
+    truth = read_truth(Path(data_path) / GROUND_TRUTH, made_by)[0]
     directions = torch.tensor(truth["directions"])
     out = {}
     for name, comparisons in groups.items():

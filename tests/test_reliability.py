@@ -2,6 +2,7 @@
 logs. Each failure must stop with a message naming the file and what to do, and leave no partial output
 that a later run could take for complete."""
 import errno
+import json
 import os
 import runpy
 import sys
@@ -121,3 +122,109 @@ def test_the_writable_check_leaves_no_folder_behind(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(SystemExit, match=r"cannot write to the folder .*file.*--results_dir"):
         harness.require_writable(tmp_path / "file", "--results_dir=...")
+
+
+# -----------------------------------------------------------------------------
+# damaged generated files: rebuilt, or named with the command that rebuilds them
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("script, args, truth", [
+    ("PRISM/prepare.py", ["--offline", "--data_dir={tmp}/d"], "{tmp}/d/ground_truth"),
+    ("RedditTLDR/prepare.py", ["--offline", "--data_dir={tmp}/d"], "{tmp}/d/raw/ground_truth"),
+    ("PersonalLLM/prepare.py", ["--offline", "--data_dir={tmp}/d"], "{tmp}/d/ground_truth"),
+])
+def test_every_offline_prepare_checks_its_ground_truth(tmp_path, monkeypatch, script, args, truth):
+    """A truncated ground_truth.safetensors was not rebuilt by prepare (only the raw files were checked), and
+    train_basis then failed with a traceback: the ground truth is in every generator's list of files."""
+    import offline
+    listed = []
+
+    def ensure_generated(folder, generator, version, settings, files, generate):
+        listed.extend(Path(folder) / f for f in files)
+        raise Stop
+    monkeypatch.setattr(offline, "ensure_generated", ensure_generated)
+    with pytest.raises(Stop):
+        run_script(monkeypatch, script, *[a.format(tmp=tmp_path) for a in args])
+    truth = Path(truth.format(tmp=tmp_path))
+    assert {truth.with_suffix(".safetensors"), truth.with_suffix(".json")} <= {p.resolve() for p in listed}
+
+
+def test_a_damaged_listed_file_is_generated_again(tmp_path):
+    import offline
+    made = []
+
+    def generate():
+        made.append(1)
+        (tmp_path / "ground_truth.safetensors").write_bytes(safetensors_bytes())
+    for _ in range(2):
+        offline.ensure_generated(tmp_path, "toy", 1, {}, ["ground_truth.safetensors"], generate)
+    assert len(made) == 1                                                      # reused
+    data = (tmp_path / "ground_truth.safetensors").read_bytes()
+    (tmp_path / "ground_truth.safetensors").write_bytes(data[:len(data) // 2])  # truncated
+    offline.ensure_generated(tmp_path, "toy", 1, {}, ["ground_truth.safetensors"], generate)
+    assert len(made) == 2 and (tmp_path / "ground_truth.safetensors").read_bytes() == data
+
+
+def safetensors_bytes():
+    import numpy as np
+    from safetensors.numpy import save
+    return save({"directions": np.ones((4, 2))})
+
+
+def test_an_unreadable_ground_truth_names_prepare(tmp_path):
+    from offline import prism as offline_prism
+    (tmp_path / "ground_truth.safetensors").write_bytes(b"\x00garbage")
+    (tmp_path / "ground_truth.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"planted ground truth .*ground_truth.safetensors .*missing or damaged "
+                                         r"\(.*\); run `python prepare.py --offline --data_dir=x` to rebuild it"):
+        offline_prism.planted_accuracy(tmp_path, {}, {}, "python prepare.py --offline --data_dir=x")
+
+
+def test_the_offline_rewardbench2_file_is_generated_again_when_its_ground_truth_is_damaged(tmp_path, monkeypatch):
+    from offline import rewardbench2 as gen
+    small = dict(subset_rows={"Factuality": 2, "Precise IF": 2, "Math": 2, "Safety": 2, "Focus": 2}, ties_pairs=1)
+    written = []
+    monkeypatch.setattr(gen, "write", lambda *a, real=gen.write, **k: written.append(1) or real(*a, **k, **small))
+    path = gen.dataset_path(tmp_path)
+    assert gen.dataset_path(tmp_path) == path and len(written) == 1                # reused
+    for name in ("ground_truth.json", "ground_truth.safetensors"):
+        (tmp_path / name).write_text('{"version": ')                               # json.loads failed here
+        assert gen.dataset_path(tmp_path) == path and json.loads((tmp_path / "ground_truth.json").read_text())
+    assert len(written) == 3
+
+
+def test_a_damaged_tiny_model_is_built_again(tmp_path, monkeypatch):
+    """A truncated tiny model gave a hub message suggesting --offline (twice): it is rebuilt, to the same bytes."""
+    from offline import tiny_model
+    monkeypatch.setattr(tiny_model, "BUILD_DIR", tmp_path)
+    monkeypatch.setattr(tiny_model, "MODEL_DIR", tmp_path / "tiny")
+    folder = Path(tiny_model.tiny_model_path())
+    built = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for name, damage in (("model.safetensors", lambda b: b[:len(b) // 2]), ("config.json", lambda b: b"")):
+        (folder / name).write_bytes(damage(built[name]))
+        assert tiny_model.tiny_model_path() == str(folder)
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == built
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]                  # no temporary folder left
+
+
+def test_a_local_model_folder_that_does_not_load_is_not_a_hub_problem(tmp_path, monkeypatch):
+    import embedding
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{not json")
+    settings = harness.Settings(offline=True, data_dir=str(tmp_path / "d"), attn_implementation=None, batch_size=2,
+                                max_tokens=None, max_length=None, shard_size=8, device="cpu", overwrite=False)
+    settings.overridden = frozenset({"data_dir"})
+    conversations = [[{"role": "user", "content": "hi"}]]
+    with pytest.raises(SystemExit) as err:
+        embedding.embed_dataset("embed.py", settings, tmp_path / "d", conversations, str(folder), "float32")
+    assert f"{folder} is a folder but not a loadable checkpoint" in str(err.value)
+    assert "hub" not in str(err.value) and "--offline" not in str(err.value)
+    with pytest.raises(SystemExit) as err:                      # a hub id with --offline: the switch named once
+        embedding.embed_dataset("embed.py", settings, tmp_path / "d", conversations, "no-org/no-model", "float32")
+    assert str(err.value).count("--offline") == 1
