@@ -249,7 +249,8 @@ def fit(comparisons_path, basis_path, results_path, *, model_name: str, dtype: s
     conversations, index = embedding.distinct_conversations(
         [embedding.conversation(r["prompt"], r[side]) for side in ("chosen", "rejected") for r in rows])
     model, tokenizer = backbone or load_backbone(model_name, dtype, attn_implementation, device)
-    table = embedding.embed_conversations(model, tokenizer, conversations, progress=True, **engine)
+    table, truncated = embedding.embed_conversations(model, tokenizer, conversations, progress=True,
+                                                     return_truncated=True, **engine)
     position = {u: i for i, u in enumerate(user_ids)}
     data = utils.Comparisons([position[r["user_id"]] for r in rows], len(user_ids), table, index[:len(rows)],
                              index[len(rows):])
@@ -269,7 +270,8 @@ def fit(comparisons_path, basis_path, results_path, *, model_name: str, dtype: s
         write_safetensors({"weights": W.float().contiguous(), "basis": V}, weights_tmp, info, WEIGHTS_FORMAT)
         json_tmp.write_text(harness.json_text({
             **info, "settings": settings or {}, "comparisons_path": str(comparisons_path), "users": users_json,
-            "skipped_rows": {"chosen_equals_rejected": len(skipped), "lines": skipped}}), encoding="utf-8")
+            "skipped_rows": {"chosen_equals_rejected": len(skipped), "lines": skipped},
+            "truncated_to_positions": truncated}), encoding="utf-8")
     print("| user | comparisons | few-shot accuracy | weights |\n|---|---|---|---|")
     for u in users_json:
         print(f"| {u['user_id']} | {u['comparisons']} | {100 * u['fewshot_accuracy']:.1f}% | "

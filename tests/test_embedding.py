@@ -436,3 +436,27 @@ def test_a_head_exported_from_another_model_or_unreadable_is_replaced(tmp_path):
         load_reward_head(head_file, "python make_it.py")
     export_reward_head(model_path, head_file)
     assert load_reward_head(head_file).shape[1] == 1
+
+
+def test_conversations_longer_than_the_backbones_positions_are_truncated_and_counted(convs, tmp_path, capsys):
+    """A text longer than config.max_position_embeddings was embedded anyway (minutes, a library warning):
+    it is truncated to the positions as max_length does (BOS and the end kept), counted, printed and
+    recorded. The tiny model with 100 positions stands in for a backbone's limit."""
+    import json
+    import shutil
+    folder = tmp_path / "tiny-100"
+    shutil.copytree(tiny_model_path(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 100}))
+    model, tokenizer = load_reward_model(str(folder))
+    lengths = [len(ids) for ids in embedding.render_all_ids(tokenizer, convs)]
+    long = sum(n > 100 for n in lengths)
+    assert 0 < long < len(convs)
+    E, cut = embed_conversations(model, tokenizer, convs, return_truncated=True)
+    assert cut == long and f"warning: {long} conversation(s) longer than the backbone's 100 positions" in \
+        capsys.readouterr().err
+    assert_same_embeddings(E, embed_conversations(model, tokenizer, convs, max_length=100))
+    assert embed_conversations(model, tokenizer, convs, max_length=10, return_truncated=True)[1] == 0  # max_length cut
+    out = embed_to_file(str(folder), convs, tmp_path / "e.safetensors", shard_size=4, progress=False)
+    assert embedding._metadata(out)["truncated_to_positions"] == str(long)
+    assert_same_embeddings(load_embeddings(out), E)
