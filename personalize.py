@@ -16,8 +16,9 @@ fit     --basis: a V file, a plain tensor [d, K] (.pt, loaded with weights_only=
         ..., "content": ...}, ...], "chosen": "...", "rejected": "..."} per line. Each distinct conversation
         is embedded once by the shared engine; all users' weights are fitted at once with V frozen
         (utils.PersonalizeBatch, seeded; by default with the few-shot iterations and learning rate of the
-        train_basis.json beside the basis; K = 1: w = [1.0]). A row with chosen == rejected is skipped
-        (warned, counted). Writes user_weights.safetensors ("weights" [users, K], "basis" [d, K]; the user
+        train_basis.json beside the basis; K = 1: w = [1.0]). A numeric user_id is its string (7: "7"). A
+        row with chosen == rejected is skipped (warned, counted); a row repeating an earlier one of the same
+        user is kept, as real data may repeat a judgement (warned, counted in user_weights.json). Writes user_weights.safetensors ("weights" [users, K], "basis" [d, K]; the user
         ids, the basis's sha256 and the backbone in its metadata) and user_weights.json (the same with the
         settings, each user's comparisons and few-shot accuracy). A user_weights file there of other
         users, another basis or another backbone is refused unless --overwrite (exports name its users).
@@ -27,7 +28,8 @@ export  reward_model_<user>/ (config, tokenizer, model.safetensors with the user
         a loaded backbone without copying it. A path that holds a different model is refused unless --overwrite.
 score   --responses: a .jsonl, one {"prompt": ..., "response": "...", "id": optional} per line. One backbone
         forward per distinct conversation, then E @ V @ W.T / 100 for all users: scores.csv (rows x users; a
-        user's column is its exported model's logit) and scores.json.
+        user's column is its exported model's logit) and scores.json. --users: ids as alice,bob, a JSON
+        list for ids with commas (--users='["a,b","c"]') or @file (one id per line).
 The demo of all three on new PRISM users is PRISM/personalize_demo.py.
 
 Backbone: --model_name in --dtype; export and score use the one fit recorded unless given. --offline: the
@@ -71,7 +73,8 @@ head_only = False             # export: only the head file(s), no model folder
 export_dir: str | None = None  # export: the model folder (head_only: the folder of the head files)
 overwrite = False             # fit: replace the weights of other users, basis or backbone; export: a different model
 responses: str | None = None  # score: the responses .jsonl
-users: str | None = None      # score: comma-separated user ids; None: every user of the weights file
+users: str | None = None      # score: ids "alice,bob", a JSON list '["a,b","c"]' or @file (one id per line);
+                              # None: every user of the weights file
 seed = 0
 num_iterations: int | None = None  # None: the pipeline's few-shot iterations (train_basis.json), else 500
 learning_rate: float | None = None  # None: the pipeline's few-shot learning rate, else 0.5
@@ -149,6 +152,8 @@ def read_jsonl(path, what: str, row_format: str, keys: tuple) -> list[tuple[int,
     rows = []
     for number, row in harness.read_jsonl(path, f"each line: {row_format}"):
         where = f"error: {path}, line {number},"
+        if isinstance(row.get("user_id"), (int, float)) and not isinstance(row["user_id"], bool):
+            row["user_id"] = str(row["user_id"])      # a numeric id (JSON 7) is the user "7"
         missing = [k for k in keys if not isinstance(row.get(k), str)]
         if missing:
             raise SystemExit(f"{where} has no {missing[0]!r} (a string); fix or remove that row. Each line: "
@@ -165,20 +170,31 @@ def read_jsonl(path, what: str, row_format: str, keys: tuple) -> list[tuple[int,
     return rows
 
 
-def read_comparisons(path) -> tuple[list[dict], list[int]]:
-    """(the comparison rows, the line numbers skipped because chosen == rejected). Exits naming the file
-    on bad rows (read_jsonl) and on a user left with no comparison."""
+def read_comparisons(path) -> tuple[list[dict], list[int], list[int]]:
+    """(the comparison rows, the line numbers skipped because chosen == rejected, the line numbers that
+    repeat an earlier row: kept). Exits naming the file on bad rows (read_jsonl) and on a user left with
+    no comparison."""
     rows = read_jsonl(path, "comparisons", COMPARISON_ROW, ("user_id", "chosen", "rejected"))
     skipped = [number for number, r in rows if r["chosen"] == r["rejected"]]
     kept = [r for _, r in rows if r["chosen"] != r["rejected"]]
     if skipped:
         print(f"warning: {path}: skipped {len(skipped)} row(s) whose chosen response equals the rejected one (no "
               f"preference to learn), line(s) {', '.join(map(str, skipped[:20]))}", file=sys.stderr)
+    first_seen, repeated = set(), []
+    for number, r in rows:
+        key = (r["user_id"], json.dumps(r["prompt"], sort_keys=True), r["chosen"], r["rejected"])
+        if r["chosen"] != r["rejected"] and key in first_seen:
+            repeated.append(number)
+        first_seen.add(key)
+    if repeated:   # kept: a user may really have judged the same pair twice (it then weighs twice in the fit)
+        print(f"warning: {path}: {len(repeated)} row(s) repeat an earlier row of the same user (same prompt, chosen "
+              f"and rejected), line(s) {', '.join(map(str, repeated[:20]))}; kept, as real data may repeat a "
+              f"judgement (remove them if they are copies)", file=sys.stderr)
     empty = [u for u in dict.fromkeys(r["user_id"] for _, r in rows) if u not in {r["user_id"] for r in kept}]
     if empty:
         raise SystemExit(f"error: {path}: user(s) {', '.join(map(repr, empty[:10]))} have no comparisons left (every "
                          f"row of theirs has chosen == rejected); add real comparisons for them or remove their rows")
-    return kept, skipped
+    return kept, skipped, repeated
 
 
 def load_backbone(model_name: str, dtype: str, attn_implementation=None, device=None):
@@ -238,7 +254,7 @@ def fit(comparisons_path, basis_path, results_path, *, model_name: str, dtype: s
     embedding.embed_conversations."""
     basis_path, comparisons_path, results_path = Path(basis_path), Path(comparisons_path), Path(results_path)
     V = read_basis(basis_path)
-    rows, skipped = read_comparisons(comparisons_path)
+    rows, skipped, repeated = read_comparisons(comparisons_path)
     check_basis(V, str(basis_path), model_name, backbone)
     num_iterations, learning_rate = fewshot_settings(basis_path, num_iterations, learning_rate)
     user_ids = list(dict.fromkeys(r["user_id"] for r in rows))          # in the order the file names them
@@ -271,6 +287,7 @@ def fit(comparisons_path, basis_path, results_path, *, model_name: str, dtype: s
         json_tmp.write_text(harness.json_text({
             **info, "settings": settings or {}, "comparisons_path": str(comparisons_path), "users": users_json,
             "skipped_rows": {"chosen_equals_rejected": len(skipped), "lines": skipped},
+            "duplicate_rows": {"count": len(repeated), "lines": repeated, "kept": True},
             "truncated_to_positions": truncated}), encoding="utf-8")
     print("| user | comparisons | few-shot accuracy | weights |\n|---|---|---|---|")
     for u in users_json:
@@ -331,6 +348,31 @@ def check_given_basis(weights_path, basis_path) -> None:
 
 def safe_name(user_id: str) -> str:
     return re.sub(r"[^\w.-]", "_", user_id)
+
+
+def parse_users(value: str) -> list[str]:
+    """The user ids of --users: comma-separated ("alice,bob"), a JSON list for ids with commas
+    ('["a,b","c"]'), or @file: one id per line (surrounding spaces and blank lines ignored)."""
+    form = "give ids as alice,bob, a JSON list '[\"a,b\",\"c\"]' or @file with one id per line"
+    if value.startswith("@"):
+        path = Path(value[1:]).expanduser()
+        try:
+            ids = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise SystemExit(f"error: --users={value}: cannot read {path} ({type(e).__name__}); {form}") from None
+    elif value.lstrip().startswith("["):
+        try:
+            ids = json.loads(value)
+        except ValueError:
+            ids = None
+        if not isinstance(ids, list) or not all(isinstance(u, (str, int)) and not isinstance(u, bool) for u in ids):
+            raise SystemExit(f"error: --users={value} is not a JSON list of ids; {form}")
+        ids = [str(u) for u in ids]
+    else:
+        ids = [u.strip() for u in value.split(",")]
+    if not ids or not all(ids):
+        raise SystemExit(f"error: --users={value} names no user, or an empty one; {form}")
+    return ids
 
 
 def pick_users(record: dict, wanted: list[str], path) -> list[int]:
@@ -555,7 +597,7 @@ if __name__ == "__main__":
                      results_path / MODEL_FOLDER.format(user=safe_name(user)), **recorded, **load,
                      overwrite=overwrite)
     else:
-        wanted = [u.strip() for u in users.split(",")] if users else None
+        wanted = parse_users(users) if users else None
         rows, ids, table = score(path_of("responses"), weights_path, wanted, **recorded, **load, **engine)
         out = write_scores(rows, ids, table, results_path, {"settings": settings, "weights": str(weights_path),
                                                             "responses": str(path_of("responses"))})

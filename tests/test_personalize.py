@@ -506,3 +506,36 @@ def test_a_full_disk_during_fit_and_export_is_clear_and_leaves_nothing(files, fi
                                          r"replaced\. Free space"):
         personalize.export_model(fitted, "bob", tmp_path / "bob_model", backbone=backbone)
     assert list(tmp_path.iterdir()) == [tmp_path / "out"]                   # no folder, no temporary folder
+
+
+def test_numeric_user_ids_and_repeated_rows(files, backbone, tmp_path, capsys):
+    """A numeric user_id was refused as "no user_id": it is its string. A row repeating an earlier one of the
+    same user is kept (real data may repeat a judgement), warned and counted in user_weights.json."""
+    rows = make_comparisons(per_user=2, users=("alice", "7"))
+    rows[2]["user_id"] = rows[3]["user_id"] = 7                      # a JSON number
+    rows.append(dict(rows[0]))                                        # line 5 repeats line 1
+    rows.append(dict(rows[0], user_id="bob"))                         # the same pair judged by another user
+    path = fit(files, backbone, tmp_path, write_jsonl(tmp_path / "c.jsonl", rows), num_iterations=5)
+    assert "1 row(s) repeat an earlier row of the same user (same prompt, chosen and rejected), line(s) 5; kept" \
+        in capsys.readouterr().err
+    summary = json.loads((path.parent / personalize.WEIGHTS_JSON).read_text())
+    assert summary["user_ids"] == ["alice", "7", "bob"] and summary["duplicate_rows"]["count"] == 1
+    assert [u["comparisons"] for u in summary["users"]] == [3, 2, 1]
+
+
+def test_users_with_commas_are_chosen_with_a_json_list_or_a_file(files, tmp_path, monkeypatch):
+    assert personalize.parse_users(" alice, bob") == ["alice", "bob"]
+    assert personalize.parse_users('["a,b", "c", 7]') == ["a,b", "c", "7"]
+    (tmp_path / "ids.txt").write_text("a,b\n\n c \n")
+    assert personalize.parse_users(f"@{tmp_path / 'ids.txt'}") == ["a,b", "c"]
+    for bad, why in (('["a", ', "is not a JSON list of ids"), ("a,,b", "names no user, or an empty one"),
+                     (f"@{tmp_path / 'none.txt'}", r"cannot read .*none.txt \(FileNotFoundError\)")):
+        with pytest.raises(SystemExit, match=rf"--users=.* {why}; give ids as alice,bob, a JSON list"):
+            personalize.parse_users(bad)
+    weights = weights_file(tmp_path / "w", ["a,b", "c", "d"], files["V"])
+    run_script(monkeypatch, tmp_path, "--offline", "--command=score", f"--weights={weights}", "--results_dir=out",
+               f"--responses={files['responses']}", '--users=["a,b","c"]')
+    assert (tmp_path / "out" / "scores.csv").read_text().splitlines()[0] == 'row,id,"a,b",c'
+    run_script(monkeypatch, tmp_path, "--offline", "--command=score", f"--weights={weights}", "--results_dir=out",
+               f"--responses={files['responses']}", "--users=@ids.txt")
+    assert (tmp_path / "out" / "scores.csv").read_text().splitlines()[0] == 'row,id,"a,b",c'
