@@ -339,6 +339,16 @@ def current_umask() -> int:
     return umask
 
 
+def umask_permissions(folder) -> Path:
+    """Give a folder written by a library, and everything in it, the permissions plainly created ones get
+    (the umask's): save_pretrained writes model.safetensors 0600 and mkdtemp makes 0700, which colleagues
+    cannot read."""
+    folder, umask = Path(folder), current_umask()
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+    return folder
+
+
 def write_text_atomic(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

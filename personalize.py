@@ -461,9 +461,7 @@ def export_model(weights_path, user_id: str, folder, *, model_name=None, dtype=N
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             harness.write_json_atomic(tmp / PERSONALIZATION_FILE, new)
-        umask = harness.current_umask()
-        for file in tmp.iterdir():                    # safetensors writes 0600: unreadable to colleagues
-            file.chmod(0o666 & ~umask)
+        harness.umask_permissions(tmp)
         if folder.exists():
             folder.rename(old)
         tmp.rename(folder)

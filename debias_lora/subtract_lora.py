@@ -60,6 +60,7 @@ def main(argv=None) -> Path:
     (output / "debias.json").write_text(json.dumps(
         {"base_model": args.base_model, "lora_path": args.lora_path, "lambda": args.lam, "dtype": dtype,
          "lora_layers": n_layers, "formula": "W - lambda * (alpha / r) * B @ A"}, indent=1))
+    harness.umask_permissions(output)
     print(f"merged base - {args.lam:g} * LoRA over {n_layers} layers -> {output}")
     return output
 

@@ -271,6 +271,7 @@ def main(argv=None) -> Path:
         lora_math.save_forget_lora(model, output, extra=settings)
         tokenizer.save_pretrained(str(output))
         (output / "training_log.json").write_text(json.dumps(log, indent=1))
+        harness.umask_permissions(output)
         final = log[-1] if log else {}
         print(f"saved the {args.pair_mode} forget LoRA to {output} (last logged loss "
               f"{final.get('loss', float('nan')):.4f}, accuracy {final.get('accuracy', float('nan')):.3f})")

@@ -116,7 +116,6 @@ def write_raw(data_path: Path, n_train: int = N_TRAIN_PROMPTS, n_test: int = N_T
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from safetensors.numpy import save_file
 
     if n_train < 1 or n_test < 1:
         raise ValueError(f"need at least one prompt per split, got n_train={n_train}, n_test={n_test}")
@@ -181,9 +180,7 @@ def write_raw(data_path: Path, n_train: int = N_TRAIN_PROMPTS, n_test: int = N_T
         "fraction of best-vs-worst comparisons (500 Dirichlet(0.1) users x all prompts of the split) "
         "that the noise-free planted linear reward orders correctly: a ceiling for a linear reward")
     gt = Path(data_path) / GROUND_TRUTH
-    planted.save(gt, **summary)
-    save_file({"directions": planted.directions, "user_weights": planted.user_weights, "general": planted.general,
-               "scales": scales, "offsets": offsets}, str(gt.with_suffix(".safetensors")))
+    planted.save(gt, extra_arrays={"scales": scales, "offsets": offsets}, **summary)
     return json.loads(gt.with_suffix(".json").read_text())
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import harness
 from utils import TEMPERATURE, Comparisons, cpu_generator
 
 GENERAL_MARGIN_STD = 2.5     # std of the general part's margin over random same-prompt pairs (after 1/100)
@@ -108,17 +109,18 @@ class PlantedPopulation:
         p = self.preference_probability(emb_a, emb_b, users)
         return rng.random(len(p)) < p, np.maximum(p, 1.0 - p)
 
-    def save(self, path: Path, **extra) -> None:
-        """Ground truth beside the data: safetensors arrays + JSON summary."""
+    def save(self, path: Path, extra_arrays: dict | None = None, **extra) -> None:
+        """Ground truth beside the data: safetensors arrays (with `extra_arrays`) + JSON summary (with
+        `extra`), written as one set (harness.atomic_paths) with the umask's permissions."""
         from safetensors.numpy import save_file
-        path = Path(path)
-        arrays = {"directions": self.directions, "user_weights": self.user_weights}
+        arrays = {"directions": self.directions, "user_weights": self.user_weights, **(extra_arrays or {})}
         if self.general is not None:
             arrays["general"] = self.general
-        save_file(arrays, str(path.with_suffix(".safetensors")))
         summary = {"n_directions": self.directions.shape[1], "n_users": self.user_weights.shape[0],
                    "temperature": TEMPERATURE, **extra}
-        path.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+        with harness.atomic_paths(*truth_files(path)) as (arrays_tmp, summary_tmp):
+            save_file(arrays, str(arrays_tmp))
+            summary_tmp.write_text(json.dumps(summary, indent=1))
 
     @classmethod
     def load(cls, path: Path) -> "PlantedPopulation":

@@ -148,6 +148,8 @@ def _intact(folder: Path) -> bool:
 
 
 def tiny_model_path() -> str:
+    import harness
+
     """Path of the built-in tiny reward model, built on first use, and again when a file of it is missing
     or damaged (atomically: a folder rename)."""
     if not _intact(MODEL_DIR):
@@ -157,7 +159,7 @@ def tiny_model_path() -> str:
         tmp = Path(tempfile.mkdtemp(dir=BUILD_DIR, prefix=".tiny-"))
         old = tmp.with_name(tmp.name + "-damaged")
         try:
-            build(tmp)
+            harness.umask_permissions(build(tmp))
             if MODEL_DIR.exists() and not _intact(MODEL_DIR):
                 with contextlib.suppress(OSError):    # another process may have moved it already
                     os.rename(MODEL_DIR, old)

@@ -228,3 +228,35 @@ def test_a_local_model_folder_that_does_not_load_is_not_a_hub_problem(tmp_path, 
     with pytest.raises(SystemExit) as err:                      # a hub id with --offline: the switch named once
         embedding.embed_dataset("embed.py", settings, tmp_path / "d", conversations, "no-org/no-model", "float32")
     assert str(err.value).count("--offline") == 1
+
+
+# -----------------------------------------------------------------------------
+# permissions: what a plainly created file gets (the umask's), also where a library writes 0600 / 0700
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def modes(folder):
+    return {p.name: p.stat().st_mode & 0o777 for p in [Path(folder), *Path(folder).rglob("*")]}
+
+
+def test_the_ground_truth_gets_the_umask_permissions(tmp_path, umask_022):
+    import numpy as np
+
+    from offline.planted import PlantedPopulation
+    PlantedPopulation(np.ones((4, 2)), np.full((3, 2), 0.5)).save(tmp_path / "ground_truth", seed=0)
+    assert {name: mode for name, mode in modes(tmp_path).items() if name != tmp_path.name} == {
+        "ground_truth.safetensors": 0o644, "ground_truth.json": 0o644}              # safetensors alone: 0600
+
+
+def test_the_tiny_model_gets_the_umask_permissions(tmp_path, monkeypatch, umask_022):
+    from offline import tiny_model
+    monkeypatch.setattr(tiny_model, "BUILD_DIR", tmp_path)
+    monkeypatch.setattr(tiny_model, "MODEL_DIR", tmp_path / "tiny")
+    built = modes(tiny_model.tiny_model_path())
+    assert built.pop("tiny") == 0o755 and built and set(built.values()) == {0o644}, built   # mkdtemp: 0700
