@@ -513,10 +513,9 @@ def _prefix_batches(backbone, ids, groups, batch_size, max_tokens, pad):
 
 
 def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="conv", dynamic_ncols=True)
+    """A counter of embedded conversations (None when not enabled): a bar on a terminal, plain periodic
+    lines in a log (harness.progress), so a long embedding run under nohup or in CI shows it is alive."""
+    return harness.progress(desc=desc, total=total) if enabled else None
 
 
 def embed_conversations(model, tokenizer, conversations: Sequence, batch_size: int = 32,

@@ -454,14 +454,17 @@ class _PlainProgress:
     elapsed" at most every PLAIN_PROGRESS_SECONDS, and one at the end when the work took longer than that."""
 
     def __init__(self, iterable=None, total=None, desc: str = ""):
-        self.iterable, self.desc, self.n = iterable, desc, 0
+        self.iterable, self.desc, self.n, self.postfix = iterable, desc, 0, ""
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.start = self.last = time.time()
 
     def _line(self, now: float) -> None:
         done = f"{self.n}/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else str(self.n)
-        print(f"{self.desc}: {done}, {now - self.start:.0f} s elapsed", flush=True)
+        print(f"{self.desc}: {done}, {now - self.start:.0f} s elapsed{self.postfix}", flush=True)
         self.last = now
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = f", {text}" if text else ""
 
     def update(self, n: int = 1) -> None:
         self.n += n
