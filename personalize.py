@@ -346,6 +346,11 @@ def check_given_basis(weights_path, basis_path) -> None:
                          f"this basis first (--command=fit --basis=...)")
 
 
+def backbone_in_force(record: dict, model_name=None, dtype=None) -> tuple[str, str]:
+    """(backbone, dtype) of export and score: as given, else those the weights file's fit recorded."""
+    return str(model_name or record["model_name"]), dtype or record["dtype"]
+
+
 def safe_name(user_id: str) -> str:
     return re.sub(r"[^\w.-]", "_", user_id)
 
@@ -443,7 +448,7 @@ def export_model(weights_path, user_id: str, folder, *, model_name=None, dtype=N
     (config, tokenizer, model.safetensors, PERSONALIZATION_FILE), renamed into place when complete. The
     backbone and dtype: those fit recorded unless given. Returns the folder."""
     record, folder = load_user_weights(weights_path), Path(folder)
-    model_name, dtype = str(model_name or record["model_name"]), dtype or record["dtype"]
+    model_name, dtype = backbone_in_force(record, model_name, dtype)
     i = pick_users(record, [user_id], weights_path)[0]
     check_basis(record["basis"], f"in {weights_path}", model_name, backbone)
     new = identity(record, i, model_name)
@@ -502,20 +507,26 @@ def export_heads(weights_path, user_ids: list[str], folder, *, model_name=None, 
 
 
 def score(responses_path, weights_path, user_ids=None, *, model_name=None, dtype=None, attn_implementation=None,
-          device=None, backbone=None, **engine) -> tuple[list[dict], list[str], torch.Tensor]:
-    """(rows, user ids, scores [rows, users]) of a responses file for user_ids (None: every user): one
-    backbone forward per distinct conversation, then (E @ V) @ W.T / 100 (n.d.K + n.K.C work)."""
+          device=None, backbone=None, **engine) -> tuple[list[dict], list[str], torch.Tensor, dict]:
+    """(rows, user ids, scores [rows, users], what was in force) of a responses file for user_ids (None:
+    every user): one backbone forward per distinct conversation, then (E @ V) @ W.T / 100 (n.d.K + n.K.C
+    work). What was in force: the backbone and dtype (the weights file's unless given), the users, the
+    weights file, its basis and the conversations truncated to the backbone's positions."""
     rows = [r for _, r in read_jsonl(responses_path, "responses", RESPONSE_ROW, ("response",))]
     record = load_user_weights(weights_path)
     ids = list(user_ids or record["user_ids"])
     W = record["weights"][pick_users(record, ids, weights_path)]
-    model_name, dtype = str(model_name or record["model_name"]), dtype or record["dtype"]
+    model_name, dtype = backbone_in_force(record, model_name, dtype)
     check_basis(record["basis"], f"in {weights_path}", model_name, backbone)
     conversations, index = embedding.distinct_conversations(
         [embedding.conversation(r["prompt"], r["response"]) for r in rows])
     model, tokenizer = backbone or load_backbone(model_name, dtype, attn_implementation, device)
-    E = embedding.embed_conversations(model, tokenizer, conversations, progress=True, **engine)
-    return rows, ids, ((E @ record["basis"]) @ W.T / utils.TEMPERATURE)[index]
+    E, truncated = embedding.embed_conversations(model, tokenizer, conversations, progress=True,
+                                                 return_truncated=True, **engine)
+    in_force = {"backbone": model_name, "dtype": dtype, "users": ids, "weights": str(weights_path),
+                "basis_path": record.get("basis_path"), "basis_sha256": record["basis_sha256"],
+                "responses": str(responses_path), "truncated_to_positions": truncated, **engine}
+    return rows, ids, ((E @ record["basis"]) @ W.T / utils.TEMPERATURE)[index], in_force
 
 
 def write_scores(rows: list[dict], ids: list[str], scores: torch.Tensor, results_path, info: dict) -> Path:
@@ -596,8 +607,10 @@ if __name__ == "__main__":
                      overwrite=overwrite)
     else:
         wanted = parse_users(users) if users else None
-        rows, ids, table = score(path_of("responses"), weights_path, wanted, **recorded, **load, **engine)
-        out = write_scores(rows, ids, table, results_path, {"settings": settings, "weights": str(weights_path),
-                                                            "responses": str(path_of("responses"))})
+        rows, ids, table, in_force = score(path_of("responses"), weights_path, wanted, **recorded, **load, **engine)
+        # the settings in force, not the defaults: score uses the weights file's backbone, dtype and basis
+        out = write_scores(rows, ids, table, results_path, {**in_force, "settings": {
+            **settings, "model_name": in_force["backbone"], "dtype": in_force["dtype"], "users": ids,
+            "weights": in_force["weights"], "basis": in_force["basis_path"], "responses": in_force["responses"]}})
         print("\n".join(out.read_text().splitlines()[:6]) + f"\n...\nwrote {out}: {len(rows)} rows x {len(ids)} "
               f"users")

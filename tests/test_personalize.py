@@ -238,10 +238,10 @@ def test_export_refuses_a_path_holding_a_different_model(fitted, exported, backb
 
 
 def test_score_many_users_equals_one_user_at_a_time(files, backbone, fitted, exported):
-    rows, ids, table = personalize.score(files["responses"], fitted, backbone=backbone)
+    rows, ids, table, _ = personalize.score(files["responses"], fitted, backbone=backbone)
     assert ids == list(USERS) and table.shape == (12, len(USERS))
     for j, u in enumerate(USERS):
-        _, one_id, one = personalize.score(files["responses"], fitted, [u], backbone=backbone)
+        _, one_id, one, _ = personalize.score(files["responses"], fitted, [u], backbone=backbone)
         # the same embeddings; a column of (E @ V) @ W.T against a one-column product: a few ulps
         assert one_id == [u]
         torch.testing.assert_close(one[:, 0], table[:, j], atol=1e-6, rtol=1e-6)
@@ -251,7 +251,7 @@ def test_score_many_users_equals_one_user_at_a_time(files, backbone, fitted, exp
 
 
 def test_write_scores_table(files, backbone, fitted, tmp_path):
-    rows, ids, table = personalize.score(files["responses"], fitted, ["carol", "alice"], backbone=backbone)
+    rows, ids, table, _ = personalize.score(files["responses"], fitted, ["carol", "alice"], backbone=backbone)
     out = personalize.write_scores(rows, ids, table, tmp_path, {"seed": 0})
     lines = out.read_text().splitlines()
     assert lines[0] == "row,id,carol,alice" and len(lines) == len(rows) + 1 and lines[1].split(",")[1] == "r0"
@@ -372,6 +372,12 @@ def test_a_local_model_folder_and_the_recorded_backbone(files, tmp_path, monkeyp
     assert json.loads((folder / personalize.PERSONALIZATION_FILE).read_text())["backbone"] == tiny_model_path()
     run("--command=score", "--responses=responses.jsonl")
     assert (tmp_path / "out" / "scores.csv").read_text().splitlines()[0] == "row,id,alice,bob,carol"
+    # scores.json records what was in force, not the defaults (Skywork in bfloat16, every user as None)
+    about = json.loads((tmp_path / "out" / personalize.SCORES_JSON).read_text())
+    assert about["settings"]["model_name"] == about["backbone"] == tiny_model_path()
+    assert about["settings"]["dtype"] == about["dtype"] == "float32"
+    assert about["settings"]["users"] == about["users"] == list(USERS)
+    assert about["settings"]["basis"] == str(tmp_path / "V.pt") and about["truncated_to_positions"] == 0
 
 
 def test_demo_on_new_prism_users(files, tmp_path, monkeypatch):
@@ -496,7 +502,7 @@ def test_a_full_disk_during_fit_and_export_is_clear_and_leaves_nothing(files, fi
     with pytest.raises(SystemExit, match=r"no space left .*user_weights.safetensors and .*user_weights.json"):
         fit(files, backbone, tmp_path / "out", num_iterations=5)
     assert list((tmp_path / "out").iterdir()) == []
-    rows, ids, table = personalize.score(files["responses"], fitted, backbone=backbone)
+    rows, ids, table, _ = personalize.score(files["responses"], fitted, backbone=backbone)
     with pytest.raises(SystemExit, match=r"no space left .*scores.csv and .*scores.json"):   # one set, too
         personalize.write_scores(rows, ids, table, tmp_path / "out", {})
     assert list((tmp_path / "out").iterdir()) == []
