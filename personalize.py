@@ -22,7 +22,8 @@ fit     --basis: a V file, a plain tensor [d, K] (.pt, loaded with weights_only=
         ids, the basis's sha256 and the backbone in its metadata) and user_weights.json (the same with the
         settings, each user's comparisons and few-shot accuracy). A user_weights file there of other
         users, another basis or another backbone is refused unless --overwrite (exports name its users).
-export  reward_model_<user>/ (config, tokenizer, model.safetensors with the user's head, personalization.json):
+export  reward_model_<user>/ (config, tokenizer, model.safetensors with the user's head, personalization.json,
+        README.md: a model card with the transformers recipe to score a conversation):
         AutoModelForSequenceClassification.from_pretrained loads it with nothing else. --head_only: only
         reward_head_<user>.safetensors ("score.weight" [1, d]) per user; swap_head(model, file) puts one into
         a loaded backbone without copying it. A path that holds a different model is refused unless --overwrite.
@@ -87,6 +88,9 @@ BASIS_FILE = "PRISM_V_lore_K_5_alpha_10000.0.pt"   # the default basis, in PRISM
 WEIGHTS_FILE, WEIGHTS_JSON = "user_weights.safetensors", "user_weights.json"
 MODEL_FOLDER, HEAD_FILE = "reward_model_{user}", "reward_head_{user}.safetensors"
 PERSONALIZATION_FILE = "personalization.json"       # in an exported folder: whose model it is
+MODEL_CARD = "README.md"                            # in an exported folder: what it is and how to score with it
+CARD_EXAMPLE = [{"role": "user", "content": "What is the capital of France?"},
+                {"role": "assistant", "content": "Paris is the capital of France."}]
 SCORES_FILE, SCORES_JSON = "scores.csv", "scores.json"
 WEIGHTS_FORMAT, HEAD_FORMAT = "lore-user-weights-1", "lore-user-head-1"
 COMPARISON_ROW = ('{"user_id": "alice", "prompt": "..." or [{"role": "user", "content": "..."}, ...], '
@@ -425,6 +429,44 @@ def identity(record: dict, i: int, backbone: str) -> dict:
             "reward": "logit = e . V . w / 100 (e: final-norm hidden state at the last token)"}
 
 
+def model_card(identity: dict, record: dict, folder_name: str) -> str:
+    """The README.md of an exported folder: whose model it is, its basis and backbone, how to score a
+    conversation with transformers alone, and the double-BOS pitfall (tests run its code block)."""
+    user, weights = identity["user_id"], ", ".join(f"{x:.4f}" for x in identity["weights"])
+    d, K = record["basis"].shape
+    return f"""# Personalized reward model of user {user!r}
+
+The backbone `{identity['backbone']}` with one new head, fitted to the comparisons of user {user!r} by LoRe
+(`personalize.py`): `score.weight = (V @ w / 100).T`, with V the basis `{record.get('basis_path')}`
+(d = {d}, K = {K}; sha256 {record['basis_sha256']}) and w = [{weights}] the user's weights on its K
+directions. The backbone's layers are unchanged; `{PERSONALIZATION_FILE}` records the same. The logit is
+the user's reward: of two responses to one prompt, the user prefers the one with the higher logit.
+
+## Score a conversation
+
+```python
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+folder = "{folder_name}"    # this folder
+tokenizer = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+messages = {CARD_EXAMPLE!r}
+inputs = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")
+with torch.no_grad():
+    reward = model(**inputs).logits[0, 0].item()
+print(reward)
+```
+
+## The double-BOS pitfall
+
+Do not render the chat template to text (`apply_chat_template(messages, tokenize=False)`) and tokenize that
+text again: the text already starts with the BOS token, the tokenizer adds a second one, and the logit
+changes. Tokenize with the template in one step, as above (or tokenize the rendered text with
+`add_special_tokens=False`).
+"""
+
+
 def refuse_to_replace(target: Path, new: dict, read_identity, overwrite: bool) -> None:
     """Exit unless `target` is absent (or an empty folder), holds this very model (read_identity(target)
     == new), or overwrite is set."""
@@ -466,6 +508,7 @@ def export_model(weights_path, user_id: str, folder, *, model_name=None, dtype=N
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             harness.write_json_atomic(tmp / PERSONALIZATION_FILE, new)
+            harness.write_text_atomic(tmp / MODEL_CARD, model_card(new, record, folder.name))
         harness.umask_permissions(tmp)
         if folder.exists():
             folder.rename(old)

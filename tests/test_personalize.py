@@ -545,3 +545,32 @@ def test_users_with_commas_are_chosen_with_a_json_list_or_a_file(files, tmp_path
     run_script(monkeypatch, tmp_path, "--offline", "--command=score", f"--weights={weights}", "--results_dir=out",
                f"--responses={files['responses']}", "--users=@ids.txt")
     assert (tmp_path / "out" / "scores.csv").read_text().splitlines()[0] == 'row,id,"a,b",c'
+
+
+def test_the_model_card_recipe_gives_the_users_score_and_double_bos_does_not(files, fitted, exported, backbone,
+                                                                          tmp_path):
+    """The exported folder's README.md says whose model it is, its basis and backbone, and how to score with
+    transformers alone: its python block, run as it stands beside the folder, prints the score personalize.py
+    gives that user; rendering the template to text and tokenizing it again (a second BOS) does not."""
+    import re
+    card = (exported / personalize.MODEL_CARD).read_text()
+    record = personalize.load_user_weights(fitted)
+    assert "user 'bob'" in card and record["basis_sha256"] in card and tiny_model_path() in card
+    (code,) = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    assert f'folder = "{exported.name}"' in code
+    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=exported.parent, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reward = float(result.stdout.strip().splitlines()[-1])
+    responses = write_jsonl(tmp_path / "card.jsonl", [{"prompt": personalize.CARD_EXAMPLE[:-1],
+                                                        "response": personalize.CARD_EXAMPLE[-1]["content"]}])
+    _, _, table, _ = personalize.score(responses, fitted, ["bob"], backbone=backbone)
+    torch.testing.assert_close(torch.tensor([reward]), table[0], **LOGIT_TOL)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(exported))
+    model = AutoModelForSequenceClassification.from_pretrained(str(exported)).eval()
+    text = tokenizer.apply_chat_template(personalize.CARD_EXAMPLE, tokenize=False)
+    twice = tokenizer(text, return_tensors="pt")
+    assert (twice["input_ids"][0, :2] == tokenizer.bos_token_id).all()                     # two BOS tokens
+    with torch.no_grad():
+        assert abs(model(**twice).logits[0, 0].item() - reward) > 0.1                  # 2.27 vs 0.70 here
