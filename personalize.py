@@ -221,16 +221,21 @@ def save_safetensors(tensors: dict, path: Path, info: dict, fmt: str) -> None:
 
 
 def read_safetensors(path, fmt: str, made_by: str) -> tuple[dict, dict]:
-    """(tensors, info) of a file written by save_safetensors with format `fmt`, or a clear exit."""
+    """(tensors, info) of a file written by save_safetensors with format `fmt`, or a clear exit naming
+    `made_by`, the command that writes it."""
     from safetensors import safe_open
+    if not Path(path).is_file():
+        raise SystemExit(f"error: {path} does not exist; run `{made_by}` first (or give another path)")
+    why = f"its format is not {fmt}"
     try:
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
             if metadata.get("format") == fmt:
                 return {k: f.get_tensor(k) for k in f.keys()}, json.loads(metadata["info"])
-    except Exception:
-        pass
-    raise SystemExit(f"error: {path} is missing or not a file of `{made_by}`; run that first (or give another path)")
+    except Exception as e:
+        why = f"unreadable: {type(e).__name__}"
+    raise SystemExit(f"error: {path} is damaged or not a file of `{made_by}` ({why}); run that again (or give "
+                     f"another path)")
 
 
 # -----------------------------------------------------------------------------
@@ -240,10 +245,15 @@ def read_safetensors(path, fmt: str, made_by: str) -> tuple[dict, dict]:
 def fewshot_settings(basis_path, num_iterations=None, learning_rate=None) -> tuple[int, float]:
     """(iterations, learning rate) of the fit: as given, else those with which train_basis.py fitted its
     new users against this basis (the train_basis.json beside it), else 500 and 0.5."""
+    pipeline = Path(basis_path).parent / "train_basis.json"
     try:
-        saved = json.loads((Path(basis_path).parent / "train_basis.json").read_text())["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
+        saved = json.loads(pipeline.read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
         saved = {}
+        if pipeline.exists() and (num_iterations is None or learning_rate is None):   # not silently
+            print(f"warning: cannot read the pipeline's few-shot settings from {pipeline} ({type(e).__name__}); "
+                  f"using 500 iterations at learning rate 0.5 unless given (--num_iterations, --learning_rate)",
+                  file=sys.stderr)
     return (num_iterations if num_iterations is not None else int(saved.get("fewshot_iterations", 500)),
             learning_rate if learning_rate is not None else float(saved.get("fewshot_learning_rate", 0.5)))
 
@@ -329,10 +339,11 @@ def check_weights_to_replace(path: Path, user_ids: list[str], basis_sha256: str,
                      f"--results_dir; nothing was written")
 
 
-def load_user_weights(path) -> dict:
+def load_user_weights(path, made_by: str = "python personalize.py --command=fit") -> dict:
     """fit's info ({"user_ids", "model_name", "dtype", "basis_sha256", ...}) with "weights" [C, K] and
-    "basis" [d, K], from a user_weights.safetensors."""
-    tensors, info = read_safetensors(path, WEIGHTS_FORMAT, "python personalize.py --command=fit")
+    "basis" [d, K], from a user_weights.safetensors; made_by: the fit command named when it is missing or
+    damaged."""
+    tensors, info = read_safetensors(path, WEIGHTS_FORMAT, made_by)
     return {**info, **tensors}
 
 
@@ -631,6 +642,9 @@ if __name__ == "__main__":
         raise harness.SettingsError(f"error: fit needs --comparisons=<file.jsonl>, one per line: {COMPARISON_ROW}")
     if command == "score" and responses is None:
         raise harness.SettingsError(f"error: score needs --responses=<file.jsonl>, one per line: {RESPONSE_ROW}")
+    if command in ("export", "score"):       # the weights file first: a missing or damaged one names its fit
+        load_user_weights(weights_path, harness.command_line("personalize.py", settings, keep=(
+            "offline", "results_dir", "basis", "model_name", "dtype")) + " --command=fit --comparisons=<file.jsonl>")
     if command in ("export", "score") and "basis" in settings.overridden:
         check_given_basis(weights_path, basis_path)
     if command == "fit":

@@ -125,7 +125,7 @@ def main(argv=None) -> dict:
         columns = rb2.load_head(head_path, args.head_key).shape[1]
         if args.rm_weights:
             weights_path = rb2.resolve_file(args.rm_weights, [results_path])
-            mean_user = rb2.load_head(weights_path).mean(0, keepdim=True).T   # [users, B] -> [B, 1]
+            mean_user = rb2.load_head(weights_path, what="the --rm_weights file").mean(0, keepdim=True).T  # [B, 1]
             if mean_user.shape[0] != columns:
                 raise SystemExit(f"error: {weights_path} has {mean_user.shape[0]} columns, {head_path} {columns}: "
                                  f"give the W file of the same fit (<DATASET>_W_lore_seen_<K>_<alpha>.pt)")

@@ -574,3 +574,21 @@ def test_the_model_card_recipe_gives_the_users_score_and_double_bos_does_not(fil
     assert (twice["input_ids"][0, :2] == tokenizer.bos_token_id).all()                     # two BOS tokens
     with torch.no_grad():
         assert abs(model(**twice).logits[0, 0].item() - reward) > 0.1                  # 2.27 vs 0.70 here
+
+
+def test_a_missing_or_damaged_weights_file_names_the_fit_with_the_overrides(files, fitted, tmp_path, monkeypatch,
+                                                                             capsys):
+    fit_command = "`python personalize.py --offline --results_dir=out --command=fit --comparisons=<file.jsonl>`"
+    args = ("--offline", "--results_dir=out", "--command=score", f"--responses={files['responses']}")
+    with pytest.raises(SystemExit, match=rf"out/user_weights.safetensors does not exist; run {fit_command} first"):
+        run_script(monkeypatch, tmp_path, *args)
+    (tmp_path / "out").mkdir()
+    for damage in (fitted.read_bytes()[:200], b"\x00garbage"):
+        (tmp_path / "out" / personalize.WEIGHTS_FILE).write_bytes(damage)
+        with pytest.raises(SystemExit, match=rf"user_weights.safetensors is damaged or not a file of {fit_command} "
+                                             rf"\(unreadable: SafetensorError\); run that again"):
+            run_script(monkeypatch, tmp_path, *args)
+    # a damaged train_basis.json beside the basis: not silently replaced by the defaults
+    (tmp_path / "train_basis.json").write_text('{"settings": ')
+    assert personalize.fewshot_settings(tmp_path / "V.pt") == (500, 0.5)
+    assert "cannot read the pipeline's few-shot settings from" in capsys.readouterr().err

@@ -544,6 +544,9 @@ def test_rm_weights_of_another_fit_are_refused_before_any_model_load(data, tmp_p
     with pytest.raises(SystemExit, match=rf"PRISM_W_lore_seen_2_0.0.safetensors is missing: .*run `python "
                                          rf"train_basis.py --offline --results_dir={results}`"):
         evaluate(V4, W0)
+    W0.write_bytes(b"\x00garbage")
+    with pytest.raises(SystemExit, match=r"cannot read the --rm_weights file .*PRISM_W_lore_seen_2_0.0.pt"):
+        evaluate(V4, W0)
     assert loaded == [] and not results.exists()
     # the right pair, the head given as the .safetensors twin: the same tensor, the same hash
     report = evaluate(V4.with_suffix(".safetensors"), W4)
