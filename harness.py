@@ -232,20 +232,24 @@ def require_writable(folder, setting: str) -> Path:
     Creates the folder, writes and removes a probe file, and removes again the folders it created (a run
     refused later leaves nothing behind)."""
     folder = Path(folder)
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise SystemExit(f"error: cannot write to the folder {folder} ({e.strerror or type(e).__name__}); make it "
-                         f"writable or choose another folder with {setting}") from None
-    finally:
-        for created in missing:                        # deepest first
-            with contextlib.suppress(OSError):
-                created.rmdir()
-    return folder
+    for attempt in range(3):
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+            os.close(fd)
+            os.unlink(probe)
+            return folder
+        except OSError as e:
+            # FileNotFoundError: another process of the same launch (accelerate) removed the folder it had just
+            # created for its own probe: try again
+            if not isinstance(e, FileNotFoundError) or attempt == 2:
+                raise SystemExit(f"error: cannot write to the folder {folder} ({e.strerror or type(e).__name__}); "
+                                 f"make it writable or choose another folder with {setting}") from None
+        finally:
+            for created in missing:                        # deepest first
+                with contextlib.suppress(OSError):
+                    created.rmdir()
 
 
 def command_line(script: str, settings: Settings, keep=("offline", "data_dir")) -> str:

@@ -116,9 +116,21 @@ def test_a_read_only_output_folder_is_refused_before_any_work(read_only, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["read-only"]
 
 
-def test_the_writable_check_leaves_no_folder_behind(tmp_path):
+def test_the_writable_check_leaves_no_folder_behind(tmp_path, monkeypatch):
     assert harness.require_writable(tmp_path / "a" / "b", "--results_dir=...") == tmp_path / "a" / "b"
     assert list(tmp_path.iterdir()) == []                 # created for the probe, removed again
+    # under accelerate every process probes: one may remove the folder another is probing; that one tries again
+    calls = []
+
+    def mkstemp(*args, real=tempfile.mkstemp, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    harness.require_writable(tmp_path / "a", "--output=...")
+    monkeypatch.undo()
+    assert len(calls) == 2 and list(tmp_path.iterdir()) == []
     (tmp_path / "file").write_text("x")
     with pytest.raises(SystemExit, match=r"cannot write to the folder .*file.*--results_dir"):
         harness.require_writable(tmp_path / "file", "--results_dir=...")
