@@ -289,12 +289,6 @@ def render_for_model(model, tokenizer, conversations: Sequence, max_length: int 
     return ids, cut
 
 
-def _report_cut(cut: int, model, what: str) -> None:
-    if cut:
-        print(f"warning: {cut} {what} longer than the backbone's {model_positions(model)} positions (its "
-              f"max_position_embeddings) were truncated to them, BOS and the end kept", file=sys.stderr)
-
-
 def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
     """Indices grouped into batches of similar length, longest first (ties in input order).
 
@@ -531,7 +525,9 @@ def embed_conversations(model, tokenizer, conversations: Sequence, batch_size: i
     and warned); return_truncated: return (embeddings, that count).
     """
     ids, cut = render_for_model(model, tokenizer, conversations, max_length, truncation_side)
-    _report_cut(cut, model, "conversation(s)")
+    if cut:
+        print(f"warning: {cut} conversation(s) longer than the backbone's {model_positions(model)} positions (its "
+              f"max_position_embeddings) were truncated to them, BOS and the end kept", file=sys.stderr)
     pbar = _progress(len(ids), progress, "embedding")
     embeddings = _embed_ids(model, tokenizer, ids, batch_size, max_tokens, pbar, share_prefixes)
     if pbar is not None:

@@ -325,11 +325,15 @@ def check_weights_to_replace(path: Path, user_ids: list[str], basis_sha256: str,
     if old is not None:
         added = [u for u in user_ids if u not in old["user_ids"]]
         removed = [u for u in old["user_ids"] if u not in user_ids]
-        differs = ([f"users added: {', '.join(map(repr, added[:10]))}"] * bool(added)
-                   + [f"users removed: {', '.join(map(repr, removed[:10]))}"] * bool(removed)
-                   + [f"basis sha256 {old['basis_sha256'][:12]}... -> {basis_sha256[:12]}..."]
-                   * (old["basis_sha256"] != basis_sha256)
-                   + [f"backbone {old['model_name']!r} -> {model_name!r}"] * (old["model_name"] != model_name))
+        differs = []
+        if added:
+            differs.append(f"users added: {', '.join(map(repr, added[:10]))}")
+        if removed:
+            differs.append(f"users removed: {', '.join(map(repr, removed[:10]))}")
+        if old["basis_sha256"] != basis_sha256:
+            differs.append(f"basis sha256 {old['basis_sha256'][:12]}... -> {basis_sha256[:12]}...")
+        if old["model_name"] != model_name:
+            differs.append(f"backbone {old['model_name']!r} -> {model_name!r}")
         if not differs:
             return
         what = f"the weights of another fit ({'; '.join(differs)}); exported models and scores made from it name its users"
