@@ -100,22 +100,18 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
 
-    # checked below: the folder of the result file, which --save_json may move out of results/
+    # the folder checked is the result file's, which --save_json may move out of results/
     data_path, results_path = harness.script_dirs(__file__, args.settings, check_writable=False)
-    if args.model is None:
-        args.model = offline.tiny_model_path() if args.offline else rb2.DEFAULT_MODEL
-    if args.dataset is None:
-        args.dataset = str(offline_rewardbench2.dataset_path(data_path)) if args.offline else rb2.HUB_DATASET
+    harness.require_writable(Path(args.save_json).parent if args.save_json else results_path,
+                             "--save_json=..." if args.save_json else "--results_dir=...")
+    if args.save_csv:
+        harness.require_writable(Path(args.save_csv).parent, "--save_csv=...")
     mode = args.mode if args.mode != "auto" else ("lmhead" if args.rm_head else "seqclf")
     if mode == "lmhead" and not args.rm_head:
         raise SystemExit("error: --mode lmhead needs --rm_head (a head file); use --mode seqclf for the "
                          "model's own head")
     if mode == "seqclf" and (args.rm_head or args.head_bias is not None):
         raise SystemExit("error: --rm_head/--head_bias are for lmhead mode; drop --mode seqclf (or use auto)")
-    harness.require_writable(Path(args.save_json).parent if args.save_json else results_path,
-                             "--save_json=..." if args.save_json else "--results_dir=...")
-    if args.save_csv:
-        harness.require_writable(Path(args.save_csv).parent, "--save_csv=...")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
 
@@ -133,6 +129,10 @@ def main(argv=None) -> dict:
                            harness.command_line("train_basis.py", args.settings, keep=("offline", "results_dir")))
     elif args.rm_weights:
         raise SystemExit("error: --rm_weights weighs the columns of --rm_head: give both")
+    if args.model is None:        # after the checks: the offline model and data are built on first use
+        args.model = offline.tiny_model_path() if args.offline else rb2.DEFAULT_MODEL
+    if args.dataset is None:
+        args.dataset = str(offline_rewardbench2.dataset_path(data_path)) if args.offline else rb2.HUB_DATASET
     rows = rb2.load_rows(args.dataset, split=args.split, subset=args.subset, limit=args.limit)
 
     print(f"model {args.model} ({mode}, {dtype}, {device}); dataset {args.dataset} [{args.split}]: "

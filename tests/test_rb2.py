@@ -537,6 +537,10 @@ def test_rm_weights_of_another_fit_are_refused_before_any_model_load(data, tmp_p
     with pytest.raises(SystemExit, match=r"PRISM_W_lore_seen_2_0.0.pt was fitted with another basis than .*"
                                          r"PRISM_V_lore_K_2_alpha_10000.0.pt .*give the W file of the same fit"):
         evaluate(V4, W0)
+    with pytest.raises(SystemExit, match=r"fitted with another basis"):          # nor is offline data made first
+        eval_rb2.main(["--offline", "--data_dir", str(tmp_path / "rb2"), "--rm_head", str(V4), "--rm_weights", str(W0),
+                       "--results_dir", str(results)])
+    assert not (tmp_path / "rb2").exists()
     utils._save_tensor(W0, torch.load(W0, weights_only=True), "W", {"K": 2, "alpha": 0.0, "seed": 0})   # older file
     with pytest.raises(SystemExit, match=r"come from different fits \(alpha: 10000.0 \(V\) vs 0.0 \(W\)\)"):
         evaluate(V4, W0)
