@@ -48,6 +48,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -239,8 +240,8 @@ def render_all_ids(tokenizer, conversations: Sequence, max_length: int | None = 
     """render_ids of every conversation. The templates are rendered to text one by one, then all texts
     are tokenised in one call of the (Rust) tokenizer, which is what apply_chat_template(tokenize=True)
     does one conversation at a time (the same ids, tested)."""
-    if max_length is not None and max_length < 2:
-        raise ValueError(f"error: max_length must be at least 2, got {max_length}")
+    if max_length is not None and max_length < harness.MIN_MAX_LENGTH:
+        raise ValueError(f"error: max_length must be at least {harness.MIN_MAX_LENGTH}, got {max_length}")
     if truncation_side not in ("left", "right"):
         raise ValueError(f"error: truncation_side must be 'left' or 'right', got {truncation_side!r}")
     texts = [c if isinstance(c, str) else tokenizer.apply_chat_template(list(c), tokenize=False)
@@ -254,14 +255,38 @@ def render_all_ids(tokenizer, conversations: Sequence, max_length: int | None = 
             while start < len(ids) and ids[start] == bos:
                 start += 1
             ids = [bos] + ids[start:]  # exactly one BOS, whatever the template or the text did
-        if max_length is not None and len(ids) > max_length:
-            if truncation_side == "left":
-                keep_bos = bos is not None and ids[0] == bos
-                ids = ([bos] + ids[len(ids) - max_length + 1:]) if keep_bos else ids[-max_length:]
-            else:
-                ids = ids[:max_length]
-        out.append(ids)
+        out.append(_truncated(ids, max_length, truncation_side, bos))
     return out
+
+
+def _truncated(ids: list[int], max_length: int | None, truncation_side: str, bos: int | None) -> list[int]:
+    """ids cut to max_length tokens: "left" keeps the BOS and the end, "right" the start."""
+    if max_length is None or len(ids) <= max_length:
+        return ids
+    if truncation_side == "left":
+        keep_bos = bos is not None and ids[0] == bos
+        return ([bos] + ids[len(ids) - max_length + 1:]) if keep_bos else ids[-max_length:]
+    return ids[:max_length]
+
+
+def model_positions(model) -> int | None:
+    """The longest sequence the backbone has positions for (config.max_position_embeddings), or None."""
+    return getattr(getattr(_parts(model)[0], "config", None), "max_position_embeddings", None)
+
+
+def render_for_model(model, tokenizer, conversations: Sequence, max_length: int | None = None,
+                     truncation_side: str = "left") -> tuple[list[list[int]], int]:
+    """render_all_ids, also cut to the backbone's positions when max_length is None or larger (a longer
+    sequence runs past what the model was trained on, slowly, with a library warning): (ids, the number of
+    conversations cut to the positions)."""
+    ids = render_all_ids(tokenizer, conversations, max_length, truncation_side)
+    positions = model_positions(model)
+    if positions is None or (max_length is not None and max_length <= positions):
+        return ids, 0
+    cut = sum(len(x) > positions for x in ids)
+    if cut:
+        ids = [_truncated(x, positions, truncation_side, tokenizer.bos_token_id) for x in ids]
+    return ids, cut
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
@@ -482,28 +507,32 @@ def _prefix_batches(backbone, ids, groups, batch_size, max_tokens, pad):
 
 
 def _progress(total: int, enabled: bool, desc: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="conv", dynamic_ncols=True)
+    """A counter of embedded conversations (None when not enabled): a bar on a terminal, plain periodic
+    lines in a log (harness.progress), so a long embedding run under nohup or in CI shows it is alive."""
+    return harness.progress(desc=desc, total=total) if enabled else None
 
 
 def embed_conversations(model, tokenizer, conversations: Sequence, batch_size: int = 32,
                         max_length: int | None = None, *, truncation_side: str = "left",
                         max_tokens: int | None = None, progress: bool = False,
-                        share_prefixes: bool = True) -> torch.Tensor:
+                        share_prefixes: bool = True, return_truncated: bool = False):
     """Embeddings [n, d] float32 (CPU) of `conversations`, in input order.
 
     The final-layer hidden state after the final norm at each conversation's last real token. Works
     for a sequence-classification model, a PeftModel around one, or a bare backbone. share_prefixes:
     run a prompt shared by several conversations once (causal models; same result to float rounding).
+    A conversation longer than the backbone's positions is truncated to them (render_for_model, counted
+    and warned); return_truncated: return (embeddings, that count).
     """
-    ids = render_all_ids(tokenizer, conversations, max_length, truncation_side)
+    ids, cut = render_for_model(model, tokenizer, conversations, max_length, truncation_side)
+    if cut:
+        print(f"warning: {cut} conversation(s) longer than the backbone's {model_positions(model)} positions (its "
+              f"max_position_embeddings) were truncated to them, BOS and the end kept", file=sys.stderr)
     pbar = _progress(len(ids), progress, "embedding")
     embeddings = _embed_ids(model, tokenizer, ids, batch_size, max_tokens, pbar, share_prefixes)
     if pbar is not None:
         pbar.close()
-    return embeddings
+    return (embeddings, cut) if return_truncated else embeddings
 
 
 def _hidden_size(model) -> int:
@@ -717,7 +746,9 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
 
     batch_size caps the rows per forward pass; max_tokens (optional) caps rows x longest length, the
     better knob on a GPU (e.g. 32768 for the 8B model in bf16 on 80 GB). share_prefixes: a prompt
-    shared by conversations of the same shard runs once (see embed_conversations).
+    shared by conversations of the same shard runs once (see embed_conversations). Conversations longer
+    than the backbone's positions are truncated to them; their number is in the metadata
+    ("truncated_to_positions") and printed.
     """
     out_path = Path(out_path)
     conversations = list(conversations)
@@ -783,9 +814,10 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
             pbar.set_postfix_str(f"process 0 of {state.num_processes}")
         for k in mine:
             part = conversations[k * shard_size:(k + 1) * shard_size]
-            ids = render_all_ids(tokenizer, part, max_length, truncation_side)
+            ids, cut = render_for_model(model, tokenizer, part, max_length, truncation_side)
             emb = _embed_ids(model, tokenizer, ids, batch_size, max_tokens, pbar, share_prefixes)
-            _save_atomic({"embeddings": emb}, shard_file[k], {"format": FORMAT_VERSION, "shard": str(k)})
+            _save_atomic({"embeddings": emb}, shard_file[k], {"format": FORMAT_VERSION, "shard": str(k),
+                                                              "truncated_to_positions": str(cut)})
             if _after_shard_hook is not None:
                 _after_shard_hook(k)
         if pbar is not None:
@@ -799,9 +831,14 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
         if missing:
             raise SystemExit(f"error: shards missing after the run: {missing[:3]}; run the same command again")
         embeddings = torch.cat([load_file(str(f))["embeddings"] for f in shard_file])
+        # shards written before this count was kept count 0
+        cut = sum(int(_metadata(f).get("truncated_to_positions", 0)) for f in shard_file)
         _save_atomic({"embeddings": embeddings}, out_path,
                      {"format": FORMAT_VERSION, "manifest": json.dumps(manifest, sort_keys=True),
-                      "model": str(model_name)})
+                      "model": str(model_name), "truncated_to_positions": str(cut)})
+        if cut:
+            print(f"warning: {cut} of {n} conversations were longer than the backbone's positions and were "
+                  f"truncated to them, BOS and the end kept (recorded in {out_path.name})", file=sys.stderr)
         if not keep_shards:
             shutil.rmtree(shards, ignore_errors=True)
     state.wait_for_everyone()
@@ -826,8 +863,10 @@ def embed_dataset(script: str, settings, data_path: Path, conversations: Sequenc
                       shard_size=settings["shard_size"], overwrite=settings["overwrite"], **load)
         export_reward_head(model_name, head, **load)
     except ModelNotAvailable as e:
-        raise harness.hub_unreachable(f"the model {model_name!r}", harness.command_line(script, settings) + " --offline",
-                                    e.__cause__) from None
+        if Path(model_name).expanduser().is_dir():     # a local folder that does not load: not a hub problem
+            raise SystemExit(str(e)) from None
+        offline_command = harness.command_line(script, settings) + ("" if settings.get("offline") else " --offline")
+        raise harness.hub_unreachable(f"the model {model_name!r}", offline_command, e.__cause__) from None
     if _process_state().is_main_process:
         table = load_embeddings(out, harness.command_line(script, settings))
         print(f"wrote {out} {tuple(table.shape)} and {head.name} ({tuple(load_reward_head(head, script).shape)})")

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -93,6 +95,11 @@ def _parse_value(name: str, raw: str, kinds: tuple, element: type | None):
     return value
 
 
+# The shortest conversation the embedding engine can truncate to: its BOS and at least one token of the
+# conversation (embedding.render_all_ids keeps the BOS first, and the last token is the one embedded).
+MIN_MAX_LENGTH = 2
+
+
 def _check_ranges(values: dict) -> None:
     """The ranges of the settings every script shares, checked before any work starts."""
     for name, value in values.items():
@@ -112,6 +119,9 @@ def _check_ranges(values: dict) -> None:
             fail("must be positive")
         elif name.endswith("fraction") and isinstance(value, (int, float)) and not 0 < value <= 1:
             fail("must lie in (0, 1]")
+        elif name == "max_length" and isinstance(value, int) and value < MIN_MAX_LENGTH:
+            fail(f"must be at least {MIN_MAX_LENGTH} (the BOS token and at least one token of the conversation), "
+                 f"or None for no limit")
         elif name == "K_list" and (not value or any(k < 0 for k in value)):
             fail("must be a non-empty list of ranks K >= 0 (0: the reference head)")
         elif name == "alpha_list" and (not value or any(a < 0 for a in value)):
@@ -197,19 +207,24 @@ def json_setting(name: str, text: str | None, kind=dict):
 
 def cli_args(parser, argv=None):
     """`parser.parse_args(argv)` of a script that keeps a published argparse command line, with
-    `.settings`: its values as Settings, `.overridden` the options whose value is not the default."""
+    `.settings`: its values as Settings, `.overridden` the options whose value is not the default. The
+    values given are range-checked as configure's (--max_length=1 stops here, not after the model load)."""
     args = parser.parse_args(argv)
     args.settings = Settings(vars(args))
     args.settings.overridden = frozenset(k for k, v in vars(args).items() if k != "settings" and v != parser.get_default(k))
+    _check_ranges({k: args.settings[k] for k in args.settings.overridden})
     return args
 
 
-def script_dirs(script_file: str, settings: Settings) -> tuple[Path, Path | None]:
+def script_dirs(script_file: str, settings: Settings, check_writable: bool = True) -> tuple[Path, Path | None]:
     """The data and results folders of a script: (data path, results path or None).
 
     The defaults (settings `data_dir`, `results_dir` in source) live beside the script, with an
     `-offline` suffix when `offline` is set, so generated data and results never mix with real ones.
     A folder given on the command line is used as given, relative to the working directory.
+    check_writable: the folder the script writes, its results folder if it has one, else its data folder
+    (prepare and embedding scripts), must be writable, checked before any work (require_writable); a
+    script that writes elsewhere passes False and checks its own output folder.
     """
     here = Path(script_file).resolve().parent
 
@@ -221,7 +236,36 @@ def script_dirs(script_file: str, settings: Settings) -> tuple[Path, Path | None
             return path.resolve()
         path = path if path.is_absolute() else here / path
         return path.with_name(path.name + "-offline") if settings.get("offline") else path
-    return folder("data_dir"), folder("results_dir")
+    data, results = folder("data_dir"), folder("results_dir")
+    if check_writable and (results or data) is not None:
+        require_writable(results or data, "--results_dir=..." if results else "--data_dir=...")
+    return data, results
+
+
+def require_writable(folder, setting: str) -> Path:
+    """`folder` when a file can be written there; else an exit naming it and `setting` (the option that
+    chooses another), before any work: a read-only results folder was found only after the first fit.
+    Creates the folder, writes and removes a probe file, and removes again the folders it created (a run
+    refused later leaves nothing behind)."""
+    folder = Path(folder)
+    for attempt in range(3):
+        missing = [p for p in (folder, *folder.parents) if not p.exists()]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+            os.close(fd)
+            os.unlink(probe)
+            return folder
+        except OSError as e:
+            # FileNotFoundError: another process of the same launch (accelerate) removed the folder it had just
+            # created for its own probe: try again
+            if not isinstance(e, FileNotFoundError) or attempt == 2:
+                raise SystemExit(f"error: cannot write to the folder {folder} ({e.strerror or type(e).__name__}); "
+                                 f"make it writable or choose another folder with {setting}") from None
+        finally:
+            for created in missing:                        # deepest first
+                with contextlib.suppress(OSError):
+                    created.rmdir()
 
 
 def command_line(script: str, settings: Settings, keep=("offline", "data_dir")) -> str:
@@ -241,23 +285,88 @@ def require_file(path, made_by: str) -> Path:
     return path
 
 
+NEARLY_FULL_BYTES = 1 << 20   # a write that fails with less than this left on its disk failed for want of space
+
+
+def _no_space(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write failed for want of space: ENOSPC or EDQUOT, a library's text for them
+    (safetensors), or a disk left nearly full (torch.save says only "unexpected pos ...")."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if any(words in str(error) for words in ("No space left on device", "Disk quota exceeded")):
+        return True
+    try:
+        return isinstance(error, (OSError, RuntimeError)) and shutil.disk_usage(folder).free < NEARLY_FULL_BYTES
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; when the block succeeds it replaces `path` in one rename, with
-    the permissions a plainly created file gets (the umask's). A failure leaves the old file (or none)."""
-    path = Path(path)
+def clear_full_disk(*paths):
+    """Run a block that writes `paths` (files or folders): a failure for want of space exits with a message
+    naming them and what to free, instead of a library's traceback. Removing the partial output is the
+    block's own cleanup (atomic_path removes its temporary files)."""
+    paths = [Path(p) for p in paths]
+    folder = paths[0].parent
+    try:
+        yield
+    except Exception as e:
+        if not _no_space(e, folder):
+            raise
+        raise SystemExit(f"error: no space left on the device while writing {' and '.join(map(str, paths))}; "
+                         f"{'it was' if len(paths) == 1 else 'they were'} not replaced. Free space on the disk that "
+                         f"holds {folder} (`df -h {folder}`; old results, the .shards folder of an interrupted "
+                         f"embedding run or the hub cache are candidates) or write to another folder, then run the "
+                         f"same command again") from None
+
+
+@contextlib.contextmanager
+def _replaced_when_done(path: Path):
+    """A temporary path beside `path` that replaces it in one rename when the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)        # mkstemp makes 0600: unreadable to colleagues
+        os.chmod(tmp, 0o666 & ~current_umask())        # mkstemp makes 0600: unreadable to colleagues
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; when the block succeeds it replaces `path` in one rename, with
+    the permissions a plainly created file gets (the umask's). A failure leaves the old file (or none);
+    a full disk exits with a clear message (clear_full_disk)."""
+    with atomic_paths(path) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(*paths):
+    """atomic_path for files that belong together: a temporary path for each; none replaces its file until
+    the block has written them all, then they are renamed last path first, so the first (the one a reader
+    takes as the mark of a complete set) appears last. A failure leaves the old files (or none)."""
+    with clear_full_disk(*paths), contextlib.ExitStack() as stack:
+        yield [stack.enter_context(_replaced_when_done(Path(p))) for p in paths]
+
+
+def current_umask() -> int:
+    umask = os.umask(0)          # reading the umask means setting it: put it back at once
+    os.umask(umask)
+    return umask
+
+
+def umask_permissions(folder) -> Path:
+    """Give a folder written by a library, and everything in it, the permissions plainly created ones get
+    (the umask's): save_pretrained writes model.safetensors 0600 and mkdtemp makes 0700, which colleagues
+    cannot read."""
+    folder, umask = Path(folder), current_umask()
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+    return folder
 
 
 def write_text_atomic(path, text: str) -> None:
@@ -265,8 +374,13 @@ def write_text_atomic(path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def json_text(obj) -> str:
+    """The JSON text of the result files: indented, non-ASCII kept, NaN and infinities as null."""
+    return json.dumps(_json_value(obj), indent=1, ensure_ascii=False) + "\n"
+
+
 def write_json_atomic(path, obj) -> None:
-    write_text_atomic(path, json.dumps(_json_value(obj), indent=1, ensure_ascii=False) + "\n")
+    write_text_atomic(path, json_text(obj))
 
 
 def write_jsonl_atomic(path, rows) -> None:
@@ -297,6 +411,15 @@ def file_sha256(path) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def tensor_sha256(tensor) -> str:
+    """Hex sha256 of a tensor's dtype, shape and bytes: the same whichever file format holds it (a V file's
+    .pt and its .safetensors twin give one hash; the .pt file's own bytes differ from save to save)."""
+    tensor = torch.as_tensor(tensor).detach().cpu().contiguous()
+    digest = hashlib.sha256(f"{tensor.dtype} {tuple(tensor.shape)}\n".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -351,14 +474,17 @@ class _PlainProgress:
     elapsed" at most every PLAIN_PROGRESS_SECONDS, and one at the end when the work took longer than that."""
 
     def __init__(self, iterable=None, total=None, desc: str = ""):
-        self.iterable, self.desc, self.n = iterable, desc, 0
+        self.iterable, self.desc, self.n, self.postfix = iterable, desc, 0, ""
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
         self.start = self.last = time.time()
 
     def _line(self, now: float) -> None:
         done = f"{self.n}/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else str(self.n)
-        print(f"{self.desc}: {done}, {now - self.start:.0f} s elapsed", flush=True)
+        print(f"{self.desc}: {done}, {now - self.start:.0f} s elapsed{self.postfix}", flush=True)
         self.last = now
+
+    def set_postfix_str(self, text: str) -> None:
+        self.postfix = f", {text}" if text else ""
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -399,26 +525,40 @@ def progress(iterable=None, desc: str = "", enabled: bool = True, total: int | N
 
 
 def save_tensor(path, tensor: torch.Tensor, key: str, record: dict) -> None:
-    """Atomically write `path` (.pt: a plain tensor, loadable with weights_only=True) and its
-    .safetensors sibling (one entry named `key`, `record` as its metadata "fit")."""
+    """Write `path` (.pt: a plain tensor, loadable with weights_only=True) and its .safetensors twin (one
+    entry named `key`, `record` as its metadata "fit") as one set: both are written before either is
+    renamed (a failed write or a full disk leaves neither), the twin first, so a .pt in place always has
+    its record beside it."""
     from safetensors.torch import save_file
     path = Path(path)
     tensor = tensor.detach().cpu().contiguous().clone()
-    with atomic_path(path) as tmp:
+    with atomic_paths(path, path.with_suffix(".safetensors")) as (tmp, twin):
         torch.save(tensor, tmp)
-    with atomic_path(path.with_suffix(".safetensors")) as tmp:
-        save_file({key: tensor}, str(tmp), metadata={"fit": json.dumps(record, sort_keys=True)})
+        save_file({key: tensor}, str(twin), metadata={"fit": json.dumps(record, sort_keys=True)})
 
 
 def recorded_fit(path) -> dict | None:
-    """The record saved with a tensor by save_tensor (from its .safetensors sibling); None when there is
-    none or it is unreadable."""
+    """The record saved with a tensor by save_tensor (from its .safetensors twin); None when there is none
+    or it is unreadable."""
     from safetensors import safe_open
     try:
         with safe_open(str(Path(path).with_suffix(".safetensors")), framework="pt") as f:
-            return json.loads((f.metadata() or {}).get("fit", "null"))
+            return json.loads((f.metadata() or {})["fit"])
     except Exception:
         return None
+
+
+def fit_record(path, made_by: str) -> dict:
+    """recorded_fit, or an exit naming the twin and `made_by` (the command that writes both again) when
+    it is missing or unreadable."""
+    twin = Path(path).with_suffix(".safetensors")
+    remake = f"it records the fit that made {Path(path).name}; run `{made_by}` to write both again"
+    if not twin.is_file():
+        raise SystemExit(f"error: {twin} is missing: {remake}")
+    record = recorded_fit(path)
+    if not isinstance(record, dict):
+        raise SystemExit(f"error: {twin} is unreadable or holds no fit record: {remake}")
+    return record
 
 
 def refuse_other_fits(records: dict, overwrite: bool) -> None:

@@ -462,17 +462,24 @@ def _read_array_file(path: Path, key: str | None, what: str):
                      f"with --head_key")
 
 
-def load_head(path, key: str | None = None, hidden_size: int | None = None) -> torch.Tensor:
+def read_head_tensor(path, key: str | None = None) -> torch.Tensor:
+    """The head file's tensor as saved (its own dtype and shape), for hashing: load_head converts it."""
+    arr = _read_array_file(Path(path), key, "the head file")
+    return torch.as_tensor(arr) if isinstance(arr, np.ndarray) else arr
+
+
+def load_head(path, key: str | None = None, hidden_size: int | None = None, what: str = "the head file") -> torch.Tensor:
     """A head matrix [H, B] float32 from .npy / .pt / .pth / .bin / .safetensors.
 
     The file holds a tensor of shape (H,), (H, 1) or (H, B), or a dict of tensors (choose with `key`
     when it has several; nested keys are joined with '.'). Torch files load with weights_only=True.
-    With `hidden_size`, H must equal it. Anything else exits with a message saying what to do.
+    With `hidden_size`, H must equal it. Anything else exits with a message saying what to do, naming
+    the file as `what`.
     """
     path = Path(path)
     if not path.exists():
-        raise SystemExit(f"error: the head file {path} does not exist")
-    arr = _read_array_file(path, key, "the head file")
+        raise SystemExit(f"error: {what} {path} does not exist")
+    arr = _read_array_file(path, key, what)
     head = torch.as_tensor(np.asarray(arr) if isinstance(arr, np.ndarray) else arr).detach()
     if not (head.is_floating_point() or head.dtype in (torch.int32, torch.int64)):
         raise SystemExit(f"error: the head in {path} has dtype {head.dtype}; expected floats")

@@ -643,7 +643,9 @@ def write_bases(results_dir, dataset_name, records) -> list[Path]:
         if record["K"] >= 1 and basis is not None and basis["fit"] is not None:
             v_name, w_name = lore_file_names(dataset_name, record["K"], record["alpha"])
             harness.save_tensor(Path(results_dir) / v_name, basis["V"], "V", basis["fit"])
-            harness.save_tensor(Path(results_dir) / w_name, basis["W"], "W", basis["fit"])
+            # W's record names the very V it goes with: eval_rb2 --rm_weights refuses a W of another fit
+            harness.save_tensor(Path(results_dir) / w_name, basis["W"], "W",
+                                {**basis["fit"], "basis_sha256": harness.tensor_sha256(basis["V"])})
             written += [Path(results_dir) / v_name, Path(results_dir) / w_name]
     return written
 

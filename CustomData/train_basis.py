@@ -54,7 +54,8 @@ print(f"users: {N} seen, {N_unseen} new; comparisons: " + ", ".join(f"{k} {g.N}"
 extra = {"prepared": counts, "seen_users": users["seen"], "unseen_users": users["unseen"]}
 if offline and (counts["input"] or {}).get("generated"):
     from offline import custom as offline_custom
-    extra["planted_accuracy"] = offline_custom.planted_accuracy(data_path, groups, users)
+    extra["planted_accuracy"] = offline_custom.planted_accuracy(data_path, groups, users,
+                                                                harness.command_line("prepare.py", settings))
 
 experiment.train_basis(settings, results_path, "Your own population", "Custom", groups, V_ref, extra,
                        user_ids=users)

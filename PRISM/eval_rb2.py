@@ -12,7 +12,9 @@ with the same columns; with --offline a generated file, data/rewardbench2-offlin
 first use), the model (--model; --offline: the built-in tiny model) and, in lmhead mode, the head
 file --rm_head: .npy/.pt/.pth/.bin/.safetensors holding (H,), (H, 1) or (H, B), or a dict (pick with
 --head_key). A relative --rm_head is looked up in the current folder, then in results/ (results-offline/
-with --offline), where train_basis.py saves PRISM_V_lore_K_{K}_alpha_{alpha}.pt.
+with --offline), where train_basis.py saves PRISM_V_lore_K_{K}_alpha_{alpha}.pt. --rm_weights must come from
+the same fit as --rm_head (its .safetensors twin records the sha256 of the V it goes with): a W of another
+fit is refused before the model is loaded.
 Writes: the original's table and the official table on stdout, and into results/ (results-offline/):
 rb2_<tag>.json (all figures, settings) and rb2_<tag>.md (both tables), tag = "seqclf" or
 "lmhead_<head file stem>"; --save_json/--save_csv choose other paths (CSV: one row per head).
@@ -73,15 +75,36 @@ def parse_args(argv=None):
     return harness.cli_args(p, argv)
 
 
+def check_same_fit(head_path: Path, weights_path: Path, head_key, made_by: str) -> None:
+    """Exit unless the W file was fitted together with the V file (weights of another fit, e.g. alpha 0's
+    W on alpha 1e4's V, give a meaningless head and used to overwrite the right result file). W's fit record
+    names its V by the sha256 of the tensor; records written before that must equal V's record."""
+    fitted = harness.fit_record(weights_path, made_by)
+    mismatch = "give the W file of the same fit (<DATASET>_W_lore_seen_<K>_<alpha>.pt beside " \
+               "<DATASET>_V_lore_K_<K>_alpha_<alpha>.pt); nothing was written"
+    if "basis_sha256" in fitted:
+        used = harness.tensor_sha256(rb2.read_head_tensor(head_path, head_key))
+        if used != fitted["basis_sha256"]:
+            raise SystemExit(f"error: {weights_path} was fitted with another basis than {head_path} (the basis it "
+                             f"records has sha256 {fitted['basis_sha256'][:12]}..., this one {used[:12]}...): {mismatch}")
+        return
+    basis = harness.fit_record(head_path, made_by)
+    if basis != fitted:
+        changed = ", ".join(f"{k}: {basis.get(k)!r} (V) vs {fitted.get(k)!r} (W)" for k in sorted({*basis, *fitted})
+                            if basis.get(k) != fitted.get(k))
+        raise SystemExit(f"error: {weights_path} and {head_path} come from different fits ({changed}): {mismatch}")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     import torch
 
-    data_path, results_path = harness.script_dirs(__file__, args.settings)
-    if args.model is None:
-        args.model = offline.tiny_model_path() if args.offline else rb2.DEFAULT_MODEL
-    if args.dataset is None:
-        args.dataset = str(offline_rewardbench2.dataset_path(data_path)) if args.offline else rb2.HUB_DATASET
+    # the folder checked is the result file's, which --save_json may move out of results/
+    data_path, results_path = harness.script_dirs(__file__, args.settings, check_writable=False)
+    harness.require_writable(Path(args.save_json).parent if args.save_json else results_path,
+                             "--save_json=..." if args.save_json else "--results_dir=...")
+    if args.save_csv:
+        harness.require_writable(Path(args.save_csv).parent, "--save_csv=...")
     mode = args.mode if args.mode != "auto" else ("lmhead" if args.rm_head else "seqclf")
     if mode == "lmhead" and not args.rm_head:
         raise SystemExit("error: --mode lmhead needs --rm_head (a head file); use --mode seqclf for the "
@@ -97,12 +120,18 @@ def main(argv=None) -> dict:
         columns = rb2.load_head(head_path, args.head_key).shape[1]
         if args.rm_weights:
             weights_path = rb2.resolve_file(args.rm_weights, [results_path])
-            mean_user = rb2.load_head(weights_path).mean(0, keepdim=True).T   # [users, B] -> [B, 1]
+            mean_user = rb2.load_head(weights_path, what="the --rm_weights file").mean(0, keepdim=True).T  # [B, 1]
             if mean_user.shape[0] != columns:
                 raise SystemExit(f"error: {weights_path} has {mean_user.shape[0]} columns, {head_path} {columns}: "
                                  f"give the W file of the same fit (<DATASET>_W_lore_seen_<K>_<alpha>.pt)")
+            check_same_fit(head_path, weights_path, args.head_key,
+                           harness.command_line("train_basis.py", args.settings, keep=("offline", "results_dir")))
     elif args.rm_weights:
         raise SystemExit("error: --rm_weights weighs the columns of --rm_head: give both")
+    if args.model is None:        # after the checks: the offline model and data are built on first use
+        args.model = offline.tiny_model_path() if args.offline else rb2.DEFAULT_MODEL
+    if args.dataset is None:
+        args.dataset = str(offline_rewardbench2.dataset_path(data_path)) if args.offline else rb2.HUB_DATASET
     rows = rb2.load_rows(args.dataset, split=args.split, subset=args.subset, limit=args.limit)
 
     print(f"model {args.model} ({mode}, {dtype}, {device}); dataset {args.dataset} [{args.split}]: "

@@ -12,7 +12,10 @@ train comparisons (V frozen, personalize.fit), the first is exported (personaliz
 reloaded, and everyone's test responses are scored (personalize.score). Prints each user's held-out
 accuracy (a tie is wrong) next to the pipeline's figure for that user.
 Writes (results folder): personalize_demo.json / .md, user_weights.safetensors / .json, scores.csv /
-.json, the demo's comparisons and responses files, and reward_model_<user>/.
+.json, the demo's comparisons and responses files, and reward_model_<user>/. The demo owns its results
+folder (default results/personalize(-offline) beside this script, not personalize.py's): a rerun
+replaces its weights and its exported model there (fit and export_model with overwrite=True), so do not
+point --results_dir at a folder of your own fits.
 """
 import json
 import re
@@ -91,9 +94,11 @@ harness.write_jsonl_atomic(responses_file, [{"id": f"{r['user_id']}:{side}", "pr
 backbone = personalize.load_backbone(model_name, dtype, attn_implementation, device)
 weights_path = personalize.fit(comparisons_file, basis_path, results_path, model_name=model_name, dtype=dtype,
                                seed=seed, num_iterations=num_iterations, learning_rate=learning_rate,
-                               settings=settings, backbone=backbone, **engine)
-scored, ids, table = personalize.score(responses_file, weights_path, chosen, backbone=backbone, **engine)
-personalize.write_scores(scored, ids, table, results_path, {"settings": settings, "responses": str(responses_file)})
+                               settings=settings, backbone=backbone, overwrite=True, **engine)  # its own folder
+scored, ids, table, in_force = personalize.score(responses_file, weights_path, chosen, model_name=model_name,
+                                                 dtype=dtype, backbone=backbone, **engine)
+in_force_settings = {**settings, "model_name": model_name, "dtype": dtype, "basis": str(basis_path)}  # not defaults
+personalize.write_scores(scored, ids, table, results_path, {**in_force, "settings": in_force_settings})
 owner = torch.tensor([chosen.index(r["user_id"]) for r in heldout])
 correct = (table[:len(heldout)] - table[len(heldout):]).gather(1, owner[:, None])[:, 0] > 0    # a tie is wrong
 
@@ -121,7 +126,7 @@ markdown += ["", f"User {first}'s model was exported to {folder.name}/ and reloa
              f"{len(figures)} unseen users at once from another seeded start than this fit of {len(chosen)}, so a "
              f"user's weights, and a held-out prediction close to a tie, can differ."]
 harness.write_json_atomic(results_path / "personalize_demo.json", {
-    "name": "personalize_demo", "settings": settings, "basis": str(basis_path), "backbone": str(model_name),
+    "name": "personalize_demo", "settings": in_force_settings, "basis": str(basis_path), "backbone": str(model_name),
     "weights": str(weights_path), "exported_folder": str(folder), "users": users_table})
 harness.write_text_atomic(results_path / "personalize_demo.md", "\n".join(markdown) + "\n")
 print("\n" + "\n".join(markdown) + f"\n\nwrote personalize_demo.json, .md and the files above in {results_path}")

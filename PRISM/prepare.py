@@ -36,9 +36,11 @@ this_command = harness.command_line("prepare.py", settings)
 if offline:
     import offline as generated
     from offline import prism as offline_prism
+    from offline.planted import truth_files
     generated.ensure_generated(
         data_path, "prism", offline_prism.GENERATOR_VERSION,
-        {"seed": seed, "n_users": offline_users, "personal_scale": personal_scale}, prism_data.RAW_FILES,
+        {"seed": seed, "n_users": offline_users, "personal_scale": personal_scale},
+        [*prism_data.RAW_FILES, *truth_files(offline_prism.GROUND_TRUTH)],
         lambda: offline_prism.generate(data_path, seed=seed, n_users=offline_users, personal_scale=personal_scale))
 else:
     data_path.mkdir(parents=True, exist_ok=True)

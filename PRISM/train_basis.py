@@ -54,7 +54,8 @@ print(f"users: {N} seen, {N_unseen} unseen; comparisons: " + ", ".join(f"{k} {g.
 extra = {"counts": counts}
 if offline:
     from offline import prism as offline_prism
-    extra["planted_accuracy"] = offline_prism.planted_accuracy(data_path, groups, users)
+    extra["planted_accuracy"] = offline_prism.planted_accuracy(data_path, groups, users,
+                                                               harness.command_line("prepare.py", settings))
 
 experiment.train_basis(settings, results_path, "PRISM", "PRISM", groups, V_ref, extra, user_ids=users,
                        regularized=True)

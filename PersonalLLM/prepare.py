@@ -59,13 +59,14 @@ def load_generated(path: Path):
     import datasets
 
     import offline as generator
+    from offline.planted import truth_files
 
     raw = path / "raw"
     files = {split: raw / generated.RAW_FILES[split] for split in generated.SPLITS}
     generator.ensure_generated(
         raw, "personalllm", generated.GENERATOR_VERSION,
         {"seed": seed, "n_train": offline_train_prompts, "n_test": offline_test_prompts, "personal_scale": personal_scale},
-        [f.name for f in files.values()],
+        [*(f.name for f in files.values()), *truth_files(path / generated.GROUND_TRUTH)],   # truth: beside raw/
         lambda: generated.write_raw(path, n_train=offline_train_prompts, n_test=offline_test_prompts, seed=seed,
                                     personal_scale=personal_scale))
     return datasets.load_dataset("parquet", data_files={s: str(f) for s, f in files.items()},

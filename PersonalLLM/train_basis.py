@@ -67,6 +67,7 @@ extra = {"reward_models": reward_models, "simulation": population.settings, "cou
          "tie_rule": "argmax/argmin take the first response among equal scores; all-equal prompts are skipped"}
 if offline:
     from offline import personalllm as offline_personalllm
-    extra["planted_accuracy"] = offline_personalllm.planted_accuracy(data_path, groups, population)
+    extra["planted_accuracy"] = offline_personalllm.planted_accuracy(data_path, groups, population,
+                                                                     harness.command_line("prepare.py", settings))
 extra["load_and_simulate_seconds"] = round(time.time() - start, 1)
 experiment.train_basis(settings, results_path, "PersonalLLM", "PersonalLLM", groups, V_ref, extra)

@@ -39,12 +39,14 @@ data_files = None
 if offline:
     import offline as generated
     from offline import tldr as offline_tldr
+    from offline.planted import truth_files
 
     raw = data_path / "raw"
     data_files = {s: [str(raw / "comparisons" / s / "0000.parquet")] for s in tldr_data.HF_SPLITS}
     generated.ensure_generated(raw, "tldr", offline_tldr.GENERATOR_VERSION,
                                {"seed": seed, "n_workers": offline_workers, "personal_scale": personal_scale},
-                               [Path(f[0]).relative_to(raw) for f in data_files.values()],
+                               [*(Path(f[0]).relative_to(raw) for f in data_files.values()),
+                                *truth_files(offline_tldr.GROUND_TRUTH)],
                                lambda: offline_tldr.generate(raw, seed=seed, n_workers=offline_workers,
                                                              personal_scale=personal_scale))
 

@@ -56,6 +56,7 @@ N, N_unseen = len(users["seen"]), len(users["unseen"])
 extra = {"split": split_counts, "seen_workers": users["seen"], "unseen_workers": users["unseen"]}
 if offline:
     from offline import tldr as offline_tldr
-    extra["planted_accuracy"] = offline_tldr.planted_accuracy(data_path, groups, users)
+    extra["planted_accuracy"] = offline_tldr.planted_accuracy(data_path, groups, users,
+                                                              harness.command_line("prepare.py", settings))
 
 experiment.train_basis(settings, results_path, "Reddit TLDR", "TLDR", groups, V_ref, extra, user_ids=users)

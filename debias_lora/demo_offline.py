@@ -126,7 +126,7 @@ def train_biased_base(pairs_path: Path, out_dir: Path, args) -> Path:
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     (out_dir / "training_log.json").write_text(json.dumps(log, indent=1))
-    return out_dir
+    return harness.umask_permissions(out_dir)
 
 
 def check_claim(results: list[dict], at_lambda: float = CLAIM_LAMBDA, min_rise: float = CLAIM_MIN_RISE,

@@ -64,7 +64,7 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default=None, help="default bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--device", default=None)
     parser.add_argument("--offline", action="store_true", help="tiny biased model, generated data")
-    return parser.parse_args(argv)
+    return harness.cli_args(parser, argv)
 
 
 # -----------------------------------------------------------------------------
@@ -238,10 +238,12 @@ def base_and_lora(base_model, lora_path, offline: bool, results_path: Path) -> t
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    data_path, results_path = harness.script_dirs(__file__, harness.Settings(data_dir="data", results_dir="results", offline=args.offline))
+    data_path, results_path = harness.script_dirs(__file__, harness.Settings(data_dir="data", results_dir="results", offline=args.offline),
+                                                  check_writable=False)    # it writes --output_path: checked below
     args.base_model, args.lora_path = base_and_lora(args.base_model, args.lora_path, args.offline, results_path)
     args.lambdas = args.lambdas if args.lambdas is not None else PUBLISHED_LAMBDAS
     output_path = Path(args.output_path) if args.output_path else results_path / "lambda_sweep.json"
+    harness.require_writable(output_path.parent, "--output_path=...")
     variants_path = Path(args.variants) if args.variants else harness.require_file(
         data_path / "variants_test.jsonl", "python build_pairs.py" + (" --offline" if args.offline else ""))
     variants = load_variants(variants_path, args.limit_questions)     # checked before the model is loaded
@@ -259,7 +261,7 @@ def main(argv=None) -> dict:
     print(f"base {args.base_model}, forget LoRA {args.lora_path}: {len(variants) // 6} held-out questions, "
           f"lambdas {args.lambdas}")
     results = sweep(model, tokenizer, args.lambdas, variants, rb2_dataset, args.batch_size, args.max_length)
-    settings = dict(vars(args), output_path=str(output_path), variants=str(variants_path), dtype=dtype,
+    settings = dict({k: v for k, v in vars(args).items() if k != "settings"}, output_path=str(output_path), variants=str(variants_path), dtype=dtype,
                     device=device)
     title = f"base - lambda * LoRA ({Path(args.lora_path).name}) on {Path(args.base_model).name}"
     write_results(results, settings, output_path, title)

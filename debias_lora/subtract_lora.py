@@ -41,10 +41,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    _, results_path = harness.script_dirs(__file__, harness.Settings(data_dir="data", results_dir="results", offline=args.offline))
+    _, results_path = harness.script_dirs(__file__, harness.Settings(data_dir="data", results_dir="results", offline=args.offline),
+                                          check_writable=False)    # it writes --output_dir: checked below
     args.base_model, args.lora_path = base_and_lora(args.base_model, args.lora_path, args.offline, results_path)
     output = Path(args.output_dir) if args.output_dir else \
         results_path / f"debiased_{Path(args.lora_path).name}_lambda{args.lam:g}"
+    harness.require_writable(output.parent, "--output_dir=...")
     device = args.device or str(utils.get_device())
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
 
@@ -58,6 +60,7 @@ def main(argv=None) -> Path:
     (output / "debias.json").write_text(json.dumps(
         {"base_model": args.base_model, "lora_path": args.lora_path, "lambda": args.lam, "dtype": dtype,
          "lora_layers": n_layers, "formula": "W - lambda * (alpha / r) * B @ A"}, indent=1))
+    harness.umask_permissions(output)
     print(f"merged base - {args.lam:g} * LoRA over {n_layers} layers -> {output}")
     return output
 

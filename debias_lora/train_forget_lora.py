@@ -72,7 +72,7 @@ def parse_args(argv=None):
     parser.add_argument("--offline", action="store_true", help="tiny biased model and generated pairs")
     parser.add_argument("--overwrite", action="store_true", help="replace an adapter in --output that was "
                         "trained with other settings")
-    return parser.parse_args(argv)
+    return harness.cli_args(parser, argv)
 
 
 # -----------------------------------------------------------------------------
@@ -228,13 +228,15 @@ def check_output(output: Path, recipe: dict, overwrite: bool) -> None:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    data_path, results_path = harness.script_dirs(__file__, harness.Settings(data_dir="data", results_dir="results", offline=args.offline))
+    data_path, results_path = harness.script_dirs(__file__, harness.Settings(data_dir="data", results_dir="results", offline=args.offline),
+                                                  check_writable=False)    # it writes --output: checked below
     if args.model is None:
         args.model = str(harness.require_file(offline_base_path(), "python demo_offline.py")) \
             if args.offline else DEFAULT_MODEL
     data = Path(args.data) if args.data else harness.require_file(
         data_path / "pairs_train.jsonl", "python build_pairs.py" + (" --offline" if args.offline else ""))
     output = Path(args.output) if args.output else results_path / f"forget_lora_{args.pair_mode}_{args.direction}"
+    harness.require_writable(output, "--output=...")
     recipe = {k: v for k, v in vars(args).items() if k not in ("settings", "output", "log_every", "overwrite")}
     recipe.update(data=str(data), data_sha256=harness.file_sha256(data))
     check_output(output, recipe, args.overwrite)
@@ -269,6 +271,7 @@ def main(argv=None) -> Path:
         lora_math.save_forget_lora(model, output, extra=settings)
         tokenizer.save_pretrained(str(output))
         (output / "training_log.json").write_text(json.dumps(log, indent=1))
+        harness.umask_permissions(output)
         final = log[-1] if log else {}
         print(f"saved the {args.pair_mode} forget LoRA to {output} (last logged loss "
               f"{final.get('loss', float('nan')):.4f}, accuracy {final.get('accuracy', float('nan')):.3f})")

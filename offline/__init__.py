@@ -74,7 +74,7 @@ def ensure_generated(folder, generator: str, version, settings: dict, files, gen
 
     The stamp `folder/generated.json` ({generator, version, settings}) is written after `generate()`
     returns; the folder is reused when the stamp matches and every one of `files` (paths relative to
-    `folder`) is there, not empty and readable, and generated again otherwise (an older generator
+    `folder`, or absolute; the ground truth too: train_basis reads it) is there, not empty and readable, and generated again otherwise (an older generator
     version, other settings, an interrupted or damaged generation: never a mix). Returns True when it
     generated.
     """
@@ -84,7 +84,7 @@ def ensure_generated(folder, generator: str, version, settings: dict, files, gen
         current = json.loads((folder / STAMP).read_text())
     except (OSError, ValueError):
         current = None
-    if current == stamp and all(_readable(folder / f) for f in files):
+    if current == stamp and all(readable(folder / f) for f in files):
         print(f"offline {generator}: reusing the generated files in {folder}")
         return False
     print(f"offline {generator}: generating into {folder}" + (" (a file was missing, empty or damaged)"
@@ -97,7 +97,7 @@ def ensure_generated(folder, generator: str, version, settings: dict, files, gen
     return True
 
 
-def _readable(path: Path) -> bool:
+def readable(path: Path) -> bool:
     """A generated file is there, not empty and parses (parquet metadata, safetensors header, JSON lines)."""
     if not path.is_file() or path.stat().st_size == 0:
         return False

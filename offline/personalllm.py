@@ -39,6 +39,7 @@ from offline.planted import (
     centred_within,
     embed_for_planting,
     generator_version,
+    read_truth,
     tiny_head,
 )
 from offline.text import sentence
@@ -115,7 +116,6 @@ def write_raw(data_path: Path, n_train: int = N_TRAIN_PROMPTS, n_test: int = N_T
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from safetensors.numpy import save_file
 
     if n_train < 1 or n_test < 1:
         raise ValueError(f"need at least one prompt per split, got n_train={n_train}, n_test={n_test}")
@@ -180,23 +180,21 @@ def write_raw(data_path: Path, n_train: int = N_TRAIN_PROMPTS, n_test: int = N_T
         "fraction of best-vs-worst comparisons (500 Dirichlet(0.1) users x all prompts of the split) "
         "that the noise-free planted linear reward orders correctly: a ceiling for a linear reward")
     gt = Path(data_path) / GROUND_TRUTH
-    planted.save(gt, **summary)
-    save_file({"directions": planted.directions, "user_weights": planted.user_weights, "general": planted.general,
-               "scales": scales, "offsets": offsets}, str(gt.with_suffix(".safetensors")))
+    planted.save(gt, extra_arrays={"scales": scales, "offsets": offsets}, **summary)
     return json.loads(gt.with_suffix(".json").read_text())
 
 
-def planted_accuracy(data_path: Path, groups: dict, population) -> dict:
+def planted_accuracy(data_path: Path, groups: dict, population, made_by: str) -> dict:
     """{group: accuracy of the planted rewards of the simulated users}, as the LoRe accuracies are
     computed (per user, then the mean over users). A user mixing the 10 reward models with weights w
     has the noise-free reward e . U* (sum_r w_r scale_r a_r) / 100: the ceiling of a learned linear
-    reward on the same comparisons. `population`: PersonalLLM's simulated Population."""
+    reward on the same comparisons. `population`: PersonalLLM's simulated Population; made_by: the prepare
+    command (a damaged ground truth names it)."""
     import torch
-    from safetensors.numpy import load_file
 
     import utils
 
-    truth = load_file(str(Path(data_path) / (GROUND_TRUTH + ".safetensors")))
+    truth = read_truth(Path(data_path) / GROUND_TRUTH, made_by)[0]
     directions = torch.tensor(truth["directions"])
     out = {}
     for name, comparisons in groups.items():

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import harness
 from utils import TEMPERATURE, Comparisons, cpu_generator
 
 GENERAL_MARGIN_STD = 2.5     # std of the general part's margin over random same-prompt pairs (after 1/100)
@@ -108,23 +109,44 @@ class PlantedPopulation:
         p = self.preference_probability(emb_a, emb_b, users)
         return rng.random(len(p)) < p, np.maximum(p, 1.0 - p)
 
-    def save(self, path: Path, **extra) -> None:
-        """Ground truth beside the data: safetensors arrays + JSON summary."""
+    def save(self, path: Path, extra_arrays: dict | None = None, **extra) -> None:
+        """Ground truth beside the data: safetensors arrays (with `extra_arrays`) + JSON summary (with
+        `extra`), written as one set (harness.atomic_paths) with the umask's permissions."""
         from safetensors.numpy import save_file
-        path = Path(path)
-        arrays = {"directions": self.directions, "user_weights": self.user_weights}
+        arrays = {"directions": self.directions, "user_weights": self.user_weights, **(extra_arrays or {})}
         if self.general is not None:
             arrays["general"] = self.general
-        save_file(arrays, str(path.with_suffix(".safetensors")))
         summary = {"n_directions": self.directions.shape[1], "n_users": self.user_weights.shape[0],
                    "temperature": TEMPERATURE, **extra}
-        path.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+        with harness.atomic_paths(*truth_files(path)) as (arrays_tmp, summary_tmp):
+            save_file(arrays, str(arrays_tmp))
+            summary_tmp.write_text(json.dumps(summary, indent=1))
 
     @classmethod
     def load(cls, path: Path) -> "PlantedPopulation":
         from safetensors.numpy import load_file
-        arrays = load_file(str(Path(path).with_suffix(".safetensors")))
+        return cls.from_arrays(load_file(str(Path(path).with_suffix(".safetensors"))))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict) -> "PlantedPopulation":
         return cls(arrays["directions"], arrays["user_weights"], arrays.get("general"))
+
+
+def truth_files(stem) -> list[Path]:
+    """The files of a population saved at `stem` (PlantedPopulation.save): its arrays and its summary."""
+    return [Path(stem).with_suffix(".safetensors"), Path(stem).with_suffix(".json")]
+
+
+def read_truth(stem, made_by: str) -> tuple[dict, dict]:
+    """(arrays, summary) of a population saved at `stem`; an exit naming the file and `made_by` (the
+    prepare command, which rebuilds a damaged generated file) when either is missing or damaged."""
+    from safetensors.numpy import load_file
+    arrays_file, summary_file = truth_files(stem)
+    try:
+        return load_file(str(arrays_file)), json.loads(summary_file.read_text())
+    except Exception as e:
+        raise SystemExit(f"error: the planted ground truth {arrays_file} (with {summary_file.name}) is missing or "
+                         f"damaged ({type(e).__name__}); run `{made_by}` to rebuild it") from None
 
 
 def centred_within(embeddings: np.ndarray, group_sizes) -> np.ndarray:
@@ -203,17 +225,18 @@ def bayes_accuracy(comparisons: Comparisons, bayes_probability: torch.Tensor) ->
     return float(per_user[~per_user.isnan()].mean())
 
 
-def planted_accuracy(truth: Path, ids_key: str, groups: dict, users: dict) -> dict:
+def planted_accuracy(truth: Path, ids_key: str, groups: dict, users: dict, made_by: str) -> dict:
     """The offline report every train_basis.py prints: the accuracy of the planted (true) reward of every
     user on each comparison group, computed as the LoRe accuracies are (per user, then the mean over
     users), {group: mean}: the ceiling a learned reward can reach on the same comparisons. `truth`: a
     saved PlantedPopulation whose JSON lists the user ids under `ids_key` in its row order; `groups`
     {name: Comparisons}; `users` {"seen" | "unseen": [ids]} in the groups' user order (group names start
-    with "seen" or "unseen")."""
+    with "seen" or "unseen"); made_by: the command that rebuilds it (read_truth)."""
     import utils
 
-    population = PlantedPopulation.load(truth)
-    position = {u: i for i, u in enumerate(json.loads(Path(truth).with_suffix(".json").read_text())[ids_key])}
+    arrays, summary = read_truth(truth, made_by)
+    population = PlantedPopulation.from_arrays(arrays)
+    position = {u: i for i, u in enumerate(summary[ids_key])}
     out = {}
     for name, comparisons in groups.items():
         weights = population.user_weights[[position[u] for u in users["seen" if name.startswith("seen") else "unseen"]]]

@@ -298,10 +298,10 @@ def generate(out_dir: Path, seed: int = 0, n_users: int = 240, zero_fraction: fl
     return summary
 
 
-def planted_accuracy(data_path: Path, groups: dict, users: dict) -> dict:
+def planted_accuracy(data_path: Path, groups: dict, users: dict, made_by: str) -> dict:
     """{group: accuracy of the planted user rewards} (see offline.planted.planted_accuracy)."""
     from offline.planted import planted_accuracy as accuracy
-    return accuracy(Path(data_path) / GROUND_TRUTH, "user_ids", groups, users)
+    return accuracy(Path(data_path) / GROUND_TRUTH, "user_ids", groups, users, made_by)
 
 
 if __name__ == "__main__":

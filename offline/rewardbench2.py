@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 import harness
-from offline.planted import generator_version
+from offline.planted import generator_version, truth_files
 
 # Rows per subset, about a tenth of the real split's 475 / 160 / 183 / 450 / 495 / 102; Ties: row pairs.
 SUBSET_ROWS = {"Factuality": 48, "Precise IF": 16, "Math": 18, "Safety": 45, "Focus": 50}
@@ -184,10 +184,12 @@ def write(out_dir, seed: int = SEED, subset_rows: dict | None = None, ties_pairs
 def dataset_path(out_dir, seed: int = SEED, population_path=None) -> Path:
     """`out_dir/test.jsonl`, generated on first use, and again when the population it was made from
     changed (e.g. the offline PRISM data were regenerated, or appeared after a first run) or it was
-    made by another version of this generator or of the tiny model."""
+    made by another version of this generator or of the tiny model, or a file of it is damaged."""
+    from offline import readable
+
     out_dir = Path(out_dir)
     path, truth = out_dir / "test.jsonl", out_dir / "ground_truth.json"
-    if path.exists() and truth.exists():
+    if all(readable(f) for f in (path, out_dir / "planted_head.safetensors", *truth_files(truth))):
         recorded = json.loads(truth.read_text())
         if recorded.get("population_source") == population_source(population_path) and \
                 recorded.get("version") == generator_version(GENERATOR_VERSION):

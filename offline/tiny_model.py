@@ -21,6 +21,7 @@ older version is never mixed with a newer one's data.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -136,20 +137,40 @@ def build(out_dir: Path) -> Path:
     return out_dir
 
 
+# What a complete build holds (a truncated or emptied one is rebuilt: its loading error would otherwise read
+# as a hub problem)
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def _intact(folder: Path) -> bool:
+    from offline import readable
+    return all(readable(folder / name) for name in MODEL_FILES)
+
+
 def tiny_model_path() -> str:
-    """Path of the built-in tiny reward model, built on first use (atomically: a folder rename)."""
-    if not (MODEL_DIR / "config.json").exists():
+    import harness
+
+    """Path of the built-in tiny reward model, built on first use, and again when a file of it is missing
+    or damaged (atomically: a folder rename)."""
+    if not _intact(MODEL_DIR):
+        if MODEL_DIR.exists():
+            print(f"offline: the tiny model in {MODEL_DIR} is damaged (a file missing or unreadable): building it again")
         BUILD_DIR.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=BUILD_DIR, prefix=".tiny-"))
+        old = tmp.with_name(tmp.name + "-damaged")
         try:
-            build(tmp)
+            harness.umask_permissions(build(tmp))
+            if MODEL_DIR.exists() and not _intact(MODEL_DIR):
+                with contextlib.suppress(OSError):    # another process may have moved it already
+                    os.rename(MODEL_DIR, old)
             try:
                 os.rename(tmp, MODEL_DIR)
             except OSError:  # another process finished first: keep its copy
-                if not (MODEL_DIR / "config.json").exists():
+                if not _intact(MODEL_DIR):
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
     return str(MODEL_DIR)
 
 

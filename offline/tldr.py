@@ -42,6 +42,8 @@ TINY_WORKERS = [{"train": 2, "validation": 1}, {"train": 3, "validation": 2}]   
 ONE_SIDED_WORKERS = [{"train": 40, "validation": 0}, {"train": 35, "validation": 0},
                      {"train": 0, "validation": 20}]                          # lack a side: skipped
 
+GROUND_TRUTH = "ground_truth"   # .safetensors + .json beside the parquet files
+
 
 def _schema():
     import pyarrow as pa
@@ -192,15 +194,15 @@ def generate(out_dir: Path, seed: int = 0, n_workers: int = 60, train_posts: int
         "bayes_accuracy": {s: float(np.mean(list(bayes_by_worker[s].values()))) for s in HF_SPLITS},
         "bayes_accuracy_by_worker": bayes_by_worker,
     }
-    population.save(out_dir / "ground_truth", **summary)
+    population.save(out_dir / GROUND_TRUTH, **summary)
     summary["data_files"] = data_files
     return summary
 
 
-def planted_accuracy(data_path: Path, groups: dict, users: dict) -> dict:
+def planted_accuracy(data_path: Path, groups: dict, users: dict, made_by: str) -> dict:
     """{group: accuracy of the planted worker rewards} (see offline.planted.planted_accuracy)."""
     from offline.planted import planted_accuracy as accuracy
-    return accuracy(Path(data_path) / "raw" / "ground_truth", "workers", groups, users)
+    return accuracy(Path(data_path) / "raw" / GROUND_TRUTH, "workers", groups, users, made_by)
 
 
 if __name__ == "__main__":

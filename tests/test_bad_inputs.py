@@ -95,7 +95,7 @@ def test_rewardbench2_bad_heads_and_rows(tmp_path):
     for head, words in (("empty.pt", ["empty.pt", "cannot read"]), ("garbage.safetensors", ["garbage.safetensors"]),
                         ("wrong.pt", ["wrong.pt", "hidden size"])):
         refused(run("PRISM", "eval_rb2.py", "--offline", "--rm_head", tmp_path / head, "--limit", "2",
-                    "--results_dir", tmp_path / "results"), *words)
+                    "--results_dir", tmp_path / "results", "--data_dir", tmp_path / "rb2"), *words)  # not the checkout
     rows = tmp_path / "rb2.jsonl"
     rows.write_text('{"id": "0", "prompt": "p", "chosen": ["a"], "rejected": ["b"], "subset": "Math"}\n{"id": 1,\n')
     refused(run("PRISM", "eval_rb2.py", "--offline", "--dataset", rows, "--results_dir", tmp_path / "results"),

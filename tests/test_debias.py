@@ -3,6 +3,7 @@
 All offline with the built-in tiny model and a handful of generated or hand-written GSM8K rows.
 """
 import json
+import os
 
 import numpy as np
 import pytest
@@ -263,8 +264,13 @@ def test_merged_weights_exact_and_scores_match_scaled(tiny, adapter_dir):
 def test_subtract_script_saves_plain_model(tmp_path, tiny, adapter_dir):
     from debias_lora import subtract_lora
     base, tokenizer = tiny
-    out = subtract_lora.main(["--base_model", tiny_model_path(), "--lora_path", str(adapter_dir),
-                              "--lambda", "0.5", "--output_dir", str(tmp_path / "merged"), "--device", "cpu"])
+    umask = os.umask(0o022)
+    try:
+        out = subtract_lora.main(["--base_model", tiny_model_path(), "--lora_path", str(adapter_dir),
+                                  "--lambda", "0.5", "--output_dir", str(tmp_path / "merged"), "--device", "cpu"])
+    finally:
+        os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}     # save_pretrained alone: 0600 weights
     assert not (out / "adapter_config.json").exists()
     merged, tok = lora_math.load_base_model(str(out), device="cpu")
     model, _ = lora_math.load_base_model(tiny_model_path(), device="cpu")
@@ -371,10 +377,15 @@ def test_train_forget_lora_learns_the_undesired_direction(tmp_path):
     _, pairs, _ = P.build(rows, "t")
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
-    out = train_forget_lora.main([
-        "--model", tiny_model_path(), "--data", str(data), "--pair-mode", "style", "--direction", "undesired",
-        "--epochs", "3", "--learning-rate", "1e-2", "--batch-size", "6", "--max-length", "48",
-        "--output", str(tmp_path / "lora"), "--log-every", "1", "--warmup-ratio", "0"])
+    umask = os.umask(0o022)
+    try:
+        out = train_forget_lora.main([
+            "--model", tiny_model_path(), "--data", str(data), "--pair-mode", "style", "--direction", "undesired",
+            "--epochs", "3", "--learning-rate", "1e-2", "--batch-size", "6", "--max-length", "48",
+            "--output", str(tmp_path / "lora"), "--log-every", "1", "--warmup-ratio", "0"])
+    finally:
+        os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
     keys = lora_math.adapter_state_keys(out)
     assert keys and not any("score" in k for k in keys)
     args = json.loads((out / "training_args.json").read_text())

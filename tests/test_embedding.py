@@ -319,10 +319,12 @@ def test_embed_to_file_resumes_after_kill(tiny, convs, tmp_path, monkeypatch, ca
     done.clear()
     monkeypatch.setattr(embedding, "_after_shard_hook", done.append)
     capsys.readouterr()
+    import harness
+    monkeypatch.setattr(harness, "PLAIN_PROGRESS_SECONDS", 0.0)        # a line at every update (not a terminal)
     embed_to_file(model_path, convs, out, shard_size=4, batch_size=3, progress=True)
     captured = capsys.readouterr()
     assert "resuming: 1 of 3 shards done" in captured.out
-    assert "5/5" in captured.err.replace(" ", "")                    # one bar to the end, not 4/5
+    assert "5/5 (100%)" in captured.out                              # one counter to the end, not 4/5
     assert done == [1, 2]
     assert torch.equal(load_embeddings(out), ref)  # identical to the uninterrupted run
     assert embedding._metadata(out)["manifest"] == embedding._metadata(reference)["manifest"]
@@ -436,3 +438,40 @@ def test_a_head_exported_from_another_model_or_unreadable_is_replaced(tmp_path):
         load_reward_head(head_file, "python make_it.py")
     export_reward_head(model_path, head_file)
     assert load_reward_head(head_file).shape[1] == 1
+
+
+def test_conversations_longer_than_the_backbones_positions_are_truncated_and_counted(convs, tmp_path, capsys):
+    """A text longer than config.max_position_embeddings was embedded anyway (minutes, a library warning):
+    it is truncated to the positions as max_length does (BOS and the end kept), counted, printed and
+    recorded. The tiny model with 100 positions stands in for a backbone's limit."""
+    import json
+    import shutil
+    folder = tmp_path / "tiny-100"
+    shutil.copytree(tiny_model_path(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 100}))
+    model, tokenizer = load_reward_model(str(folder))
+    lengths = [len(ids) for ids in embedding.render_all_ids(tokenizer, convs)]
+    long = sum(n > 100 for n in lengths)
+    assert 0 < long < len(convs)
+    E, cut = embed_conversations(model, tokenizer, convs, return_truncated=True)
+    assert cut == long and f"warning: {long} conversation(s) longer than the backbone's 100 positions" in \
+        capsys.readouterr().err
+    assert_same_embeddings(E, embed_conversations(model, tokenizer, convs, max_length=100))
+    assert embed_conversations(model, tokenizer, convs, max_length=10, return_truncated=True)[1] == 0  # max_length cut
+    out = embed_to_file(str(folder), convs, tmp_path / "e.safetensors", shard_size=4, progress=False)
+    assert embedding._metadata(out)["truncated_to_positions"] == str(long)
+    assert_same_embeddings(load_embeddings(out), E)
+
+
+def test_embedding_progress_in_a_log_is_plain_lines(tiny, convs, tmp_path, monkeypatch, capsys):
+    """Output that is not a terminal (nohup, CI, the main job's logs) got tqdm's carriage-return bar:
+    the engine reports through harness.progress, plain periodic lines."""
+    import harness
+    monkeypatch.setattr(harness, "PLAIN_PROGRESS_SECONDS", 0.0)        # every update of this short loop prints
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    embed_conversations(*tiny, convs, batch_size=4, progress=True)
+    out, err = capsys.readouterr()
+    assert f"embedding: {len(convs)}/{len(convs)} (100%)," in out and "\r" not in out + err
+    embed_to_file(tiny_model_path(), convs, tmp_path / "e.safetensors", batch_size=4, progress=True)
+    assert f"embedding e.safetensors: {len(convs)}/{len(convs)} (100%)," in capsys.readouterr().out

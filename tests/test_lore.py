@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import harness
 import reports
 import utils
 from offline.planted import bayes_accuracy, random_population, simulate_comparisons
@@ -346,6 +347,9 @@ def test_run_regularized_returns_eight_lists_and_saves_loadable_files(tmp_path):
             assert V.shape[0] == 8 and 1 <= V.shape[1] <= K and W.shape == (20, V.shape[1])
             assert torch.equal(load_file(tmp_path / "res" / f"toy_V_lore_K_{K}_alpha_{alpha}.safetensors")["V"], V)
             assert torch.equal(load_file(tmp_path / "res" / f"toy_W_lore_seen_{K}_{alpha}.safetensors")["W"], W)
+            # W's fit record names the V it goes with (eval_rb2 --rm_weights checks it)
+            assert harness.fit_record(tmp_path / "res" / f"toy_W_lore_seen_{K}_{alpha}.pt", "")["basis_sha256"] == \
+                harness.tensor_sha256(V)
     again = utils.run_regularized(K_list, alpha_list, V_ref, *groups, 20, 10, "cpu", num_iterations=40,
                                   fewshot_iterations=20, results_dir=tmp_path / "res2", progress=False)
     assert again == out                                  # seeded: identical reruns

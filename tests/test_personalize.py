@@ -238,10 +238,10 @@ def test_export_refuses_a_path_holding_a_different_model(fitted, exported, backb
 
 
 def test_score_many_users_equals_one_user_at_a_time(files, backbone, fitted, exported):
-    rows, ids, table = personalize.score(files["responses"], fitted, backbone=backbone)
+    rows, ids, table, _ = personalize.score(files["responses"], fitted, backbone=backbone)
     assert ids == list(USERS) and table.shape == (12, len(USERS))
     for j, u in enumerate(USERS):
-        _, one_id, one = personalize.score(files["responses"], fitted, [u], backbone=backbone)
+        _, one_id, one, _ = personalize.score(files["responses"], fitted, [u], backbone=backbone)
         # the same embeddings; a column of (E @ V) @ W.T against a one-column product: a few ulps
         assert one_id == [u]
         torch.testing.assert_close(one[:, 0], table[:, j], atol=1e-6, rtol=1e-6)
@@ -251,7 +251,7 @@ def test_score_many_users_equals_one_user_at_a_time(files, backbone, fitted, exp
 
 
 def test_write_scores_table(files, backbone, fitted, tmp_path):
-    rows, ids, table = personalize.score(files["responses"], fitted, ["carol", "alice"], backbone=backbone)
+    rows, ids, table, _ = personalize.score(files["responses"], fitted, ["carol", "alice"], backbone=backbone)
     out = personalize.write_scores(rows, ids, table, tmp_path, {"seed": 0})
     lines = out.read_text().splitlines()
     assert lines[0] == "row,id,carol,alice" and len(lines) == len(rows) + 1 and lines[1].split(",")[1] == "r0"
@@ -372,6 +372,12 @@ def test_a_local_model_folder_and_the_recorded_backbone(files, tmp_path, monkeyp
     assert json.loads((folder / personalize.PERSONALIZATION_FILE).read_text())["backbone"] == tiny_model_path()
     run("--command=score", "--responses=responses.jsonl")
     assert (tmp_path / "out" / "scores.csv").read_text().splitlines()[0] == "row,id,alice,bob,carol"
+    # scores.json records what was in force, not the defaults (Skywork in bfloat16, every user as None)
+    about = json.loads((tmp_path / "out" / personalize.SCORES_JSON).read_text())
+    assert about["settings"]["model_name"] == about["backbone"] == tiny_model_path()
+    assert about["settings"]["dtype"] == about["dtype"] == "float32"
+    assert about["settings"]["users"] == about["users"] == list(USERS)
+    assert about["settings"]["basis"] == str(tmp_path / "V.pt") and about["truncated_to_positions"] == 0
 
 
 def test_demo_on_new_prism_users(files, tmp_path, monkeypatch):
@@ -411,3 +417,178 @@ def test_demo_on_new_prism_users(files, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--demo_users=0: the demo needs at least one user"):
         run_script(monkeypatch, tmp_path, "--offline", "--demo_users=0", script=demo_script)
     assert not (tmp_path / "out2").exists()
+
+
+# -----------------------------------------------------------------------------
+# nothing lost: a file is never replaced by one of other users, another basis or another fit
+
+
+def weights_file(folder, user_ids, V, **info):
+    """A user_weights.safetensors as fit writes it, for the given users (uniform weights), without a fit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / personalize.WEIGHTS_FILE
+    W = torch.full((len(user_ids), V.shape[1]), 1.0 / V.shape[1])
+    personalize.save_safetensors({"weights": W, "basis": V}, path, {
+        "user_ids": list(user_ids), "model_name": tiny_model_path(), "dtype": "float32", "basis_sha256": "0" * 64,
+        **info}, personalize.WEIGHTS_FORMAT)
+    return path
+
+
+def test_head_files_of_two_users_with_one_file_name_are_refused(files, tmp_path):
+    """'a/b' and 'a_b' both become reward_head_a_b.safetensors: the second replaced the first silently."""
+    path = weights_file(tmp_path / "w", ["a/b", "a_b", "c"], files["V"])
+    with pytest.raises(SystemExit, match=r"users 'a/b' and 'a_b' both map to the head file reward_head_a_b.safetensors"
+                                         r".*one at a time .*--user=\.\.\. --export_dir="):
+        personalize.export_heads(path, [], tmp_path / "heads")
+    assert not (tmp_path / "heads").exists()                                       # refused before any write
+    assert [p.name for p in personalize.export_heads(path, ["a/b", "c"], tmp_path / "heads")] == [
+        "reward_head_a_b.safetensors", "reward_head_c.safetensors"]
+
+
+def test_fit_refuses_to_replace_the_weights_of_other_users_basis_or_backbone(files, backbone, tmp_path):
+    """Exported folders and scores.csv name the users of the weights file they came from: a fit of other
+    users, against another basis or backbone, replaced it without asking."""
+    out = tmp_path / "out"
+    path = fit(files, backbone, out, num_iterations=5)
+    fit(files, backbone, out, num_iterations=6)                           # the same users, basis, backbone: a refit
+    saved = path.read_bytes()
+    others = write_jsonl(tmp_path / "others.jsonl", make_comparisons(per_user=2, users=("alice", "dave")))
+    with pytest.raises(SystemExit, match=r"user_weights.safetensors already holds the weights of another fit \(users "
+                                         r"added: 'dave'; users removed: 'bob', 'carol'\).*--overwrite.*--results_dir"):
+        fit(files, backbone, out, comparisons=others)
+    torch.save(files["V"] * 2, tmp_path / "V2.pt")
+    with pytest.raises(SystemExit, match=r"another fit \(basis sha256 [0-9a-f]{12}\.\.\. -> [0-9a-f]{12}\.\.\.\)"):
+        fit(files, backbone, out, basis=tmp_path / "V2.pt")
+    assert path.read_bytes() == saved                                     # refused before any work
+    weights_file(out, USERS, files["V"], model_name="another/backbone", basis_sha256=harness.file_sha256(files["basis"]))
+    with pytest.raises(SystemExit, match=r"another fit \(backbone 'another/backbone' -> "):
+        fit(files, backbone, out)
+    path.write_bytes(b"garbage")
+    with pytest.raises(SystemExit, match=r"already holds something else .*--overwrite"):
+        fit(files, backbone, out)
+    fit(files, backbone, out, comparisons=others, overwrite=True, num_iterations=5)
+    assert personalize.load_user_weights(path)["user_ids"] == ["alice", "dave"]
+
+
+def test_export_and_score_refuse_a_basis_other_than_the_weights_files(files, fitted, tmp_path, monkeypatch):
+    """--basis was silently ignored by export and score (they use the weights file's basis): another one is
+    refused naming both; the basis fitted with (or the same tensor in another file) is accepted."""
+    torch.save(files["V"] * 2, tmp_path / "V2.pt")
+    args = ("--offline", f"--weights={fitted}", "--results_dir=out")
+    for command in (["--command=export", "--user=bob"], ["--command=score", f"--responses={files['responses']}"]):
+        with pytest.raises(SystemExit, match=r"--basis=.*V2.pt \(sha256 [0-9a-f]{12}\.\.\.\) is not the basis .*"
+                                             r"user_weights.safetensors was fitted on \(.*V.pt, sha256"):
+            run_script(monkeypatch, tmp_path, *args, "--basis=V2.pt", *command)
+    assert not (tmp_path / "out").exists()
+    from safetensors.torch import save_file
+    save_file({"V": files["V"]}, str(tmp_path / "V.safetensors"))
+    for basis in (files["basis"], tmp_path / "V.safetensors"):
+        run_script(monkeypatch, tmp_path, *args, f"--basis={basis}", "--command=export", "--head_only", "--user=bob")
+
+
+def test_a_full_disk_during_fit_and_export_is_clear_and_leaves_nothing(files, fitted, backbone, tmp_path, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(safetensors.torch, "save_file", no_space)
+    with pytest.raises(SystemExit, match=r"no space left on the device while writing .*out/user_weights.safetensors"):
+        fit(files, backbone, tmp_path / "out", num_iterations=5)
+    assert list((tmp_path / "out").iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.setattr(Path, "write_text", no_space)          # user_weights.json: the weights are not left alone
+    with pytest.raises(SystemExit, match=r"no space left .*user_weights.safetensors and .*user_weights.json"):
+        fit(files, backbone, tmp_path / "out", num_iterations=5)
+    assert list((tmp_path / "out").iterdir()) == []
+    rows, ids, table, _ = personalize.score(files["responses"], fitted, backbone=backbone)
+    with pytest.raises(SystemExit, match=r"no space left .*scores.csv and .*scores.json"):   # one set, too
+        personalize.write_scores(rows, ids, table, tmp_path / "out", {})
+    assert list((tmp_path / "out").iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.setattr(backbone[0], "save_pretrained", no_space)
+    with pytest.raises(SystemExit, match=r"no space left on the device while writing .*bob_model; it was not "
+                                         r"replaced\. Free space"):
+        personalize.export_model(fitted, "bob", tmp_path / "bob_model", backbone=backbone)
+    assert list(tmp_path.iterdir()) == [tmp_path / "out"]                   # no folder, no temporary folder
+
+
+def test_numeric_user_ids_and_repeated_rows(files, backbone, tmp_path, capsys):
+    """A numeric user_id was refused as "no user_id": it is its string. A row repeating an earlier one of the
+    same user is kept (real data may repeat a judgement), warned and counted in user_weights.json."""
+    rows = make_comparisons(per_user=2, users=("alice", "7"))
+    rows[2]["user_id"] = rows[3]["user_id"] = 7                      # a JSON number
+    rows.append(dict(rows[0]))                                        # line 5 repeats line 1
+    rows.append(dict(rows[0], user_id="bob"))                         # the same pair judged by another user
+    path = fit(files, backbone, tmp_path, write_jsonl(tmp_path / "c.jsonl", rows), num_iterations=5)
+    assert "1 row(s) repeat an earlier row of the same user (same prompt, chosen and rejected), line(s) 5; kept" \
+        in capsys.readouterr().err
+    summary = json.loads((path.parent / personalize.WEIGHTS_JSON).read_text())
+    assert summary["user_ids"] == ["alice", "7", "bob"] and summary["duplicate_rows"]["count"] == 1
+    assert [u["comparisons"] for u in summary["users"]] == [3, 2, 1]
+
+
+def test_users_with_commas_are_chosen_with_a_json_list_or_a_file(files, tmp_path, monkeypatch):
+    assert personalize.parse_users(" alice, bob") == ["alice", "bob"]
+    assert personalize.parse_users('["a,b", "c", 7]') == ["a,b", "c", "7"]
+    (tmp_path / "ids.txt").write_text("a,b\n\n c \n")
+    assert personalize.parse_users(f"@{tmp_path / 'ids.txt'}") == ["a,b", "c"]
+    for bad, why in (('["a", ', "is not a JSON list of ids"), ("a,,b", "names no user, or an empty one"),
+                     (f"@{tmp_path / 'none.txt'}", r"cannot read .*none.txt \(FileNotFoundError\)")):
+        with pytest.raises(SystemExit, match=rf"--users=.* {why}; give ids as alice,bob, a JSON list"):
+            personalize.parse_users(bad)
+    weights = weights_file(tmp_path / "w", ["a,b", "c", "d"], files["V"])
+    run_script(monkeypatch, tmp_path, "--offline", "--command=score", f"--weights={weights}", "--results_dir=out",
+               f"--responses={files['responses']}", '--users=["a,b","c"]')
+    assert (tmp_path / "out" / "scores.csv").read_text().splitlines()[0] == 'row,id,"a,b",c'
+    run_script(monkeypatch, tmp_path, "--offline", "--command=score", f"--weights={weights}", "--results_dir=out",
+               f"--responses={files['responses']}", "--users=@ids.txt")
+    assert (tmp_path / "out" / "scores.csv").read_text().splitlines()[0] == 'row,id,"a,b",c'
+
+
+def test_the_model_card_recipe_gives_the_users_score_and_double_bos_does_not(files, fitted, exported, backbone,
+                                                                          tmp_path):
+    """The exported folder's README.md says whose model it is, its basis and backbone, and how to score with
+    transformers alone: its python block, run as it stands beside the folder, prints the score personalize.py
+    gives that user; rendering the template to text and tokenizing it again (a second BOS) does not."""
+    import re
+    card = (exported / personalize.MODEL_CARD).read_text()
+    record = personalize.load_user_weights(fitted)
+    assert "user 'bob'" in card and record["basis_sha256"] in card and tiny_model_path() in card
+    (code,) = re.findall(r"```python\n(.*?)```", card, flags=re.S)
+    assert f'folder = "{exported.name}"' in code
+    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=exported.parent, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reward = float(result.stdout.strip().splitlines()[-1])
+    responses = write_jsonl(tmp_path / "card.jsonl", [{"prompt": personalize.CARD_EXAMPLE[:-1],
+                                                        "response": personalize.CARD_EXAMPLE[-1]["content"]}])
+    _, _, table, _ = personalize.score(responses, fitted, ["bob"], backbone=backbone)
+    torch.testing.assert_close(torch.tensor([reward]), table[0], **LOGIT_TOL)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(exported))
+    model = AutoModelForSequenceClassification.from_pretrained(str(exported)).eval()
+    text = tokenizer.apply_chat_template(personalize.CARD_EXAMPLE, tokenize=False)
+    twice = tokenizer(text, return_tensors="pt")
+    assert (twice["input_ids"][0, :2] == tokenizer.bos_token_id).all()                     # two BOS tokens
+    with torch.no_grad():
+        assert abs(model(**twice).logits[0, 0].item() - reward) > 0.1                  # 2.27 vs 0.70 here
+
+
+def test_a_missing_or_damaged_weights_file_names_the_fit_with_the_overrides(files, fitted, tmp_path, monkeypatch,
+                                                                             capsys):
+    fit_command = "`python personalize.py --offline --results_dir=out --command=fit --comparisons=<file.jsonl>`"
+    args = ("--offline", "--results_dir=out", "--command=score", f"--responses={files['responses']}")
+    with pytest.raises(SystemExit, match=rf"out/user_weights.safetensors does not exist; run {fit_command} first"):
+        run_script(monkeypatch, tmp_path, *args)
+    (tmp_path / "out").mkdir()
+    for damage in (fitted.read_bytes()[:200], b"\x00garbage"):
+        (tmp_path / "out" / personalize.WEIGHTS_FILE).write_bytes(damage)
+        with pytest.raises(SystemExit, match=rf"user_weights.safetensors is damaged or not a file of {fit_command} "
+                                             rf"\(unreadable: SafetensorError\); run that again"):
+            run_script(monkeypatch, tmp_path, *args)
+    # a damaged train_basis.json beside the basis: not silently replaced by the defaults
+    (tmp_path / "train_basis.json").write_text('{"settings": ')
+    assert personalize.fewshot_settings(tmp_path / "V.pt") == (500, 0.5)
+    assert "cannot read the pipeline's few-shot settings from" in capsys.readouterr().err

@@ -506,3 +506,51 @@ def test_cli_end_to_end_on_a_generated_file(data, tmp_path, capsys):
         eval_rb2.main(["--offline", "--dataset", str(data), "--rm_head", str(tmp_path / "bad.pt")])
     with pytest.raises(SystemExit, match="needs --rm_head"):
         eval_rb2.main(["--offline", "--mode", "lmhead"])
+
+
+
+def test_rm_weights_of_another_fit_are_refused_before_any_model_load(data, tmp_path, monkeypatch):
+    """--rm_head V (alpha 1e4) --rm_weights W (alpha 0) scored a head that no fit made and overwrote the right
+    result file. W's record names its V by the tensor's sha256; records without it must equal V's; a missing
+    record is named with the command that writes it again. All before the model is loaded."""
+    sys.path.insert(0, str(ROOT / "PRISM"))
+    import eval_rb2
+    g = torch.Generator().manual_seed(0)
+    for alpha in (0.0, 10000.0):                     # as the sweep writes them (tests/test_lore.py checks that)
+        V, W = torch.randn(128, 2, generator=g), torch.softmax(torch.randn(5, 2, generator=g), 1)
+        record = {"K": 2, "alpha": alpha, "seed": 0}
+        harness.save_tensor(tmp_path / f"PRISM_V_lore_K_2_alpha_{alpha}.pt", V, "V", record)
+        harness.save_tensor(tmp_path / f"PRISM_W_lore_seen_2_{alpha}.pt", W, "W",
+                           {**record, "basis_sha256": harness.tensor_sha256(V)})
+    V4, W4, W0 = (tmp_path / n for n in ("PRISM_V_lore_K_2_alpha_10000.0.pt", "PRISM_W_lore_seen_2_10000.0.pt",
+                                         "PRISM_W_lore_seen_2_0.0.pt"))
+    results = tmp_path / "results"
+    loaded = []
+    monkeypatch.setattr(rb2, "load_scoring_model", lambda *a, real=rb2.load_scoring_model, **k:
+                        loaded.append(a) or real(*a, **k))
+
+    def evaluate(head, weights):
+        return eval_rb2.main(["--offline", "--dataset", str(data), "--rm_head", str(head), "--rm_weights",
+                              str(weights), "--results_dir", str(results), "--batch_size", "32"])
+
+    with pytest.raises(SystemExit, match=r"PRISM_W_lore_seen_2_0.0.pt was fitted with another basis than .*"
+                                         r"PRISM_V_lore_K_2_alpha_10000.0.pt .*give the W file of the same fit"):
+        evaluate(V4, W0)
+    with pytest.raises(SystemExit, match=r"fitted with another basis"):          # nor is offline data made first
+        eval_rb2.main(["--offline", "--data_dir", str(tmp_path / "rb2"), "--rm_head", str(V4), "--rm_weights", str(W0),
+                       "--results_dir", str(results)])
+    assert not (tmp_path / "rb2").exists()
+    harness.save_tensor(W0, torch.load(W0, weights_only=True), "W", {"K": 2, "alpha": 0.0, "seed": 0})   # older file
+    with pytest.raises(SystemExit, match=r"come from different fits \(alpha: 10000.0 \(V\) vs 0.0 \(W\)\)"):
+        evaluate(V4, W0)
+    W0.with_suffix(".safetensors").unlink()
+    with pytest.raises(SystemExit, match=rf"PRISM_W_lore_seen_2_0.0.safetensors is missing: .*run `python "
+                                         rf"train_basis.py --offline --results_dir={results}`"):
+        evaluate(V4, W0)
+    W0.write_bytes(b"\x00garbage")
+    with pytest.raises(SystemExit, match=r"cannot read the --rm_weights file .*PRISM_W_lore_seen_2_0.0.pt"):
+        evaluate(V4, W0)
+    assert loaded == [] and not results.exists()
+    # the right pair, the head given as the .safetensors twin: the same tensor, the same hash
+    report = evaluate(V4.with_suffix(".safetensors"), W4)
+    assert len(loaded) == 1 and report["n_heads"] == 1

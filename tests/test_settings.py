@@ -50,11 +50,26 @@ def test_a_single_capital_is_a_setting_and_an_upper_case_name_a_constant():
     ("--num_iterations=0", "at least 1"),
     ("--device=cuda:99", "use --device=cpu"),
     ("--device=gpu", "not a device"),
+    ("--max_length=1", "must be at least 2 (the BOS token and at least one token"),   # before any model load
 ])
 def test_bad_settings_are_refused_with_a_message(arg, message):
     with pytest.raises(harness.SettingsError) as err:
         harness.configure(settings(), [arg])
     assert message in str(err.value)
+
+
+def test_argparse_scripts_get_the_same_range_checks():
+    """eval_rb2.py and the debias scripts keep argparse command lines: harness.cli_args checks the values
+    given as configure does, before any work (--max_length 1 failed with a ValueError after the model load)."""
+    import argparse
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--max_length", type=int, default=2048)
+    parser.add_argument("--batch_size", type=int, default=8)
+    assert harness.cli_args(parser, ["--max_length", "2"]).max_length == 2
+    for args, message in ((["--max_length", "1"], "--max_length=1: must be at least 2"),
+                          (["--batch_size", "0"], "--batch_size=0: must be at least 1")):
+        with pytest.raises(harness.SettingsError, match=message):
+            harness.cli_args(parser, args)
 
 
 def test_a_none_default_without_a_declared_type_is_a_developer_error():
