@@ -120,6 +120,16 @@ class Comparisons:
         return out
 
     @classmethod
+    def by_user(cls, row_user_ids, user_ids, table, chosen, rejected) -> "Comparisons":
+        """Rows given with their users' ids (`row_user_ids` [N], each in `user_ids`), user i the i-th of
+        `user_ids`; the rows grouped by user, in row order within a user (a stable sort)."""
+        position = {u: i for i, u in enumerate(user_ids)}
+        users = torch.tensor([position[u] for u in row_user_ids], dtype=torch.long)
+        order = torch.argsort(users, stable=True)
+        return cls(users[order], len(position), table, torch.as_tensor(chosen)[order],
+                   torch.as_tensor(rejected)[order])
+
+    @classmethod
     def from_user_list(cls, user_tensors) -> "Comparisons":
         """The original's format, a list of per-user feature tensors [m_i, d], as one set."""
         if isinstance(user_tensors, torch.Tensor) or not hasattr(user_tensors, "__len__") or not len(user_tensors):

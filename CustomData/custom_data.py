@@ -644,14 +644,10 @@ def user_groups(data_path: Path, prepare_command: str, embed_command: str):
     table, V_ref = embedding.load_embedded(data_path, conversations, embed_command)
     groups = {}
     for name, (seen, split) in GROUPS.items():
-        position = {u: i for i, u in enumerate(users["seen" if seen else "unseen"])}
-        picked = [i for i, r in enumerate(rows[split]) if bool(r["seen"]) == seen]
-        user_index = torch.tensor([position[rows[split][i]["user_id"]] for i in picked], dtype=torch.long)
-        order = torch.argsort(user_index, stable=True)
-        rows_in_order = torch.tensor(picked, dtype=torch.long)[order]
-        groups[name] = utils.Comparisons(user_index[order], len(position), table,
-                                         index[f"{split}_chosen"][rows_in_order],
-                                         index[f"{split}_rejected"][rows_in_order])
+        picked = torch.tensor([i for i, r in enumerate(rows[split]) if bool(r["seen"]) == seen], dtype=torch.long)
+        groups[name] = utils.Comparisons.by_user([rows[split][i]["user_id"] for i in picked.tolist()],
+                                                 users["seen" if seen else "unseen"], table,
+                                                 index[f"{split}_chosen"][picked], index[f"{split}_rejected"][picked])
     counts = {k: summary.get(k) for k in ("input", "rows_read", "comparisons_read", "rows_dropped", "users",
                                           "comparisons")}
     return groups, users, V_ref, counts

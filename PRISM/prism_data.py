@@ -439,16 +439,12 @@ def user_groups(data_path: Path, prepare_command: str, embed_command: str):
     table, V_ref = embedding.load_embedded(data_path, conversations, embed_command)
     groups = {}
     for name, (seen, split) in GROUPS.items():
-        position = {u: i for i, u in enumerate(users["seen" if seen else "unseen"])}
-        picked = [i for i, r in enumerate(rows[split]) if bool(r["seen"]) == seen]
-        strangers = {rows[split][i]["user_id"] for i in picked} - set(position)
+        picked = torch.tensor([i for i, r in enumerate(rows[split]) if bool(r["seen"]) == seen], dtype=torch.long)
+        row_users = [rows[split][i]["user_id"] for i in picked.tolist()]
+        strangers = set(row_users) - set(users["seen" if seen else "unseen"])
         if strangers:
             raise SystemExit(f"error: {COMPARISONS_FILE.format(split=split)} has users outside {SPLIT_FILE} "
                              f"({sorted(strangers)[:3]}); run `{prepare_command}`")
-        user_index = torch.tensor([position[rows[split][i]["user_id"]] for i in picked], dtype=torch.long)
-        order = torch.argsort(user_index, stable=True)          # rows grouped by user, in row order
-        rows_in_order = torch.tensor(picked, dtype=torch.long)[order]
-        groups[name] = utils.Comparisons(user_index[order], len(position), table,
-                                         index[f"{split}_chosen"][rows_in_order],
-                                         index[f"{split}_rejected"][rows_in_order])
+        groups[name] = utils.Comparisons.by_user(row_users, users["seen" if seen else "unseen"], table,
+                                                 index[f"{split}_chosen"][picked], index[f"{split}_rejected"][picked])
     return groups, users, V_ref
