@@ -1036,6 +1036,9 @@ def evaluate_methods(methods, groups: dict, seeds=(0,), *, V_ref=None, grid=None
                             "per_seed": per_seed,
                             "counts": utils.group_counts(groups),
                             "parameters": first.parameter_counts(groups["seen_train"].n_users),
+                            # seeds may select different K / widths: each seed's counts (the table shows all)
+                            "parameters_per_seed": [m.parameter_counts(groups["seen_train"].n_users)
+                                                    for m in models],
                             "hyperparameters": {**first.hyper, **({"K": first.K} if first.uses_K else {})},
                             "optimizer_steps": [m.optimizer_steps for m in models], "selected_on": selected_on,
                             "selection": [m.selection if first.uses_K else None for m in models],

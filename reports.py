@@ -376,6 +376,12 @@ def lore_parameter_counts(d: int, B: int, n_users: int) -> dict:
             "note": f"LoRe: basis V [d, {B}]; per user {B} simplex weights"}
 
 
+def parameter_cell(row: dict, key: str) -> str:
+    """A paper-table row's parameter count; "a/b" when its seeds selected models of different sizes."""
+    counts = [p[key] for p in row.get("parameters_per_seed") or [row["parameters"]]]
+    return "/".join(f"{int(c):,}" for c in dict.fromkeys(counts))
+
+
 def paper_row(method: str, per_seed: list, counts: dict, parameters: dict, *, K=None, seeds=None,
               hyperparameters=None, seconds=None, label: str | None = None, reference=None, **details) -> dict:
     """One row of the paper table (every row uses it: LoRe's, the reference's and the baselines').
@@ -489,7 +495,7 @@ def save_paper_table(results_dir, name: str, rows: list[dict], settings: dict, e
             entry = row["groups"].get(group)
             cells.append((percent(entry["mean"], entry["std"]) + markers[entry["std_over"]]) if entry else "n/a")
         cells += [gain_cell(row["groups"].get(group, {}).get("gain_vs_ref")) for group in TABLE_GROUPS]
-        cells += [f"{row['parameters']['per_user']:,}", f"{row['parameters']['total']:,}"]
+        cells += [parameter_cell(row, "per_user"), parameter_cell(row, "total")]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = sorted({s for row in rows for s in row.get("seeds", [])})
     if std_over == {"seeds"}:

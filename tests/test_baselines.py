@@ -389,6 +389,10 @@ def test_evaluate_methods_two_seeds_gives_mean_and_std_over_seeds(tmp_path):
     payload = json.loads(paths["json"].read_text())
     assert payload["counts"]["unseen_test"] == {"users": 6, "comparisons": 48}
     assert [r["label"] for r in payload["rows"]] == ["LoRe (K = 3)", "PAL (K = 2, chosen on validation)"]
+    # seeds that selected models of different sizes: the table shows every seed's count, not the first's
+    mixed = dict(row, parameters_per_seed=[{"per_user": 2, "total": 50}, {"per_user": 8, "total": 110}])
+    assert "| 2/8 | 50/110 |" in reports.save_paper_table(tmp_path, "mixed", [mixed], {"seed": 0})[
+        "markdown"].read_text()
     # a row computed on other comparisons is refused
     fewer = dict(groups, unseen_test=groups["unseen_test"].select(torch.arange(40)))
     other = reports.paper_row("ref", [{"seen_test": np.array([0.5]), "unseen_test": np.array([0.5])}],
