@@ -437,10 +437,12 @@ def lore_rows(records: list, alpha) -> list[dict]:
     (choose_K; left out when that is K = 1), each over the records' seeds, with their gains over ref."""
     chosen = choose_K(records, alpha)
     rows = []
-    for K, label in ((0, "ref (the backbone's head)"), (1, "K = 1 (one Bradley-Terry reward)"),
-                     (chosen, f"LoRe (K = {chosen}, chosen on seen users)")):
+    candidates = [(0, "ref (the backbone's head)"), (1, "K = 1 (one Bradley-Terry reward)")]
+    if chosen != 1:     # a LoRe that chose K = 1 is the K = 1 row
+        candidates.append((chosen, f"LoRe (K = {chosen}, chosen on seen users)"))
+    for K, label in candidates:
         runs = [r for r in records if r["alpha"] == alpha and r["K"] == K]
-        if K is None or not runs or (K == chosen and K == 1):
+        if K is None or not runs:
             continue
         n_seen = len(runs[0]["per_user"]["seen_train"])
         rows.append(paper_row("LoRe", [r["per_user"] for r in runs],

@@ -150,3 +150,17 @@ def test_heterogeneous_users_gain_over_another_users_weights():
     row = reports.summarize(sweep(population, seed=1))[-1]
     assert evidence.verdict(row["unseen_test"]["gain_vs_other"]) == evidence.GAIN
     assert row["unseen_test"]["gain_vs_other"]["ci95"][0] > 5.0
+
+
+@pytest.mark.parametrize("best_K, labels", [
+    (1, ["ref (the backbone's head)", "K = 1 (one Bradley-Terry reward)"]),
+    (2, ["ref (the backbone's head)", "K = 1 (one Bradley-Terry reward)", "LoRe (K = 2, chosen on seen users)"])])
+def test_paper_table_keeps_the_K1_row_when_lore_chose_K1(best_K, labels):
+    """The K = 1 row is always there; LoRe's row is added only when it chose another K (it was once
+    dropped together with the K = 1 row when LoRe chose K = 1)."""
+    counts = {"users": 2, "comparisons": 4}
+    records = [{"alpha": 0.0, "K": K, "seed": 0, "d": 4, "basis_size": K,
+                "per_user": {g: np.array([0.5, 0.6 + 0.1 * (K == best_K)]) for g in reports.GROUP_NAMES},
+                "groups": {g: {"mean": 0.55 + 0.05 * (K == best_K), **counts} for g in reports.GROUP_NAMES}}
+               for K in (0, 1, 2)]
+    assert [row["label"] for row in reports.lore_rows(records, 0.0)] == labels
