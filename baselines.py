@@ -867,6 +867,22 @@ VALIDATION_FRACTION = 0.1     # PAL's held-out share of the training comparisons
 MIN_VALIDATION_USER = 5       # a user with fewer training comparisons keeps them all for training
 
 
+def selection_grid(grid: dict | None = None) -> dict:
+    """PAL's selection grid: PAL_GRID with the keys `grid` gives replaced ({"K": [2]} keeps the default
+    widths), checked: only K and d_pref, each a non-empty list of positive integers, else a SettingsError."""
+    grid = {} if grid is None else grid
+    if not isinstance(grid, dict) or set(grid) - set(PAL_GRID):
+        raise harness.SettingsError(f"error: PAL's grid takes {{{', '.join(map(repr, PAL_GRID))}}} (each a list of "
+                                    f"positive integers), got {grid!r}")
+    merged = {**PAL_GRID, **grid}
+    for name, values in merged.items():
+        if (not isinstance(values, (list, tuple)) or not values
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)):
+            raise harness.SettingsError(f"error: PAL's grid {name!r} must be a non-empty list of positive integers, "
+                                        f"got {values!r}")
+    return {name: tuple(values) for name, values in merged.items()}
+
+
 def check_methods(methods, hyper: dict | None = None) -> list[str]:
     """The method names, checked: an unknown one is a SettingsError that lists the known ones; so is a
     hyperparameter in `hyper` ({method: {name: value}}) for a method not run or unknown to its method."""
@@ -888,6 +904,8 @@ def check_methods(methods, hyper: dict | None = None) -> list[str]:
         if unknown:
             raise harness.SettingsError(f"error: unknown hyperparameter(s) {', '.join(unknown)} for {method}; known: "
                                         f"{', '.join(sorted(METHODS[method].DEFAULTS))}")
+        if "grid" in values:
+            selection_grid(values["grid"])
     return methods
 
 
@@ -934,10 +952,10 @@ def validation_split(train: utils.Comparisons, seed: int, fraction: float = VALI
 def fit_selected(method: str, train: utils.Comparisons, *, seed: int, grid: dict | None = None, device=None,
                  dtype=None, progress=False, anchor=None, **hyper) -> _Baseline:
     """PAL (or PAL-A) with the code's model selection: a validation split of `train` (validation_split),
-    every (K, d_pref) of `grid` (default PAL_GRID) trained on the rest with its best epoch kept, and the
-    candidate with the lowest validation loss returned; its `selection` records the grid, every
-    candidate's loss and epoch, and the choice."""
-    grid = dict(PAL_GRID if grid is None else grid)
+    every (K, d_pref) of `grid` (selection_grid: PAL_GRID, the keys given replaced) trained on the rest
+    with its best epoch kept, and the candidate with the lowest validation loss returned; its `selection`
+    records the grid, every candidate's loss and epoch, and the choice."""
+    grid = selection_grid(grid)
     fit_part, valid = validation_split(train, utils.derived_seed(seed, 7))
     if valid.N == 0:
         raise SystemExit(f"error: no seen user has {MIN_VALIDATION_USER} or more training comparisons, so {method} "
@@ -1027,7 +1045,7 @@ def evaluate_methods(methods, groups: dict, seeds=(0,), *, V_ref=None, grid=None
             first = models[0]
             selected_on = (f"validation: {VALIDATION_FRACTION:.0%} of each seen user's training comparisons (users "
                            f"with >= {MIN_VALIDATION_USER}), seeded per seed; the epoch, K and d_pref with the lowest "
-                           f"validation loss over the grid {dict(PAL_GRID if method_grid is None else method_grid)}"
+                           f"validation loss over the grid {selection_grid(method_grid)}"
                            if METHODS[method].uses_K else
                            "nothing: the cited trainer keeps the last step (no validation split, no checkpoint choice)")
             chosen_K = "/".join(str(k) for k in dict.fromkeys(m.K for m in models))

@@ -422,6 +422,17 @@ def test_unknown_method_lists_the_known_ones():
         baselines.fit("PAL", groups["seen_train"])
 
 
+def test_pal_grid_given_in_part_keeps_the_other_defaults_and_a_bad_one_is_refused_before_any_work():
+    assert baselines.selection_grid({"K": [2]}) == {"K": (2,), "d_pref": baselines.PAL_GRID["d_pref"]}
+    assert baselines.selection_grid(None) == baselines.PAL_GRID
+    for bad in ({"k": [2]}, {"K": []}, {"K": [0]}, {"d_pref": [1.5]}, {"K": 2}, [2]):
+        with pytest.raises(harness.SettingsError, match="PAL's grid"):
+            baselines.check_methods(["PAL"], {"PAL": {"grid": bad}})
+    groups = planted_population(8, 4, 20, 5, 6, 6, seed=2)    # a partial grid: a K from it, d_pref from PAL_GRID
+    model = baselines.fit_selected("PAL", groups["seen_train"], seed=0, grid={"K": [2]}, epochs=1)
+    assert model.K == 2 and [c["d_pref"] for c in model.selection["candidates"]] == [6]   # widths capped at d = 6
+
+
 def test_baseline_without_unseen_users_says_what_is_missing():
     groups = planted_population(4, 3, 4, 4, 4, 4)
     d = groups["seen_train"].d

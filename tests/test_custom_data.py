@@ -392,9 +392,12 @@ def test_folder_runs_end_to_end_on_the_generated_population(tmp_path):
     for name in ("train_basis.md", "generalization_accuracy_vs_rank_lore_alpha_0.0.png", "vary_fewshot.md",
                  "fewshot_accuracy_vs_shots.png", "Custom_V_lore_K_3_alpha_0.0.pt"):
         assert (results / name).exists(), name
-    # the paper table beside LoRe, every method on the same comparisons
+    # the paper table beside LoRe, every method on the same comparisons (VPL narrower and PAL's grid one K, as
+    # in test_tldr.py: the table's shape is what is checked here, the cited values in test_baselines.py)
     run_step("train_basis.py", *common, "--K_list=[0,1,3]", "--num_iterations=100", "--fewshot_iterations=50",
-             "--seeds=2", "--baselines=['PAL','VPL']", f"--results_dir={tmp_path / 'comparison'}", cwd=tmp_path)
+             "--seeds=2", "--baselines=['PAL','VPL']", f"--results_dir={tmp_path / 'comparison'}",
+             '--baseline_settings={"VPL": {"hidden_dim": 64, "latent_dim": 64}, "PAL": {"grid": {"K": [2]}}}',
+             cwd=tmp_path)
     paper = json.loads((tmp_path / "comparison" / "paper_table.json").read_text())
     assert [row["method"] for row in paper["rows"]][-4:] == ["PAL", "PAL+ref", "VPL", "VPL+ref"]
     assert paper["seeds"] == [0, 1] and all(row["optimizer_steps"] for row in paper["rows"][-4:])
