@@ -904,9 +904,31 @@ def check_methods(methods, hyper: dict | None = None) -> list[str]:
         if unknown:
             raise harness.SettingsError(f"error: unknown hyperparameter(s) {', '.join(unknown)} for {method}; known: "
                                         f"{', '.join(sorted(METHODS[method].DEFAULTS))}")
-        if "grid" in values:
-            selection_grid(values["grid"])
+        _check_values(method, values)
     return methods
+
+
+def _check_values(method: str, values: dict) -> None:
+    """Each hyperparameter value of the kind its default is (sizes and counts: integers >= 1, None where
+    the default is None; rates and weights: finite numbers >= 0; names: text), and the names among the
+    method's choices (a throwaway model is built on d = 2), so a bad value stops a run before any fit."""
+    for name, value in values.items():
+        if name == "grid":
+            selection_grid(value)
+            continue
+        default = METHODS[method].DEFAULTS[name]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if isinstance(default, str):
+            ok, kind = isinstance(value, str), "text"
+        elif default is None or isinstance(default, int):
+            ok = (value is None and default is None) or (isinstance(value, int) and not isinstance(value, bool)
+                                                         and value >= 1)
+            kind = "an integer >= 1" + (" or null" if default is None else "")
+        else:
+            ok, kind = number and math.isfinite(value) and value >= 0, "a finite number >= 0"
+        if not ok:
+            raise harness.SettingsError(f"error: {method}'s {name} must be {kind}, got {value!r}")
+    build(method, 2, 1, K=1, device="cpu", **{k: v for k, v in values.items() if k != "grid"})
 
 
 def build(method: str, d: int, n_users: int, *, K=None, seed=0, device=None, dtype=torch.float32,

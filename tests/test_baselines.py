@@ -433,6 +433,20 @@ def test_pal_grid_given_in_part_keeps_the_other_defaults_and_a_bad_one_is_refuse
     assert model.K == 2 and [c["d_pref"] for c in model.selection["candidates"]] == [6]   # widths capped at d = 6
 
 
+@pytest.mark.parametrize("method, values, message", [
+    ("VPL", {"hidden_dim": -1}, "hidden_dim must be an integer >= 1, got -1"),
+    ("VPL", {"latent_dim": "64"}, "latent_dim must be an integer >= 1"),
+    ("PAL", {"epochs": 0}, "epochs must be an integer >= 1"),
+    ("PAL", {"max_steps": 2.5}, "max_steps must be an integer >= 1 or null"),
+    ("VPL", {"learning_rate": float("nan")}, "learning_rate must be a finite number >= 0"),
+    ("PAL", {"activation": "tanh"}, "activation must be one of"),
+])
+def test_a_bad_hyperparameter_value_is_refused_by_check_methods(method, values, message):
+    with pytest.raises(harness.SettingsError, match=message):     # before any fit: a run stops at once
+        baselines.check_methods([method], {method: values})
+    baselines.check_methods([method], {method: {"max_steps": None, "batch_size": 16}})   # good values pass
+
+
 def test_baseline_without_unseen_users_says_what_is_missing():
     groups = planted_population(4, 3, 4, 4, 4, 4)
     d = groups["seen_train"].d
