@@ -140,7 +140,7 @@ def load_reward_model(model_name: str, dtype: str = "float32", attn_implementati
     """
     from transformers import AutoModelForSequenceClassification
 
-    device = str(device or str(utils.get_device()))
+    device = str(device or utils.get_device())
     kwargs = dict(num_labels=1, dtype=_torch_dtype(dtype))
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
@@ -636,7 +636,7 @@ def export_reward_head(model, path, *, dtype: str = "float32", attn_implementati
             current = None           # unreadable: export again
         if current != name or not isinstance(model, (str, Path)):
             if isinstance(model, (str, Path)):
-                model = _cached_reward_model(name, dtype, attn_implementation, str(device or str(utils.get_device())))[0]
+                model = _cached_reward_model(name, dtype, attn_implementation, str(device or utils.get_device()))[0]
             head = _parts(model)[1]
             tensors = {"reward_head": reward_head(model)}
             if getattr(head, "bias", None) is not None:
@@ -765,7 +765,7 @@ def embed_to_file(model_name: str, conversations: Sequence, out_path, *, dtype: 
         "truncation_side": truncation_side, "shard_size": shard_size, "count": n,
         "conversations_sha256": conversations_sha256(conversations),
     }
-    device = str(device or (state.device if state.num_processes > 1 else str(utils.get_device())))
+    device = str(device or (state.device if state.num_processes > 1 else utils.get_device()))
     refuse = "Run again with --overwrite=True to replace it, or with the settings that made it."
     if out_path.exists():
         try:

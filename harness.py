@@ -606,11 +606,10 @@ def hold_lock(folder, name: str) -> Path:
     """Take `folder/.{name}.lock` for this process until it exits, or exit naming the run that holds it
     (its pid, command and start). A lock whose process is gone (a killed run) is taken over."""
     import atexit
-    import socket as _socket
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / f".{name}.lock"
-    me = {"pid": os.getpid(), "host": _socket.gethostname(), "command": " ".join(sys.argv),
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
           "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     for _ in range(2):
         try:

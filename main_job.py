@@ -163,11 +163,11 @@ def findings(results: Path, since: float) -> list[str]:
         lines.append(f"- {name} (alpha = {alpha:g}), new users: ref {100 * rows[0]['unseen_test']['mean']:.1f}%, LoRe at "
                      f"K = {K} (chosen on seen users) {100 * new['mean']:.1f}%"
                      + (f", planted rate {100 * planted:.1f}%" if planted else "") + f". Paired per user: {gains}.")
-        d = rows[K]
-        if "numerical_rank" in d:
-            lines.append(f"  Its basis: {rows[K]['basis_size']} columns, numerical rank {d['numerical_rank']}, cos to the "
-                         f"head {d['mean_cos_ref']:.5f} on average, {d['bases_used']} column(s) some seen user's largest "
-                         f"weight.")
+        chosen = rows[K]
+        if "numerical_rank" in chosen:
+            lines.append(f"  Its basis: {chosen['basis_size']} columns, numerical rank {chosen['numerical_rank']}, cos to "
+                         f"the head {chosen['mean_cos_ref']:.5f} on average, {chosen['bases_used']} column(s) some seen "
+                         f"user's largest weight.")
     for folder, name in (("PRISM", "PRISM"), ("RedditTLDR", "Reddit TLDR"), ("PersonalLLM", "PersonalLLM"),
                          ("CustomData", "Your own population")):
         table = load(f"{folder}/paper_table.json")

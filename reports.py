@@ -15,7 +15,7 @@ import numpy as np
 
 import evidence
 import utils
-from harness import atomic_path, write_json_atomic, write_text_atomic
+from harness import atomic_path, atomic_paths, json_text
 from utils import GROUP_NAMES, STD_BAND_FACTOR, choose_K, derived_seed, mean_and_std
 
 GROUP_LABELS = {"seen_train": "seen users: train", "seen_test": "seen users: unseen prompts",
@@ -36,6 +36,16 @@ def rank_label(K) -> str:
 
 def _ordered(values) -> list:
     return list(dict.fromkeys(values))
+
+
+def _write_json_and_markdown(results_dir: Path, name: str, payload: dict, markdown_lines: list[str]):
+    """`<name>.json` and `<name>.md` in results_dir, written as one set (neither replaces its file until both
+    are written: a table never describes another run than the JSON beside it). Returns their paths."""
+    json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
+    with atomic_paths(json_path, md_path) as (json_tmp, md_tmp):
+        json_tmp.write_text(json_text(payload), encoding="utf-8")
+        md_tmp.write_text("\n".join(markdown_lines) + "\n", encoding="utf-8")
+    return json_path, md_path
 
 
 # =============================================================================
@@ -161,11 +171,11 @@ def _evidence_tables(rows: list) -> list[str]:
               "| K | columns | numerical rank | s2/s1 | mean abs cos between columns | cos to V_ref (mean / min) | "
               "bases used | mean top weight | weight entropy / ln B |", "|---" * 9 + "|"]
     for row in fitted:
-        d = row
-        ref = "-" if d["mean_cos_ref"] is None else f"{d['mean_cos_ref']:.5f} / {d['min_cos_ref']:.5f}"
-        lines.append(f"| {row['K']} | {row['basis_size']} | {d['numerical_rank']} | {_number(d['s2_s1'])} | "
-                     f"{_number(d['mean_abs_basis_cos'])} | {ref} | {d['bases_used']} | {d['mean_top1_weight']:.3f} | "
-                     f"{d['mean_weight_entropy']:.3f} / {d['max_weight_entropy']:.3f} |")
+        ref = "-" if row["mean_cos_ref"] is None else f"{row['mean_cos_ref']:.5f} / {row['min_cos_ref']:.5f}"
+        lines.append(f"| {row['K']} | {row['basis_size']} | {row['numerical_rank']} | {_number(row['s2_s1'])} | "
+                     f"{_number(row['mean_abs_basis_cos'])} | {ref} | {row['bases_used']} | "
+                     f"{row['mean_top1_weight']:.3f} | {row['mean_weight_entropy']:.3f} / "
+                     f"{row['max_weight_entropy']:.3f} |")
     return lines + [""]
 
 
@@ -224,9 +234,7 @@ def save_results(results_dir, name, settings, records, *, plot_name=None, title=
                "alpha_list": alpha_list, "std_band_factor": STD_BAND_FACTOR, "std_over": over, "results": rows,
                "K_chosen_on_seen_users": {str(a): k for a, k in chosen.items()},
                **({"methods": list(methods)} if methods else {}), **(extra or {})}
-    json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
-    write_json_atomic(json_path, payload)
-    write_text_atomic(md_path, "\n".join(markdown) + "\n")
+    json_path, md_path = _write_json_and_markdown(results_dir, name, payload, markdown)
     plots = []
     for alpha in alpha_list:
         section = [r for r in rows if r["alpha"] == alpha]
@@ -320,9 +328,7 @@ def save_fewshot_results(results_dir, name, settings, num_shots, K_list, alpha_l
     payload = {"name": name, "settings": settings, "seed": settings.get("seed"), "num_shots": num_shots,
                "K_list": K_list, "alpha_list": alpha_list, "capped_shots": sorted(capped), "results": rows,
                **(extra or {})}
-    json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
-    write_json_atomic(json_path, payload)
-    write_text_atomic(md_path, "\n".join(markdown) + "\n")
+    json_path, md_path = _write_json_and_markdown(results_dir, name, payload, markdown)
     plot_path = results_dir / (plot_name or f"{name}.png")
     _plot_lines(plot_path, [f"{s}*" if s in capped else str(s) for s in num_shots], lines,
                 xlabel="shots per unseen user" + (" (* capped: the whole pool)" if capped else ""),
@@ -438,11 +444,11 @@ def lore_rows(records: list, alpha) -> list[dict]:
     chosen = choose_K(records, alpha)
     rows = []
     candidates = [(0, "ref (the backbone's head)"), (1, "K = 1 (one Bradley-Terry reward)")]
-    if chosen != 1:     # a LoRe that chose K = 1 is the K = 1 row
+    if chosen not in (None, 1):     # a LoRe that chose K = 1 is the K = 1 row; None: no K >= 1 was fitted
         candidates.append((chosen, f"LoRe (K = {chosen}, chosen on seen users)"))
     for K, label in candidates:
         runs = [r for r in records if r["alpha"] == alpha and r["K"] == K]
-        if K is None or not runs:
+        if not runs:
             continue
         n_seen = len(runs[0]["per_user"]["seen_train"])
         rows.append(paper_row("LoRe", [r["per_user"] for r in runs],
@@ -518,7 +524,5 @@ def save_paper_table(results_dir, name: str, rows: list[dict], settings: dict, e
                "columns": {"accuracy": {g: GROUP_LABELS[g] for g in TABLE_GROUPS},
                            "parameters": ["per_user", "total"]},
                "std_over": sorted(std_over), "counts": counts, "rows": rows, **(extra or {})}
-    json_path, md_path = results_dir / f"{name}.json", results_dir / f"{name}.md"
-    write_json_atomic(json_path, payload)
-    write_text_atomic(md_path, "\n".join(lines) + "\n")
+    json_path, md_path = _write_json_and_markdown(results_dir, name, payload, lines)
     return {"json": json_path, "markdown": md_path}

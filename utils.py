@@ -601,7 +601,7 @@ def _sweep(fit, fit_settings, K_list, alpha_list, V_ref, groups, N, N_unseen, de
                 for alpha, K in grid}
         scoring = {"fewshot_iterations": int(fewshot_iterations), "fewshot_learning_rate": float(fewshot_learning_rate),
                    "groups_sha256": _groups_fingerprint(prepared),
-                   "V_ref": None if V_ref is None else hashlib.sha256(V_ref.cpu().numpy().tobytes()).hexdigest()}
+                   "V_ref": None if V_ref is None else harness.tensor_sha256(V_ref)}
         identity = {key: {**fit, **scoring} for key, fit in fits.items()}
     if results_dir is not None:       # before any fit: a saved basis of another fit is hours of work
         harness.refuse_other_fits({Path(results_dir) / lore_file_names(dataset_name, K, alpha)[0]: fit
@@ -622,14 +622,12 @@ def _sweep(fit, fit_settings, K_list, alpha_list, V_ref, groups, N, N_unseen, de
         else:
             weights_unseen = _few_shot_weights(train_unseen, V, fewshot_iterations, fewshot_learning_rate,
                                                seed=derived_seed(seed, 1), progress=show_progress)
-        scored = zip(GROUP_NAMES, (train, test, train_unseen, test_unseen),
-                     (weights_seen, weights_seen, weights_unseen, weights_unseen))
+        scored = zip(GROUP_NAMES, prepared, (weights_seen, weights_seen, weights_unseen, weights_unseen))
         per_user = {name: per_user_accuracy(group, V, weights) for name, group, weights in scored}
         cosine = None if V_ref is None else (F.normalize(V, dim=0) * F.normalize(V_ref, dim=0)).sum(0)
         record = {"alpha": alpha, "K": K, "seed": int(seed), "d": train.d, "basis_size": int(V.shape[1]),
                   "cosine_to_ref": None if cosine is None else cosine.cpu().tolist(),
-                  "groups": {name: group_summary(per_user[name], group)
-                             for name, group in zip(GROUP_NAMES, (train, test, train_unseen, test_unseen))},
+                  "groups": {name: group_summary(per_user[name], group) for name, group in zip(GROUP_NAMES, prepared)},
                   "per_user": per_user}
         if K >= 1:
             record["diagnostics"] = evidence.basis_diagnostics(V, weights_seen, V_ref)
